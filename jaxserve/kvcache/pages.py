@@ -1,0 +1,120 @@
+"""Device KV page storage: static arrays and the jitted-friendly read/write of tokens.
+
+    k, v : [layers, pages, page_size, kv_heads, head_dim]
+
+Page 0 is the null page: it is never handed out by an allocator, block-table entries that are
+not in use point at it, and writes of padding tokens land in it. A token at absolute position
+`p` of a sequence lives at page `block_table[p // page_size]`, slot `p % page_size`.
+
+Layers with fewer KV heads than the widest layer (OpenELM) use a prefix of the head axis.
+Everything here is a pure function of arrays, so it runs under `jax.jit` with the pages donated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.config import ModelConfig
+
+NULL_PAGE = 0
+
+
+class KVPages(NamedTuple):
+    k: jax.Array  # [layers, pages, page_size, kv_heads, head_dim]
+    v: jax.Array  # [layers, pages, page_size, kv_heads, head_dim]
+
+    @property
+    def num_pages(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def page_size(self) -> int:
+        return self.k.shape[2]
+
+
+def pages_shape(config: ModelConfig, num_pages: int, page_size: int) -> tuple[int, ...]:
+    return (config.num_layers, num_pages, page_size, config.max_kv_heads, config.head_dim)
+
+
+def init_pages(
+    config: ModelConfig,
+    num_pages: int,
+    page_size: int,
+    dtype: str | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> KVPages:
+    """Zeroed pages (`num_pages` includes the null page)."""
+    if num_pages < 2:
+        raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {num_pages}")
+    shape = pages_shape(config, num_pages, page_size)
+    dtype = jnp.dtype(dtype or config.dtype)
+    make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    return KVPages(make(), make())
+
+
+def token_slots(
+    block_tables: jax.Array, positions: jax.Array, valid: jax.Array, page_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Page and slot of each token; invalid (padding) tokens go to the null page.
+
+    block_tables: [B, max_pages] int32; positions, valid: [B, T]. Returns two [B, T] int32.
+    """
+    max_pages = block_tables.shape[1]
+    idx = jnp.clip(positions // page_size, 0, max_pages - 1)
+    page = jnp.take_along_axis(block_tables, idx, axis=1)
+    page = jnp.where(valid, page, NULL_PAGE)
+    slot = jnp.where(valid, positions % page_size, 0)
+    return page.astype(jnp.int32), slot.astype(jnp.int32)
+
+
+def write_layer(
+    kv: KVPages, layer: int, page: jax.Array, slot: jax.Array, k: jax.Array, v: jax.Array
+) -> KVPages:
+    """Write new tokens' k, v ([B, T, kv_heads_l, head_dim]) of one layer into the pages."""
+    h = k.shape[2]
+    dtype = kv.k.dtype
+    if h == kv.k.shape[3]:
+        return KVPages(
+            kv.k.at[layer, page, slot].set(k.astype(dtype)),
+            kv.v.at[layer, page, slot].set(v.astype(dtype)),
+        )
+    return KVPages(
+        kv.k.at[layer, page, slot, :h].set(k.astype(dtype)),
+        kv.v.at[layer, page, slot, :h].set(v.astype(dtype)),
+    )
+
+
+def gather_layer(
+    kv: KVPages, layer: int, block_tables: jax.Array, num_kv_heads: int
+) -> tuple[jax.Array, jax.Array]:
+    """A layer's cached k, v for each sequence: two [B, max_pages * page_size, kv_heads_l, hd]."""
+    b, max_pages = block_tables.shape
+    k = kv.k[layer, block_tables]  # [B, max_pages, page_size, H, D]
+    v = kv.v[layer, block_tables]
+    if num_kv_heads != kv.k.shape[3]:
+        k, v = k[..., :num_kv_heads, :], v[..., :num_kv_heads, :]
+    shape = (b, max_pages * kv.page_size, num_kv_heads, kv.k.shape[4])
+    return k.reshape(shape), v.reshape(shape)
+
+
+def write_all_layers(
+    kv: KVPages,
+    block_tables: jax.Array,
+    positions: jax.Array,
+    valid: jax.Array,
+    ks: list[jax.Array],
+    vs: list[jax.Array],
+) -> KVPages:
+    """Insert a whole cache for `[B, T]` tokens (every layer) at once.
+
+    This is the insert path shared by a real prefill (which writes layer by layer through
+    `write_layer`) and a predicted cache: ks[l], vs[l] are [B, T, kv_heads_l, head_dim], with
+    keys already normed and rotated.
+    """
+    page, slot = token_slots(block_tables, positions, valid, kv.page_size)
+    for layer, (k, v) in enumerate(zip(ks, vs)):
+        kv = write_layer(kv, layer, page, slot, k, v)
+    return kv

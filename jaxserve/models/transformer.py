@@ -1,0 +1,235 @@
+"""One Flax NNX decoder for the Llama / Qwen2 / OpenELM families, with two cache layouts.
+
+    tokens [B, T] -> embed -> L x (RMSNorm -> attention -> + -> RMSNorm -> gated MLP -> +)
+                  -> RMSNorm -> logits [B, T, V]   (or [B, V] at `logits_index`)
+
+Attention runs in one of two layouts:
+  * full sequence (no `kv`): causal attention over the tokens given; training and scoring.
+  * paged (`kv`, `block_tables`, `seq_lens`): the new tokens' k, v are written into KV pages,
+    then queries attend to everything the sequence has cached (`prefix=True`) or, for a
+    prefill that starts at position 0, only to the new tokens (`prefix=False`, cheaper).
+
+Keys are produced in three stages so KV prediction can replace the first one:
+`k_raw` (projection, before k-norm and RoPE) -> k-norm (OpenELM) -> RoPE at absolute positions.
+Padding is on the right: a token is valid when its position is < `seq_lens` of its row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxserve.config import ModelConfig, rope_inv_freq
+from jaxserve.kvcache.pages import KVPages, gather_layer, token_slots, write_layer
+
+_INIT = nnx.initializers.normal(0.02)
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, dtype, init=_INIT) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype, axes=("norm",), *, rngs: nnx.Rngs):
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), axes=axes)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return x32.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, H, D]; positions: [B, T]."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    cos = jnp.cos(freqs)[:, :, None, :]
+    sin = jnp.sin(freqs)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K; mask: [B, T, S] (True = attend).
+    Returns [B, T, H, D].
+    """
+    b, t, h, d = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
+    scores = jnp.einsum("BTKGD,BSKD->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKD->BTKGD", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        c = config
+        d, hd = c.d_model, c.head_dim
+        h, kh = c.num_heads[layer], c.num_kv_heads[layer]
+        pd = jnp.dtype(c.param_dtype)
+        self.num_heads, self.num_kv_heads, self.dtype = h, kh, jnp.dtype(c.dtype)
+        self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), pd)
+        self.k = _param(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.v = _param(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.o = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), pd)
+        self.qkv_bias = c.qkv_bias
+        if c.qkv_bias:
+            zeros = nnx.initializers.zeros
+            self.q_bias = _param(rngs, (h, hd), ("heads", "head_dim"), pd, zeros)
+            self.k_bias = _param(rngs, (kh, hd), ("kv_heads", "head_dim"), pd, zeros)
+            self.v_bias = _param(rngs, (kh, hd), ("kv_heads", "head_dim"), pd, zeros)
+        self.qk_norm = c.qk_norm
+        if c.qk_norm:
+            self.q_norm = RMSNorm(hd, c.rms_eps, pd, ("head_dim",), rngs=rngs)
+            self.k_norm = RMSNorm(hd, c.rms_eps, pd, ("head_dim",), rngs=rngs)
+
+    def _proj(self, x: jax.Array, name: str) -> jax.Array:
+        w = getattr(self, name)[...].astype(self.dtype)
+        y = jnp.einsum("BTD,DHK->BTHK", x, w)
+        if self.qkv_bias:
+            y = y + getattr(self, name + "_bias")[...].astype(self.dtype)
+        return y
+
+    def queries(self, x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+        q = self._proj(x, "q")  # [B, T, H, hd]
+        if self.qk_norm:
+            q = self.q_norm(q)
+        return apply_rope(q, positions, inv_freq)
+
+    def kv_raw(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys before k-norm and RoPE, and values: two [B, T, K, hd]."""
+        return self._proj(x, "k"), self._proj(x, "v")
+
+    def finish_keys(self, k_raw: jax.Array, positions: jax.Array, inv_freq: jax.Array):
+        k = self.k_norm(k_raw) if self.qk_norm else k_raw
+        return apply_rope(k, positions, inv_freq)
+
+    def out(self, y: jax.Array) -> jax.Array:
+        return jnp.einsum("BTHK,HKD->BTD", y, self.o[...].astype(self.dtype))
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        d, f = config.d_model, config.ffn_dim[layer]
+        pd = jnp.dtype(config.param_dtype)
+        self.dtype = jnp.dtype(config.dtype)
+        self.gate = _param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.up = _param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.down = _param(rngs, (f, d), ("mlp", "embed"), pd)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        g = x @ self.gate[...].astype(self.dtype)
+        u = x @ self.up[...].astype(self.dtype)
+        return (jax.nn.silu(g) * u) @ self.down[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(config.param_dtype)
+        self.attn_norm = RMSNorm(config.d_model, config.rms_eps, pd, rngs=rngs)
+        self.attn = Attention(config, layer, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.d_model, config.rms_eps, pd, rngs=rngs)
+        self.mlp = MLP(config, layer, rngs=rngs)
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = jnp.dtype(config.param_dtype)
+        self.dtype = jnp.dtype(config.dtype)
+        self.embed = _param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"), pd)
+        self.layers = nnx.List([Block(config, i, rngs=rngs) for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.d_model, config.rms_eps, pd, rngs=rngs)
+        if not config.tie_embeddings:
+            self.lm_head = _param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), pd)
+        self.inv_freq = tuple(rope_inv_freq(config))  # static: folded into the program
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        x = self.final_norm(x)
+        if self.config.tie_embeddings:
+            return jnp.einsum("...D,VD->...V", x, self.embed[...].astype(self.dtype))
+        return x @ self.lm_head[...].astype(self.dtype)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        *,
+        kv: KVPages | None = None,
+        block_tables: jax.Array | None = None,
+        seq_lens: jax.Array | None = None,
+        prefix: bool = True,
+        logits_index: jax.Array | None = None,
+        kv_inputs: Sequence[tuple[jax.Array, jax.Array]] | None = None,
+        return_kv: bool = False,
+    ):
+        """Forward pass.
+
+        tokens, positions: [B, T] int32. Without `kv`: full-sequence causal attention.
+        With `kv`: pages [L, P, S, K, hd], block_tables [B, max_pages], seq_lens [B] (the
+        length of each sequence including these tokens); returns `(logits, kv)`.
+        logits_index: [B] index into T; when given, logits are [B, V] for those tokens only.
+        kv_inputs: per layer (k_raw, v) of shape [B, T, K_l, hd] used instead of the model's
+        own projections (KV prediction feeds its predicted cache here).
+        return_kv: also return the per-layer (k_raw, v) this pass produced or consumed.
+        """
+        inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
+        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
+        if kv is not None:
+            valid = positions < seq_lens[:, None]  # [B, T]
+            page, slot = token_slots(block_tables, positions, valid, kv.page_size)
+            if prefix:
+                ctx = block_tables.shape[1] * kv.page_size
+                k_pos = jnp.arange(ctx, dtype=positions.dtype)[None, :]
+                ctx_mask = (k_pos[:, None, :] <= positions[:, :, None]) & (
+                    k_pos[:, None, :] < seq_lens[:, None, None]
+                )  # [B, T, ctx]
+        local_mask = positions[:, None, :] <= positions[:, :, None]  # [B, T, T] causal
+        if kv is not None:
+            local_mask = local_mask & valid[:, None, :]
+        kv_out = []
+        for i, layer in enumerate(self.layers):
+            attn = layer.attn
+            h = layer.attn_norm(x)
+            q = attn.queries(h, positions, inv_freq)
+            k_raw, v = kv_inputs[i] if kv_inputs is not None else attn.kv_raw(h)
+            if return_kv:
+                kv_out.append((k_raw, v))
+            k = attn.finish_keys(k_raw.astype(self.dtype), positions, inv_freq)
+            v = v.astype(self.dtype)
+            if kv is None:
+                y = attend(q, k, v, local_mask)
+            else:
+                kv = write_layer(kv, i, page, slot, k, v)
+                if prefix:
+                    kc, vc = gather_layer(kv, i, block_tables, attn.num_kv_heads)
+                    y = attend(q, kc.astype(self.dtype), vc.astype(self.dtype), ctx_mask)
+                else:
+                    y = attend(q, k, v, local_mask)
+            x = x + attn.out(y)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        if logits_index is not None:
+            x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
+        logits = self.logits(x)
+        out = (logits,) if kv is None else (logits, kv)
+        if return_kv:
+            out = out + (kv_out,)
+        return out[0] if len(out) == 1 else out
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Decoder:
+    return Decoder(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> Decoder:
+    """The model with `jax.ShapeDtypeStruct` leaves: no memory, any size."""
+    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(params=0)))
