@@ -1,0 +1,181 @@
+"""Batch generation: prompts of different lengths -> completions, on a paged KV cache.
+
+    prompts -> pad to a length bucket -> prefill (first token) -> decode in chunks of
+    `chunk` tokens on device -> host checks stop strings -> completions
+
+Shapes are bucketed (batch and prompt length to powers of two, new tokens to a multiple of
+the chunk) so a repeated workload compiles nothing after warm-up. The next chunk is
+dispatched before the host reads the previous one, so the device never waits on Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxserve.models.transformer import Decoder
+from jaxserve.runner import ModelRunner
+from jaxserve.sampling import SamplingParams
+from jaxserve.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int]  # generated tokens, including a stop token if one ended it
+    text: str | None  # decoded text, cut before a stop string (None without a tokenizer)
+    finish_reason: str  # "stop" (stop token or string) or "length"
+
+
+def _bucket(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+class Generator:
+    def __init__(
+        self,
+        model: Decoder,
+        tokenizer: Tokenizer | None = None,
+        mesh: Mesh | None = None,
+        page_size: int = 16,
+        chunk: int = 16,
+    ):
+        self.runner = ModelRunner(model, mesh)
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.page_size = page_size
+        self.chunk = chunk
+        self._kv = None
+
+    def _pages(self, num_pages: int):
+        if self._kv is None or self._kv.num_pages != num_pages:
+            self._kv = None  # free the old pool before allocating the new one
+            self._kv = self.runner.new_kv(num_pages, self.page_size)
+        return self._kv
+
+    def encode(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError("text prompts need a tokenizer")
+                ids = self.tokenizer.encode(p)
+                if self.tokenizer.bos_id is not None:
+                    ids = [self.tokenizer.bos_id] + ids
+            else:
+                ids = [int(t) for t in p]
+            if not ids:
+                raise ValueError("empty prompt")
+            bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary "
+                                 f"[0, {self.config.vocab_size})")  # fmt: skip
+            out.append(ids)
+        return out
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams
+    ) -> list[Completion]:
+        ids = self.encode(prompts)
+        n = len(ids)
+        longest = max(len(p) for p in ids)
+        if longest + params.max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds "
+                f"the model's max_seq_len {self.config.max_seq_len}"
+            )
+        data = self.runner.data_size
+        b = _bucket(n, data)
+        t = _bucket(longest, 16)
+        steps = math.ceil((params.max_new_tokens - 1) / self.chunk) * self.chunk
+        pages_per_seq = math.ceil((t + steps + 1) / self.page_size)
+        kv = self._pages(1 + b * pages_per_seq)
+
+        tokens = np.zeros((b, t), np.int32)
+        lengths = np.zeros((b,), np.int32)
+        for i, p in enumerate(ids):
+            tokens[i, : len(p)] = p
+            lengths[i] = len(p)
+        block_tables = (1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1)
+        block_tables[n:] = 0  # padding rows write to the null page
+        seeds = params.seed + np.arange(b, dtype=np.uint32)
+        keys = np.asarray(jax.vmap(jax.random.PRNGKey)(seeds))
+        samp = {
+            "keys": keys,
+            "temperature": np.full((b,), params.temperature, np.float32),
+            "top_k": np.full((b,), params.top_k, np.int32),
+            "top_p": np.full((b,), params.top_p, np.float32),
+        }
+        batch = {"tokens": tokens, "lengths": lengths, "block_tables": block_tables, **samp}
+        kv, first = self.runner.prefill(kv, self.runner.put_batch(batch))
+
+        stop_ids = np.full((b, max(1, len(params.stop_token_ids))), -1, np.int32)
+        stop_ids[:, : len(params.stop_token_ids)] = params.stop_token_ids
+        first_np = np.asarray(first)
+        active = np.arange(b) < n
+        active &= ~np.isin(first_np, params.stop_token_ids) & (params.max_new_tokens > 1)
+        dec = {
+            "tokens": first_np, "positions": lengths.copy(), "block_tables": block_tables,
+            "active": active, "remaining": np.full((b,), params.max_new_tokens - 1, np.int32),
+            "stop_ids": stop_ids, **samp,
+        }  # fmt: skip
+        dec = self.runner.put_batch(dec)
+
+        outputs = [[int(first_np[i])] for i in range(n)]
+        done = [False] * n
+        reasons = ["length"] * n
+        texts: list[str | None] = [None] * n
+        for i in range(n):
+            self._check_stop(i, outputs, done, reasons, texts, params)
+
+        pending = None
+        for _ in range(steps // self.chunk + 1):
+            nxt = None
+            if not all(done) and _ * self.chunk < steps:
+                kv, dec, toks, emitted = self.runner.decode(kv, dec, self.chunk)
+                nxt = (toks, emitted)
+            if pending is not None:
+                toks_np, emitted_np = (np.asarray(x) for x in pending)
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    outputs[i].extend(int(x) for x in toks_np[i][emitted_np[i]])
+                    self._check_stop(i, outputs, done, reasons, texts, params)
+            pending = nxt
+            if pending is None:
+                break
+        self._kv = kv
+        return [
+            Completion(ids[i], outputs[i], texts[i] if texts[i] is not None else
+                       self._text(outputs[i]), reasons[i])
+            for i in range(n)
+        ]  # fmt: skip
+
+    def _text(self, token_ids: list[int]) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode(token_ids)
+
+    def _check_stop(self, i, outputs, done, reasons, texts, params: SamplingParams) -> None:
+        out = outputs[i]
+        for j, tok in enumerate(out):
+            if tok in params.stop_token_ids:
+                del out[j + 1 :]
+                done[i], reasons[i] = True, "stop"
+                break
+        if len(out) >= params.max_new_tokens:
+            del out[params.max_new_tokens :]
+            done[i] = True
+        if params.stop_strings and self.tokenizer is not None:
+            text = self.tokenizer.decode(out)
+            hits = [(text.find(s), s) for s in params.stop_strings if s in text]
+            if hits:
+                cut, stop = min(hits)
+                # keep the shortest token prefix whose text contains the stop string
+                j = next(j for j in range(1, len(out) + 1) if stop in self._text(out[:j]))
+                del out[j:]
+                texts[i] = text[:cut]
+                done[i], reasons[i] = True, "stop"

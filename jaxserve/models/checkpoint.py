@@ -1,0 +1,136 @@
+"""Native checkpoints (orbax) of a `Decoder`, and `load_model` for either checkpoint kind.
+
+    directory/jaxserve_config.json   {"format_version", "step", "config": ModelConfig.to_dict()}
+    directory/params[_<step>]/       the nnx.Param state, written by orbax (bit-exact)
+
+The config file is written last, so its presence marks a complete checkpoint; it records the
+step of the latest save, which is what `restore_checkpoint` restores unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from jaxserve.config import ModelConfig, RopeScaling
+from jaxserve.models.transformer import Decoder, abstract_model
+from jaxserve.models.weights import load_hf
+
+CONFIG_FILE = "jaxserve_config.json"
+FORMAT_VERSION = 1
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """Inverse of `ModelConfig.to_dict()` (after a JSON round trip: tuples come back as lists)."""
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig fields {unknown}")
+    if d.get("rope_scaling") is not None:
+        d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    return ModelConfig(**d)
+
+
+def _params_dir(directory: str, step: int | None) -> str:
+    return os.path.join(directory, "params" if step is None else f"params_{step}")
+
+
+def save_checkpoint(model: Decoder, directory: str | os.PathLike, step: int | None = None) -> str:
+    """Write the model's config and parameters under `directory`; returns the params path."""
+    directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    target = _params_dir(directory, step)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, nnx.state(model, nnx.Param), force=True)
+        ckptr.wait_until_finished()
+    meta = {"format_version": FORMAT_VERSION, "step": step, "config": model.config.to_dict()}
+    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    return target
+
+
+def _read_meta(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"format_version {meta['format_version']} is newer than this code")
+        meta["config"] = config_from_dict(meta["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a valid jaxserve checkpoint config ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad jaxserve checkpoint config: {e}") from None
+    return meta
+
+
+def _flat_shardings(shardings: Any) -> dict[tuple, jax.sharding.Sharding]:
+    """{path tuple: Sharding} from a flat dict, a nested dict, or an nnx.State of shardings."""
+    if isinstance(shardings, nnx.State):
+        return {
+            p: v.get_value() if isinstance(v, nnx.Variable) else v
+            for p, v in nnx.to_flat_state(shardings)
+        }
+    if all(isinstance(k, tuple) for k in shardings):
+        return dict(shardings)
+    return traverse_util.flatten_dict(shardings)
+
+
+def restore_checkpoint(
+    directory: str | os.PathLike, shardings: Any = None, step: int | None = None
+) -> Decoder:
+    """Rebuild a `Decoder` saved by `save_checkpoint`.
+
+    `shardings`: None (default device), or `jax.sharding.Sharding`s keyed like the param state
+    (flat {path tuple: sharding}, nested dict, or an nnx.State); parameters it does not name
+    go to the default device. `step`: which save to restore (default: the latest).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+    meta = _read_meta(directory)
+    params = _params_dir(directory, meta.get("step") if step is None else step)
+    if not os.path.isdir(params):
+        raise FileNotFoundError(f"checkpoint {directory!r} has no parameters at {params!r}")
+    model = abstract_model(meta["config"])
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+    wanted = _flat_shardings(shardings) if shardings is not None else {}
+    unknown = sorted(map(str, set(wanted) - set(flat)))
+    if unknown:
+        raise ValueError(f"shardings name parameters the model does not have: {unknown}")
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for path, var in flat.items():
+        sds = var.get_value()
+        var.set_value(
+            jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=wanted.get(path, default))
+        )
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(params, nnx.from_flat_state(flat))
+    return nnx.merge(graphdef, restored)
+
+
+def load_model(path: str | os.PathLike, shardings: Any = None) -> Decoder:
+    """A native checkpoint (jaxserve_config.json) or an HF one (config.json + safetensors)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return restore_checkpoint(path, shardings)
+    has_st = any(name.endswith(".safetensors") for name in os.listdir(path))
+    if os.path.isfile(os.path.join(path, "config.json")) and has_st:
+        return load_hf(path, shardings=_flat_shardings(shardings) if shardings else None)
+    raise FileNotFoundError(
+        f"{path!r} is not a model checkpoint: looked for {CONFIG_FILE} (jaxserve/orbax) or "
+        "config.json with *.safetensors (Hugging Face)"
+    )

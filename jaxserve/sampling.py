@@ -1,0 +1,72 @@
+"""Token sampling with per-row parameters, fused into the jitted decode step.
+
+Each row has its own temperature (0 = greedy), top-k (0 = off), top-p (1 = off) and RNG key.
+A row's key for a token is `fold_in(row_key, position)`, so a request samples the same tokens
+whatever batch it shares and however often it is preempted. When every row is greedy the
+sort over the vocabulary is skipped (`lax.cond` runs one branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "stop_strings", tuple(s for s in self.stop_strings if s))
+
+
+def row_keys(seeds: jax.Array) -> jax.Array:
+    """[B] int seeds -> [B] raw PRNG keys."""
+    return jax.vmap(jax.random.PRNGKey)(seeds)
+
+
+def sample(
+    logits: jax.Array,
+    keys: jax.Array,
+    positions: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+) -> jax.Array:
+    """Next tokens [B] int32 from logits [B, V]; keys [B, 2]; positions, params: [B]."""
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def stochastic() -> jax.Array:
+        vocab = logits.shape[-1]
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        vals, idx = jax.lax.top_k(scaled, vocab)  # sorted, descending  [B, V]
+        ranks = jnp.arange(vocab)[None, :]
+        keep = (top_k[:, None] <= 0) | (ranks < top_k[:, None])
+        probs = jax.nn.softmax(jnp.where(keep, vals, -jnp.inf), axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = keep & (mass_before < top_p[:, None])  # the first token is always kept
+        vals = jnp.where(keep, vals, -jnp.inf)
+        step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
+        choice = jax.vmap(jax.random.categorical)(step_keys, vals)
+        sampled = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        return jnp.where(temperature > 0, sampled, greedy)
+
+    return jax.lax.cond(jnp.any(temperature > 0), stochastic, lambda: greedy)
