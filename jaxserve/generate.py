@@ -179,3 +179,72 @@ class Generator:
                 del out[j:]
                 texts[i] = text[:cut]
                 done[i], reasons[i] = True, "stop"
+
+
+def parse_ids(text: str, flag: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]; a ValueError naming `flag` otherwise."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+    if not ids or min(ids) < 0:
+        raise ValueError(f"{flag}: {text!r} must name at least one non-negative token id")
+    return ids
+
+
+def run_cli(
+    *,
+    checkpoint: str | None,
+    preset: str | None,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    stop_token_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    mesh: str | None = None,
+    dtype: str | None = None,
+    output_json: str | None = None,
+    flag_values: dict | None = None,
+) -> list[Completion]:
+    """The `experiments.generate` job: load, generate, print, write JSON."""
+    import time
+
+    from jaxserve import experiment, sharding
+
+    model, tokenizer, source = experiment.resolve_model(checkpoint, preset, seed, dtype)
+    if prompts and tokenizer is None:
+        raise ValueError(f"{checkpoint} has no tokenizer files: pass --prompt_ids instead")
+    if stop_token_ids is None:
+        eos = model.config.eos_token_id
+        stop_token_ids = [eos] if eos is not None else []
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        stop_token_ids=tuple(stop_token_ids), stop_strings=tuple(stop), seed=seed,
+    )  # fmt: skip
+    gen = Generator(model, tokenizer, mesh=sharding.make_mesh(mesh) if mesh else None)
+    inputs = list(prompts) + [list(p) for p in prompt_ids]
+    start = time.perf_counter()
+    completions = gen.generate(inputs, params)
+    seconds = time.perf_counter() - start
+    for prompt, c in zip(inputs, completions):
+        shown = prompt if isinstance(prompt, str) else f"ids {list(prompt)}"
+        print(f"--- prompt: {shown!r}")
+        print(c.text if c.text is not None else f"ids {c.token_ids}")
+        print(f"--- {len(c.token_ids)} tokens, finish: {c.finish_reason}")
+    print(f"model: {source}; {seconds:.2f} s (includes compilation)")
+    if output_json:
+        records = [
+            {"prompt": p if isinstance(p, str) else None, "prompt_ids": c.prompt_ids,
+             "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}
+            for p, c in zip(inputs, completions)
+        ]  # fmt: skip
+        experiment.write_json(output_json, {
+            "flags": flag_values or {}, "environment": experiment.environment(),
+            "model": {"source": source, "config": model.config.to_dict()},
+            "sampling": dataclasses.asdict(params), "seconds": seconds, "completions": records,
+        })  # fmt: skip
+    return completions

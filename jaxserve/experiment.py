@@ -1,0 +1,75 @@
+"""What every experiment entry point shares: model resolution, environment record, JSON out.
+
+Each experiment writes its flags, its environment and its results to one JSON file, so any
+figure can be traced back to the run (model, data, device) that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+
+from jaxserve import config as cfg
+from jaxserve.models.transformer import Decoder, init_model
+from jaxserve.tokenizer import Tokenizer, load_default, load_tokenizer
+
+
+def environment() -> dict[str, Any]:
+    import flax
+
+    devices = jax.devices()
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind if devices else None,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def resolve_model(
+    checkpoint: str | None, preset: str | None, seed: int = 0, dtype: str | None = None
+) -> tuple[Decoder, Tokenizer | None, str]:
+    """A model from a checkpoint directory (HF or ours) or a preset (random weights).
+
+    Returns (model, tokenizer or None, a description of where the weights came from).
+    """
+    from jaxserve.models.checkpoint import load_model
+
+    if (checkpoint is None) == (preset is None):
+        raise ValueError("give exactly one of a checkpoint directory or a preset")
+    if checkpoint is not None:
+        model = load_model(checkpoint)
+        try:
+            tokenizer = load_tokenizer(checkpoint)
+        except FileNotFoundError:
+            # our own checkpoints use the embedded tokenizer; a foreign one without
+            # tokenizer files takes token ids only
+            ours = os.path.isfile(os.path.join(checkpoint, "jaxserve_config.json"))
+            tokenizer = load_default() if ours else None
+        return model, tokenizer, f"checkpoint {os.path.abspath(checkpoint)}"
+    config = cfg.get_preset(preset)
+    if dtype:
+        config = config.replace(dtype=dtype, param_dtype=dtype)
+    return (
+        init_model(config, seed),
+        load_default(),
+        f"preset {preset} (random weights, seed {seed})",
+    )
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+    os.replace(tmp, path)
