@@ -57,7 +57,7 @@ class SafetensorsFile:
 def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
     header, offset, blobs = {}, 0, []
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(np.shape(arr))
         if arr.dtype not in _NAMES:
             raise ValueError(f"cannot save tensor {name!r} of dtype {arr.dtype}")
         blob = arr.tobytes()
