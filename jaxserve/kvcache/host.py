@@ -1,0 +1,95 @@
+"""Host tier: a preempted request's KV pages moved to host memory and back.
+
+    swap_out: pages [n] --jitted gather (all layers, one call)--> [L, n, S, K, hd] on host
+    swap_in:  host copy --transfer--> jitted scatter into newly allocated pages (donated)
+
+Two host backends, both bit-exact:
+  * "pinned_host": JAX memory kinds; the gather's output is placed in pinned host memory by
+    `out_shardings`, so the copy is part of the jitted program and asynchronous.
+  * "numpy": a numpy copy. On the CPU backend "device" and "host" are the same RAM and
+    `device_put` across memory kinds copies at ~1.6 GB/s, against ~10x that for numpy, so
+    "auto" picks numpy there and pinned_host on accelerators.
+Page counts are bucketed to powers of two (padding reads and writes hit the null page), so a
+run compiles a handful of swap programs at most.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxserve.kvcache.pages import NULL_PAGE, KVPages
+
+
+@dataclasses.dataclass
+class HostKV:
+    k: object  # [layers, n_bucket, page_size, kv_heads, head_dim]: pinned_host array or numpy
+    v: object
+    num_pages: int  # real pages; the rest of the bucket is padding
+
+    @property
+    def nbytes(self) -> int:
+        per_page = self.k.nbytes // self.k.shape[1]
+        return 2 * per_page * self.num_pages
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _gather(kv: KVPages, idx: jax.Array):
+    return (
+        kv.k.at[:, idx].get(mode="promise_in_bounds"),
+        kv.v.at[:, idx].get(mode="promise_in_bounds"),
+    )
+
+
+def _scatter(kv: KVPages, k: jax.Array, v: jax.Array, idx: jax.Array) -> KVPages:
+    return KVPages(
+        kv.k.at[:, idx].set(k.astype(kv.k.dtype), mode="promise_in_bounds"),
+        kv.v.at[:, idx].set(v.astype(kv.v.dtype), mode="promise_in_bounds"),
+    )
+
+
+class HostTier:
+    def __init__(self, kv_sharding: NamedSharding, mode: str = "auto"):
+        if mode == "auto":
+            mode = "numpy" if jax.default_backend() == "cpu" else "pinned_host"
+        if mode not in ("numpy", "pinned_host"):
+            raise ValueError(f"host tier mode must be auto, numpy or pinned_host, not {mode!r}")
+        self.mode = mode
+        self.device_sharding = kv_sharding
+        self.host_sharding = kv_sharding.with_memory_kind("pinned_host")
+        out = (self.host_sharding,) * 2 if mode == "pinned_host" else None
+        self._gather = jax.jit(_gather, out_shardings=out)
+        self._scatter = jax.jit(
+            _scatter, donate_argnums=(0,), out_shardings=KVPages(kv_sharding, kv_sharding)
+        )
+
+    def _index(self, pages: Sequence[int]) -> np.ndarray:
+        idx = np.full(_bucket(len(pages)), NULL_PAGE, np.int32)
+        idx[: len(pages)] = pages
+        return idx
+
+    def swap_out(self, kv: KVPages, pages: Sequence[int]) -> HostKV:
+        """Copy `pages` of every layer to host. The device pages may be reused afterwards."""
+        if not pages:
+            raise ValueError("swap_out of zero pages")
+        k, v = self._gather(kv, self._index(pages))
+        if self.mode == "numpy":
+            k, v = np.array(k), np.array(v)
+        return HostKV(k, v, len(pages))
+
+    def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
+        """Write a host copy into `pages` (newly allocated, as many as were swapped out)."""
+        if len(pages) != host.num_pages:
+            raise ValueError(f"swap_in of {host.num_pages} pages into {len(pages)} pages")
+        k, v = host.k, host.v
+        if self.mode == "pinned_host":
+            k = jax.device_put(k, self.device_sharding)
+            v = jax.device_put(v, self.device_sharding)
+        return self._scatter(kv, k, v, self._index(pages))
