@@ -1,0 +1,236 @@
+"""Per-request timelines -> latency, throughput, SLO and fairness summaries.
+
+    RequestRecord (arrival, token emission times, preemptions, swaps)  ->  summarize(...)  ->
+    {mean/p50/p90/p95/p99 of JCT, TTFT, TBT; normalized latency; throughput; SLO attainment;
+     preemption and swap totals; per-client service and Jain's fairness index}
+
+Definitions (all times in seconds):
+  JCT   = finish_time - arrival.
+  TTFT  = first_token_time - arrival (first_token_time, else token_times[0]).
+  TBT   = the gaps between consecutive token_times of one request, pooled over requests.
+  normalized latency = mean over requests of JCT / output_len (s/token).
+  Latency statistics use finished requests only (state == "finished"); a request that never
+  finished shows up in num_rejected / num_unfinished and fails its SLO instead.
+  Percentiles: numpy's default "linear" method: the p-th percentile of sorted x[0..n-1] sits
+  at index (n - 1) * p / 100, interpolated linearly between its neighbours.
+  Empty statistics are None, so a summary is plain JSON.
+
+No jax here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    id: str
+    arrival: float  # when the request arrived (s)
+    prompt_len: int  # prompt tokens
+    output_len: int  # tokens generated (so far, for an unfinished request)
+    first_token_time: float | None = None  # when the first output token was emitted
+    finish_time: float | None = None  # when the last output token was emitted
+    token_times: list[float] = dataclasses.field(default_factory=list)  # emission of each token
+    preemptions: int = 0  # times the request was preempted
+    swapped_bytes: int = 0  # KV bytes moved between device and host, both directions
+    swap_time: float = 0.0  # seconds spent on this request's swaps
+    stall_time: float = 0.0  # seconds the accelerator idled waiting on this request's swaps
+    client: str = "default"
+    output_ids: list[int] | None = None
+    state: str = "finished"  # "finished", "rejected", or anything else for unfinished
+
+
+def _stats(name: str, values: Sequence[float]) -> dict[str, float | None]:
+    """{"mean_<name>", "p50_<name>", ...}: numpy mean and linear-interpolation percentiles."""
+    x = np.asarray(values, dtype=np.float64)
+    out: dict[str, float | None] = {f"mean_{name}": float(x.mean()) if x.size else None}
+    for p in PERCENTILES:
+        out[f"p{p}_{name}"] = float(np.percentile(x, p, method="linear")) if x.size else None
+    return out
+
+
+def _finished(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    out = []
+    for r in records:
+        if r.state == "finished":
+            if r.finish_time is None:
+                raise ValueError(f"record {r.id!r}: state 'finished' but finish_time is None")
+            out.append(r)
+    return out
+
+
+def ttft(r: RequestRecord) -> float | None:
+    """First token time - arrival; first_token_time, else token_times[0], else None."""
+    first = r.first_token_time
+    if first is None and r.token_times:
+        first = r.token_times[0]
+    return None if first is None else first - r.arrival
+
+
+def tbts(r: RequestRecord) -> list[float]:
+    """Gaps between consecutive output tokens of one request."""
+    return np.diff(np.asarray(r.token_times, dtype=np.float64)).tolist()
+
+
+def jcts(records: Sequence[RequestRecord]) -> list[float]:
+    """JCT of each finished request."""
+    return [r.finish_time - r.arrival for r in _finished(records)]
+
+
+def ttfts(records: Sequence[RequestRecord]) -> list[float]:
+    """TTFT of each finished request that has a first token."""
+    return [t for t in (ttft(r) for r in _finished(records)) if t is not None]
+
+
+def service(r: RequestRecord) -> int:
+    """Tokens of work a request received: prompt + generated, once it produced a token."""
+    return r.prompt_len + r.output_len if r.output_len > 0 else 0
+
+
+def jain_index(values: Sequence[float]) -> float:
+    """Jain's fairness index (sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one value
+    takes everything. All zeros count as equal (1.0); empty input is an error."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("jain_index of no values")
+    sq = float(np.sum(x**2))
+    return 1.0 if sq == 0 else float(x.sum() ** 2 / (x.size * sq))
+
+
+def slo_met(r: RequestRecord, slo_ttft: float | None, slo_tbt: float | None) -> bool:
+    """A request meets its SLO when it finished, TTFT <= slo_ttft (when given), and every gap
+    between its consecutive tokens is <= slo_tbt (when given; vacuous with one token)."""
+    if r.state != "finished":
+        return False
+    if slo_ttft is not None:
+        t = ttft(r)
+        if t is None or t > slo_ttft:
+            return False
+    if slo_tbt is not None and any(g > slo_tbt for g in tbts(r)):
+        return False
+    return True
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    duration: float | None = None,
+    slo_ttft: float | None = None,
+    slo_tbt: float | None = None,
+    client_weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Summary of one run (definitions in the module docstring). Keys:
+
+    num_requests, num_finished, num_rejected, num_unfinished (neither finished nor rejected);
+    {mean,p50,p90,p95,p99}_{jct,ttft,tbt}; mean_normalized_latency (s/token);
+    duration (given, else last finish - first arrival), output_tokens (of finished requests),
+    throughput_tokens_per_s = output_tokens / duration, throughput_requests_per_s =
+    num_finished / duration;
+    slo_ttft, slo_tbt (echoed), slo_attainment = fraction of ALL records (rejected and
+    unfinished ones fail) meeting both SLOs (`slo_met`), slo_ttft_attainment and
+    slo_tbt_attainment for each alone (None when that SLO is not given; slo_attainment is
+    None when neither is);
+    total_preemptions, total_swapped_bytes, total_swap_time, total_stall_time (all records);
+    clients: {client: {num_requests, num_finished, mean_jct, mean_ttft, service_tokens}},
+    where service_tokens sums `service` over the client's records;
+    jain_fairness: Jain's index over clients' service_tokens / weight (client_weights,
+    default 1 each).
+    """
+    records = list(records)
+    done = _finished(records)
+    out: dict[str, Any] = {
+        "num_requests": len(records),
+        "num_finished": len(done),
+        "num_rejected": sum(r.state == "rejected" for r in records),
+    }
+    out["num_unfinished"] = len(records) - out["num_finished"] - out["num_rejected"]
+    out |= _stats("jct", jcts(done))
+    out |= _stats("ttft", ttfts(done))
+    out |= _stats("tbt", [g for r in done for g in tbts(r)])
+    norm = [(r.finish_time - r.arrival) / r.output_len for r in done if r.output_len > 0]
+    out["mean_normalized_latency"] = float(np.mean(norm)) if norm else None
+
+    if duration is None and done:
+        duration = max(r.finish_time for r in done) - min(r.arrival for r in records)
+    out["duration"] = duration
+    out["output_tokens"] = sum(r.output_len for r in done)
+    ok = duration is not None and duration > 0
+    out["throughput_tokens_per_s"] = out["output_tokens"] / duration if ok else None
+    out["throughput_requests_per_s"] = len(done) / duration if ok else None
+
+    out["slo_ttft"], out["slo_tbt"] = slo_ttft, slo_tbt
+
+    def attainment(a: float | None, b: float | None) -> float | None:
+        if (a is None and b is None) or not records:
+            return None
+        return sum(slo_met(r, a, b) for r in records) / len(records)
+
+    out["slo_attainment"] = attainment(slo_ttft, slo_tbt)
+    out["slo_ttft_attainment"] = attainment(slo_ttft, None) if slo_ttft is not None else None
+    out["slo_tbt_attainment"] = attainment(None, slo_tbt) if slo_tbt is not None else None
+
+    out["total_preemptions"] = sum(r.preemptions for r in records)
+    out["total_swapped_bytes"] = sum(r.swapped_bytes for r in records)
+    out["total_swap_time"] = float(sum(r.swap_time for r in records))
+    out["total_stall_time"] = float(sum(r.stall_time for r in records))
+
+    clients: dict[str, dict[str, Any]] = {}
+    for name in sorted({r.client for r in records}):
+        mine = [r for r in records if r.client == name]
+        mine_done = [r for r in mine if r.state == "finished"]
+        j, t = jcts(mine_done), ttfts(mine_done)
+        clients[name] = {
+            "num_requests": len(mine),
+            "num_finished": len(mine_done),
+            "mean_jct": float(np.mean(j)) if j else None,
+            "mean_ttft": float(np.mean(t)) if t else None,
+            "service_tokens": sum(service(r) for r in mine),
+        }
+    out["clients"] = clients
+    weights = client_weights or {}
+    out["jain_fairness"] = (
+        jain_index([c["service_tokens"] / weights.get(k, 1.0) for k, c in clients.items()])
+        if clients
+        else None
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- JSON
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RequestRecord)}
+_REQUIRED = {
+    name
+    for name, f in _FIELDS.items()
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+}
+
+
+def records_to_json(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    """Records as plain dicts (JSON-serialisable; embed them in an experiment's JSON file)."""
+    return [dataclasses.asdict(r) for r in records]
+
+
+def records_from_json(data: str | Sequence[Mapping[str, Any]]) -> list[RequestRecord]:
+    """Inverse of `records_to_json`; also accepts the JSON text of that list."""
+    if isinstance(data, str):
+        data = json.loads(data)
+    if not isinstance(data, list):
+        raise ValueError(f"expected a list of record objects, got {type(data).__name__}")
+    out = []
+    for i, row in enumerate(data):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"record {i}: expected an object, got {type(row).__name__}")
+        unknown = sorted(set(row) - set(_FIELDS))
+        missing = sorted(_REQUIRED - set(row))
+        if unknown or missing:
+            raise ValueError(f"record {i}: unknown fields {unknown}, missing fields {missing}")
+        out.append(RequestRecord(**row))
+    return out
