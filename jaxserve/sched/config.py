@@ -1,0 +1,84 @@
+"""Scheduler knobs: one frozen dataclass, every field a future CLI flag.
+
+Measured fields (`swap_bandwidth`, `prefill_tokens_per_s`, `kv_bytes_per_page`,
+`prefill_table`) come from the executor: an engine profiles itself, a simulator takes them
+from its cost model. Their defaults are placeholders, not measurements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PREEMPTION_MODES = ("swap", "recompute", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    max_batch: int  # most requests computing in one iteration
+    num_pages: int  # device pages, including the null page 0
+    page_size: int  # tokens per page
+    max_seq_len: int  # longest context the model supports
+    preemption: str = "swap"  # how victims lose their KV: "swap" | "recompute" | "auto"
+    host_pages: int | None = None  # host KV budget in pages (None: unbounded); beyond it, drop
+    swap_bandwidth: float = 16e9  # bytes/s device<->host (measured by the executor)
+    prefill_tokens_per_s: float = 1e4  # prefill throughput (measured by the executor)
+    kv_bytes_per_page: int = 1 << 20  # bytes of K and V for one page, all layers
+    q0: float = 0.01  # seconds, MLFQ quantum of queue 0 (queue i gets q0 * 2**i)
+    num_queues: int = 8  # MLFQ levels
+    promote_every: int = 1000  # iterations between starvation checks (0: never)
+    starve_s: float = 3.0  # seconds without running after which a job is promoted to queue 0
+    reserve_pages: int = 0  # free pages the proactive KV manager keeps (mlfq-like, srpt)
+    prefetch: int = 0  # next-to-run SWAPPED jobs to swap in ahead (mlfq-like, srpt)
+    prefill_table: Sequence[tuple[int, float]] | None = None  # (input_len, prefill seconds)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "page_size", "max_seq_len", "num_queues"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_pages < 2:
+            raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(
+                f"preemption must be one of {PREEMPTION_MODES}, not {self.preemption!r}"
+            )
+        if self.host_pages is not None and self.host_pages < 0:
+            raise ValueError(f"host_pages must be >= 0 or None, got {self.host_pages}")
+        for name in ("swap_bandwidth", "prefill_tokens_per_s", "q0"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("kv_bytes_per_page", "promote_every", "reserve_pages", "prefetch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.starve_s < 0:
+            raise ValueError(f"starve_s must be >= 0, got {self.starve_s}")
+        if self.prefill_table is not None:
+            table = tuple(sorted((int(n), float(t)) for n, t in self.prefill_table))
+            if not table or len({n for n, _ in table}) != len(table):
+                raise ValueError("prefill_table needs >= 1 point and distinct input lengths")
+            object.__setattr__(self, "prefill_table", table)
+
+    @property
+    def usable_pages(self) -> int:
+        """Pages that can ever be owned (all but the null page)."""
+        return self.num_pages - 1
+
+    def quantum(self, queue: int) -> float:
+        """MLFQ quantum of `queue`, seconds."""
+        return self.q0 * 2**queue
+
+    def prefill_seconds(self, input_len: int) -> float:
+        """First-iteration time of a prompt: `prefill_table` interpolated linearly (and
+        extrapolated from its end segments, floored at 0); without a table,
+        input_len / prefill_tokens_per_s."""
+        table = self.prefill_table
+        if table is None:
+            return input_len / self.prefill_tokens_per_s
+        if len(table) == 1:
+            n0, t0 = table[0]
+            return t0 * input_len / n0 if n0 else t0
+        k = 1
+        while k < len(table) - 1 and table[k][0] < input_len:
+            k += 1
+        (n0, t0), (n1, t1) = table[k - 1], table[k]
+        return max(0.0, t0 + (t1 - t0) * (input_len - n0) / (n1 - n0))
