@@ -12,6 +12,7 @@ Everything here is a pure function of arrays, so it runs under `jax.jit` with th
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -50,9 +51,15 @@ def init_pages(
     if num_pages < 2:
         raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {num_pages}")
     shape = pages_shape(config, num_pages, page_size)
-    dtype = jnp.dtype(dtype or config.dtype)
-    make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    make = _zeros_fn(shape, jnp.dtype(dtype or config.dtype), sharding)
     return KVPages(make(), make())
+
+
+@functools.lru_cache(maxsize=32)
+def _zeros_fn(shape: tuple[int, ...], dtype, sharding):
+    """One compiled zero-filler per pool shape, so a new engine on a warm runner compiles
+    nothing."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
 def token_slots(

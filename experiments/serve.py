@@ -1,0 +1,102 @@
+"""Serve one trace with several schedulers on a real model and compare them.
+
+    python -m experiments.serve --model=tiny --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
+        --workload=sharegpt_synth --rate=4 --num_requests=64 --out=runs/serve
+    python -m experiments.serve --checkpoint=DIR --workload=trace.jsonl --rates=1,2,4 --out=runs/x
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from jaxserve import config, serve
+
+POLICIES = ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+
+_MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint dir.")
+_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {POLICIES}.")
+_WORKLOAD = flags.DEFINE_string(
+    "workload", "sharegpt_synth", "sharegpt_synth, alpaca_synth, a trace .jsonl or a dataset .json"
+)
+_RATE = flags.DEFINE_float("rate", 4.0, "Arrival rate, requests/s.")
+_RATES = flags.DEFINE_list("rates", None, "Sweep these rates (overrides --rate).")
+_N = flags.DEFINE_integer("num_requests", 64, "Requests per run.", lower_bound=1)
+_ARRIVAL = flags.DEFINE_enum("arrival", "poisson", ["poisson", "gamma", "burst"], "Arrivals.")
+_CV = flags.DEFINE_float("cv", 1.0, "Coefficient of variation of Gamma inter-arrivals.")
+_SCALE = flags.DEFINE_float("scale", 0.25, "Multiply synthetic lengths (small CPU models).")
+_MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Clip prompts.", lower_bound=1)
+_MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 256, "Clip outputs.", lower_bound=1)
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Requests per iteration.", lower_bound=1)
+_KV_PAGES = flags.DEFINE_integer("kv_pages", 512, "Device KV pages (incl. the null page).")
+_PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_bound=1)
+_PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
+_HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
+_HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
+_Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (default: one decode iteration).")
+_NUM_QUEUES = flags.DEFINE_integer("num_queues", 8, "MLFQ queues.", lower_bound=1)
+_PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period, iterations.")
+_STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
+_RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
+_PREFETCH = flags.DEFINE_integer("prefetch", 2, "Swapped jobs to prefetch ahead of running.")
+_SLO_TTFT = flags.DEFINE_float("slo_ttft", None, "TTFT target, s.")
+_SLO_TBT = flags.DEFINE_float("slo_tbt", None, "TBT target, s.")
+_PROFILE = flags.DEFINE_string("profile", None, "Load a saved profile.json instead of profiling.")
+_SEED = flags.DEFINE_integer("seed", 0, "Workload and weight seed.")
+_OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
+
+_ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
+        _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION, _HOST_PAGES,
+        _HOST_MODE, _Q0, _NUM_QUEUES, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT,
+        _SLO_TBT, _PROFILE, _SEED, _OUT)  # fmt: skip
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    model = _MODEL.value if _MODEL.value or _CHECKPOINT.value else "tiny"
+    if _MODEL.value and _CHECKPOINT.value:
+        raise app.UsageError("give --model or --checkpoint, not both")
+    if _CHECKPOINT.value and not os.path.isdir(_CHECKPOINT.value):
+        raise app.UsageError(f"--checkpoint: directory {_CHECKPOINT.value!r} does not exist")
+    if not _CHECKPOINT.value and model not in config.PRESETS:
+        raise app.UsageError(f"--model: unknown {model!r}; one of {sorted(config.PRESETS)}")
+    bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
+    if bad or not _SCHEDULERS.value:
+        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {POLICIES}")
+    try:
+        rates = [float(r) for r in _RATES.value] if _RATES.value else [_RATE.value]
+    except ValueError:
+        raise app.UsageError(f"--rates: {_RATES.value} are not numbers") from None
+    if any(r <= 0 for r in rates):
+        raise app.UsageError("--rate/--rates must be positive")
+    w = _WORKLOAD.value
+    if w not in ("sharegpt_synth", "alpaca_synth") and not os.path.isfile(w):
+        raise app.UsageError(f"--workload: {w!r} is neither a synthetic workload nor a file")
+    if _KV_PAGES.value < 2:
+        raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
+    if _PROFILE.value and not os.path.isfile(_PROFILE.value):
+        raise app.UsageError(f"--profile: {_PROFILE.value!r} does not exist")
+    settings = serve.ServeSettings(
+        schedulers=_SCHEDULERS.value, workload=w, rates=rates, num_requests=_N.value,
+        max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
+        preemption=_PREEMPTION.value, seed=_SEED.value, arrival=_ARRIVAL.value, cv=_CV.value,
+        scale=_SCALE.value, max_prompt_len=_MAX_PROMPT.value, max_output_len=_MAX_OUTPUT.value,
+        q0=_Q0.value, num_queues=_NUM_QUEUES.value, promote_every=_PROMOTE.value,
+        starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
+        host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
+        slo_tbt=_SLO_TBT.value,
+    )  # fmt: skip
+    print(serve.HEADER)
+    serve.run_serve(
+        settings, checkpoint=_CHECKPOINT.value, preset=None if _CHECKPOINT.value else model,
+        out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
+        profile_path=_PROFILE.value,
+    )  # fmt: skip
+    print(f"results: {os.path.join(_OUT.value, 'results.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,150 @@
+"""Profile the running model on this device: the tables the schedulers and cost models need.
+
+    prefill[(input_len, seconds)]   first-iteration time by input length (skip-join's table)
+    decode[(batch, seconds)]        one decode iteration by batch size (scales MLFQ's q0)
+    swap_bandwidth                  bytes/s of a host-tier round trip
+    prefill_tokens_per_s            for the swap-vs-recompute choice
+
+Each figure is the median of warm repetitions (compilation excluded). A profile is saved as
+JSON next to the experiment, with the model and device that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from jaxserve.kvcache.host import HostTier
+from jaxserve.runner import ModelRunner
+
+
+@dataclasses.dataclass
+class Profile:
+    model: str
+    device: str
+    prefill: list[tuple[int, float]]
+    decode: list[tuple[int, float]]
+    swap_bandwidth: float
+    prefill_tokens_per_s: float
+
+    def prefill_time(self, input_len: int) -> float:
+        """Linear interpolation (and extrapolation past the ends) of the prefill table."""
+        return _interp(self.prefill, input_len)
+
+    def decode_time(self, batch: int) -> float:
+        return _interp(self.decode, batch)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> Profile:
+        with open(path) as f:
+            d = json.load(f)
+        try:
+            d["prefill"] = [tuple(x) for x in d["prefill"]]
+            d["decode"] = [tuple(x) for x in d["decode"]]
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a profile ({e})") from None
+
+
+def _interp(table: Sequence[tuple[float, float]], x: float) -> float:
+    pts = sorted(table)
+    if len(pts) == 1:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x <= x1 or (x1, y1) == pts[-1]:
+            return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    raise AssertionError("unreachable")
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()  # compile and warm
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sampling(b: int) -> dict:
+    return {
+        "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros(b, np.float32),
+        "top_k": np.zeros(b, np.int32), "top_p": np.ones(b, np.float32),
+    }  # fmt: skip
+
+
+def profile(
+    runner: ModelRunner,
+    page_size: int = 16,
+    lengths: Sequence[int] | None = None,
+    batches: Sequence[int] = (1, 2, 4, 8),
+    reps: int = 3,
+) -> Profile:
+    config = runner.config
+    if lengths is None:
+        top = min(config.max_seq_len, 1024)
+        lengths = [2**i for i in range(4, int(math.log2(top)) + 1)]
+    max_len = max(lengths)
+    width = math.ceil(max_len / page_size)
+    kv = runner.new_kv(1 + max(max(batches), 1) * width, page_size)
+    state = {"kv": kv}
+
+    def prefill(n: int):
+        batch = {
+            "tokens": np.ones((1, n), np.int32), "lengths": np.array([n], np.int32),
+            "block_tables": np.arange(1, 1 + math.ceil(n / page_size), dtype=np.int32)[None],
+            **_sampling(1),
+        }  # fmt: skip
+        batch = runner.put_batch(batch)
+
+        def run():
+            state["kv"], first = runner.prefill(state["kv"], batch)
+            first.block_until_ready()
+
+        return run
+
+    def decode(b: int):
+        bt = (1 + np.arange(b * width, dtype=np.int32)).reshape(b, width)
+        batch = runner.put_batch({
+            "tokens": np.ones(b, np.int32), "positions": np.full(b, max_len // 2, np.int32),
+            "block_tables": bt, "active": np.ones(b, bool), "remaining": np.full(b, 2, np.int32),
+            "stop_ids": np.full((b, 1), -1, np.int32), **_sampling(b),
+        })  # fmt: skip
+
+        def run():
+            state["kv"], _, toks, _ = runner.decode(state["kv"], batch, 1)
+            toks.block_until_ready()
+
+        return run
+
+    prefill_table = [(n, _median_time(prefill(n), reps)) for n in lengths]
+    decode_table = [(b, _median_time(decode(b), reps)) for b in batches]
+    tier = HostTier(runner.kv_sharding)
+    pages = list(range(1, 1 + min(width, state["kv"].num_pages - 1)))
+
+    def swap():
+        host = tier.swap_out(state["kv"], pages)
+        state["kv"] = tier.swap_in(state["kv"], host, pages)
+        state["kv"].k.block_until_ready()
+        return host.nbytes
+
+    nbytes = tier.swap_out(state["kv"], pages).nbytes
+    swap_s = _median_time(swap, reps)
+    n_big, t_big = prefill_table[-1]
+    return Profile(
+        model=config.name, device=str(jax.devices()[0].device_kind),
+        prefill=prefill_table, decode=decode_table,
+        swap_bandwidth=2 * nbytes / swap_s,  # out and back in
+        prefill_tokens_per_s=n_big / t_big,
+    )  # fmt: skip

@@ -1,0 +1,179 @@
+"""The `experiments.serve` job: every scheduler serves the same trace on the same model.
+
+    model -> profile (prefill table, decode time, swap bandwidth) -> for each rate:
+        trace = make_workload(...)             # identical for every scheduler
+        for each scheduler: Engine(shared runner).replay(trace) -> timelines -> summary
+    -> table on stdout, DIR/results.json, DIR/latency_cdf*.png, DIR/jct_vs_rate.png
+
+One ModelRunner is shared by all engines, and every shape bucket is compiled before the first
+measured request, so no scheduler pays for compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxserve import experiment, metrics, plots, workload
+from jaxserve.engine import Engine, Timeline
+from jaxserve.profiler import Profile, profile
+from jaxserve.runner import CompileCounter, ModelRunner
+from jaxserve.sampling import SamplingParams
+from jaxserve.sched import SchedulerConfig
+
+
+def to_record(tl: Timeline) -> metrics.RequestRecord:
+    if tl.rejected:
+        state = "rejected"
+    elif tl.finish_time is not None and tl.finish_reason != "cancelled":
+        state = "finished"
+    else:
+        state = "cancelled" if tl.finish_reason == "cancelled" else "unfinished"
+    return metrics.RequestRecord(
+        id=tl.id, arrival=tl.arrival, prompt_len=tl.prompt_len, output_len=len(tl.token_times),
+        first_token_time=tl.token_times[0] if tl.token_times else None,
+        finish_time=tl.finish_time if state == "finished" else None,
+        token_times=list(tl.token_times), preemptions=tl.preemptions,
+        swapped_bytes=tl.swapped_bytes, swap_time=tl.swap_time, client=tl.client,
+        output_ids=list(tl.output_ids), state=state,
+    )  # fmt: skip
+
+
+def prompt_ids_for(req: workload.TraceRequest, tokenizer, vocab: int, rng) -> list[int]:
+    if req.prompt_ids is not None:
+        return list(req.prompt_ids)
+    if req.prompt is not None and tokenizer is not None:
+        return tokenizer.encode(req.prompt)[: max(1, req.prompt_len)] or [0]
+    return [int(t) for t in rng.integers(3, vocab, req.prompt_len)]
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    schedulers: Sequence[str]
+    workload: str
+    rates: Sequence[float]
+    num_requests: int
+    max_batch: int = 8
+    kv_pages: int = 512
+    page_size: int = 16
+    preemption: str = "swap"
+    seed: int = 0
+    arrival: str = "poisson"
+    cv: float = 1.0
+    scale: float = 0.25
+    max_prompt_len: int = 256
+    max_output_len: int = 256
+    q0: float | None = None  # seconds; default: one decode iteration at max_batch
+    num_queues: int = 8
+    promote_every: int = 1000
+    starve_s: float = 3.0
+    reserve_pages: int = 0
+    prefetch: int = 2
+    host_pages: int | None = None  # default: 4x the device pool
+    host_mode: str = "auto"
+    slo_ttft: float | None = None
+    slo_tbt: float | None = None
+
+
+def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_bytes: int):
+    q0 = s.q0 if s.q0 is not None else prof.decode_time(s.max_batch)
+    return SchedulerConfig(
+        max_batch=s.max_batch, num_pages=s.kv_pages, page_size=s.page_size,
+        max_seq_len=max_seq_len, preemption=s.preemption,
+        host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
+        swap_bandwidth=prof.swap_bandwidth, prefill_tokens_per_s=prof.prefill_tokens_per_s,
+        kv_bytes_per_page=kv_page_bytes, q0=q0, num_queues=s.num_queues,
+        promote_every=s.promote_every, starve_s=s.starve_s, reserve_pages=s.reserve_pages,
+        prefetch=s.prefetch, prefill_table=list(prof.prefill),
+    )  # fmt: skip
+
+
+def run_serve(
+    settings: ServeSettings,
+    *,
+    checkpoint: str | None,
+    preset: str | None,
+    out_dir: str,
+    flag_values: dict | None = None,
+    profile_path: str | None = None,
+) -> dict:
+    s = settings
+    os.makedirs(out_dir, exist_ok=True)
+    model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
+    config = model.config
+    runner = ModelRunner(model)
+    page_bytes = config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * s.page_size
+    if profile_path:
+        prof = Profile.load(profile_path)
+    else:
+        lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
+        prof = profile(runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}))
+        prof.save(os.path.join(out_dir, "profile.json"))
+    max_context = min(config.max_seq_len, s.max_prompt_len + s.max_output_len)
+    results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
+                     "model": {"source": source, "config": config.to_dict()},
+                     "profile": dataclasses.asdict(prof), "runs": []}  # fmt: skip
+    sweep: dict[str, list] = {name: [] for name in s.schedulers}
+    for rate in s.rates:
+        trace = workload.make_workload(
+            s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
+            max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
+            tokenize=tokenizer.encode if tokenizer is not None else None,
+        )  # fmt: skip
+        rng = np.random.default_rng(s.seed)
+        prompts = {r.id: prompt_ids_for(r, tokenizer, config.vocab_size, rng) for r in trace}
+        by_sched = {}
+        for name in s.schedulers:
+            sc = scheduler_config(s, prof, config.max_seq_len, page_bytes)
+            engine = Engine(model, name, sc, tokenizer, runner=runner, host_mode=s.host_mode)
+            warm = engine.warmup(max(len(p) for p in prompts.values()), max_context)
+            compiles_before = CompileCounter.count()
+            start = time.perf_counter()
+            engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id])) for r in trace])
+            wall = time.perf_counter() - start
+            records = [to_record(engine.timelines[r.id]) for r in trace]
+            summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
+            compiles = CompileCounter.count() - compiles_before
+            summary.update(wall_seconds=wall, iterations=engine.iterations,
+                           busy_seconds=engine.busy_time, swap_seconds=engine.swap_time,
+                           warmup_compiles=warm, compiles_during_run=compiles)  # fmt: skip
+            by_sched[name] = records
+            sweep[name].append((rate, summary))
+            results["runs"].append({"scheduler": name, "rate": rate, "summary": summary,
+                                    "requests": metrics.records_to_json(records)})  # fmt: skip
+            print(_row(name, rate, summary), flush=True)
+        suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
+        plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
+    if len(s.rates) > 1:
+        plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png"))
+    experiment.write_json(os.path.join(out_dir, "results.json"), results)
+    return results
+
+
+def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int]):
+    params = SamplingParams(max_new_tokens=req.output_len, seed=0)
+
+    def submit(arrival: float) -> str:
+        return engine.submit(ids, params, request_id=req.id, arrival=arrival,
+                             output_len=req.output_len, client=req.client)  # fmt: skip
+
+    return submit
+
+
+HEADER = (f"{'scheduler':>15} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
+          f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} "
+          f"{'compiles':>8}")  # fmt: skip
+
+
+def _row(name: str, rate: float, s: dict) -> str:
+    def f(x):
+        return f"{x:9.3f}" if x is not None else f"{'-':>9}"
+
+    return (f"{name:>15} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
+            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {s['throughput_tokens_per_s']:8.1f} "
+            f"{s['total_preemptions']:7d} {s['compiles_during_run']:8d}")  # fmt: skip

@@ -1,0 +1,141 @@
+"""The engine on a real (tiny, random) model: preemption must not change outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_model, tiny_config
+
+from jaxserve.engine import Engine
+from jaxserve.generate import Generator
+from jaxserve.runner import CompileCounter, ModelRunner
+from jaxserve.sampling import SamplingParams
+from jaxserve.sched import SchedulerConfig
+
+PAGE = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(vocab_size=128, max_seq_len=128), seed=11)
+
+
+@pytest.fixture(scope="module")
+def runner(model):
+    return ModelRunner(model)
+
+
+def _config(num_pages: int, preemption: str = "swap", **kw) -> SchedulerConfig:
+    fields = dict(
+        max_batch=4, num_pages=num_pages, page_size=PAGE, max_seq_len=128, preemption=preemption,
+        host_pages=1000, swap_bandwidth=1e9, prefill_tokens_per_s=1e4, kv_bytes_per_page=1024,
+        q0=1e-4, prefill_table=[(16, 1e-4), (64, 4e-4)],
+    )  # fmt: skip
+    fields.update(kw)
+    return SchedulerConfig(**fields)
+
+
+def _workload(n: int = 8, seed: int = 0):
+    rs = np.random.RandomState(seed)
+    prompts = [[int(t) for t in rs.randint(3, 128, rs.randint(3, 20))] for _ in range(n)]
+    lens = [int(x) for x in rs.randint(5, 30, n)]
+    return prompts, lens
+
+
+def _serve(model, runner, policy, config, prompts, lens, temperature=0.0):
+    engine = Engine(model, policy, config, runner=runner)
+    ids = [
+        engine.submit(
+            p,
+            SamplingParams(max_new_tokens=n, temperature=temperature, seed=5),
+            request_id=f"r{i}",
+            output_len=n,
+        )  # fmt: skip
+        for i, (p, n) in enumerate(zip(prompts, lens))
+    ]
+    engine.run_until_done(max_iterations=5000)
+    assert not engine.has_work
+    engine.scheduler.check_invariants()
+    return engine, {i: engine.output(i) for i in ids}
+
+
+@pytest.mark.parametrize("policy", ["vllm", "mlfq", "skip_join_mlfq"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_swap_preemption_does_not_change_outputs(model, runner, policy, temperature):
+    prompts, lens = _workload()
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens, temperature)
+    # 24 pages cannot hold 8 requests of up to ~50 tokens: jobs are swapped out and back
+    engine, out = _serve(model, runner, policy, _config(24), prompts, lens, temperature)
+    assert out == ref
+    assert sum(len(v) for v in out.values()) == sum(lens)
+    assert sum(t.preemptions for t in engine.timelines.values()) > 0
+    assert sum(t.swapped_bytes for t in engine.timelines.values()) > 0
+
+
+def test_recompute_preemption_agrees(model, runner):
+    prompts, lens = _workload(seed=1)
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    engine, out = _serve(model, runner, "vllm", _config(24, "recompute"), prompts, lens)
+    assert sum(t.preemptions for t in engine.timelines.values()) > 0
+    same = sum(a == b for k in ref for a, b in zip(ref[k], out[k]))
+    assert same / sum(lens) >= 0.99
+
+
+def test_engine_matches_generator(model, runner):
+    prompts, lens = _workload(4, seed=2)
+    _, out = _serve(model, runner, "fcfs", _config(200), prompts, [12] * 4)
+    gen = Generator(model, page_size=PAGE, chunk=4).generate(prompts, SamplingParams(12))
+    assert [out[f"r{i}"] for i in range(4)] == [c.token_ids for c in gen]
+
+
+def test_stream_events_and_cancel(model, runner):
+    engine = Engine(model, "mlfq", _config(40), runner=runner)
+    a = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=10))
+    b = engine.submit([8, 9], SamplingParams(max_new_tokens=50))
+    streamed = list(engine.stream(a))
+    assert streamed == engine.output(a) and len(streamed) == 10
+    assert engine.timelines[a].finish_reason == "length"
+    assert len(engine.output(b)) > 0
+    engine.cancel(b)
+    assert engine.timelines[b].finish_reason == "cancelled"
+    assert not engine.has_work
+    assert engine.scheduler.allocator.num_free == 40 - 1  # every page back (page 0 reserved)
+    engine.scheduler.check_invariants()
+
+
+def test_stop_tokens_and_events(model, runner):
+    engine = Engine(model, "fcfs", _config(60), runner=runner)
+    free = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=15))
+    engine.run_until_done()
+    stop = engine.output(free)[4]
+    engine2 = Engine(model, "fcfs", _config(60), runner=runner)
+    r = engine2.submit([5, 6, 7], SamplingParams(max_new_tokens=15, stop_token_ids=(stop,)))
+    events = []
+    while engine2.has_work:
+        events += engine2.step()
+    out = engine2.output(r)
+    assert out == engine.output(free)[: engine.output(free).index(stop) + 1]
+    assert [e.kind for e in events].count("finish") == 1
+    assert [e.token for e in events if e.kind == "token"] == out
+    assert engine2.scheduler.allocator.num_free == 60 - 1
+
+
+def test_no_recompilation_once_buckets_are_warm(model, runner):
+    prompts, lens = _workload(seed=3)
+    Engine(model, "fcfs", _config(24), runner=runner).warmup(20, 50)
+    before = CompileCounter.count()
+    for policy in ("skip_join_mlfq", "vllm"):
+        engine, _ = _serve(model, runner, policy, _config(24), prompts, lens)
+        assert sum(t.preemptions for t in engine.timelines.values()) > 0
+    assert CompileCounter.count() == before
+
+
+def test_submit_errors(model, runner):
+    engine = Engine(model, "fcfs", _config(20), runner=runner)
+    engine.submit([1, 2], request_id="x")
+    with pytest.raises(ValueError, match="already submitted"):
+        engine.submit([1, 2], request_id="x")
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.submit([])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.submit([1, 999])
