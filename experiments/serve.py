@@ -35,7 +35,10 @@ _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
 _HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
 _HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
-_Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (default: one decode iteration).")
+_Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
+_Q0_IT = flags.DEFINE_float(
+    "q0_iterations", 8.0, "Default q0 = this many profiled decode iterations at --max_batch."
+)
 _NUM_QUEUES = flags.DEFINE_integer("num_queues", 8, "MLFQ queues.", lower_bound=1)
 _PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period, iterations.")
 _STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
@@ -49,7 +52,7 @@ _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
 _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
         _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION, _HOST_PAGES,
-        _HOST_MODE, _Q0, _NUM_QUEUES, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT,
+        _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT,
         _SLO_TBT, _PROFILE, _SEED, _OUT)  # fmt: skip
 
 
@@ -84,7 +87,8 @@ def main(argv):
         max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
         preemption=_PREEMPTION.value, seed=_SEED.value, arrival=_ARRIVAL.value, cv=_CV.value,
         scale=_SCALE.value, max_prompt_len=_MAX_PROMPT.value, max_output_len=_MAX_OUTPUT.value,
-        q0=_Q0.value, num_queues=_NUM_QUEUES.value, promote_every=_PROMOTE.value,
+        q0=_Q0.value, q0_iterations=_Q0_IT.value, num_queues=_NUM_QUEUES.value,
+        promote_every=_PROMOTE.value,
         starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
         slo_tbt=_SLO_TBT.value,

@@ -68,7 +68,8 @@ class ServeSettings:
     scale: float = 0.25
     max_prompt_len: int = 256
     max_output_len: int = 256
-    q0: float | None = None  # seconds; default: one decode iteration at max_batch
+    q0: float | None = None  # seconds; default: q0_iterations decode iterations at max_batch
+    q0_iterations: float = 8.0
     num_queues: int = 8
     promote_every: int = 1000
     starve_s: float = 3.0
@@ -81,7 +82,7 @@ class ServeSettings:
 
 
 def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_bytes: int):
-    q0 = s.q0 if s.q0 is not None else prof.decode_time(s.max_batch)
+    q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
     return SchedulerConfig(
         max_batch=s.max_batch, num_pages=s.kv_pages, page_size=s.page_size,
         max_seq_len=max_seq_len, preemption=s.preemption,
