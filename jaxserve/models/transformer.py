@@ -62,6 +62,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     b, t, h, d = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
+    if t == 1 and b >= 4:
+        # one query per row (batched decode): multiply-and-reduce fuses into one pass over
+        # the cache, where XLA:CPU runs the einsum as B*K tiny matrix products (at batch 16
+        # of the small preset: 5.2 against 6.1 ms a step; at batch 1 the einsum is faster)
+        qs = q[:, 0, :, :, None, :].astype(jnp.float32)  # [B, K, G, 1, D]
+        kt = k.astype(jnp.float32).transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, S, D]
+        scores = jnp.sum(qs * kt, axis=-1)[:, :, :, None, :] * (d**-0.5)  # [B, K, G, 1, S]
+        scores = jnp.where(mask[:, None, None], scores, -1e30)
+        probs = jax.nn.softmax(scores, axis=-1)[:, :, :, 0, :, None]  # [B, K, G, S, 1]
+        vt = v.astype(jnp.float32).transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, S, D]
+        return jnp.sum(probs * vt, axis=3).reshape(b, 1, h, d).astype(v.dtype)
     scores = jnp.einsum("BTKGD,BSKD->BKGTS", q, k, preferred_element_type=jnp.float32)
     scores = scores * (d**-0.5)
     scores = jnp.where(mask[:, None, None], scores, -1e30)
