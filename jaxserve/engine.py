@@ -262,7 +262,7 @@ class Engine:
             "block_tables": bt,
             **self._sampling(reqs, b),
         }
-        self.kv, first = self.runner.prefill(self.kv, self.runner.put_batch(batch))
+        self.kv, first = self.runner.prefill(self.kv, batch)
         first = np.asarray(first)
         return {r.id: int(first[i]) for i, r in enumerate(reqs)}
 
@@ -281,7 +281,7 @@ class Engine:
             "remaining": np.full(b, 2, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
             **self._sampling(reqs, b),
         }  # fmt: skip
-        self.kv, _, toks, _ = self.runner.decode(self.kv, self.runner.put_batch(batch), 1)
+        self.kv, _, toks, _ = self.runner.decode(self.kv, batch, 1)
         toks = np.asarray(toks)[:, 0]
         return {r.id: int(toks[i]) for i, r in enumerate(reqs)}
 

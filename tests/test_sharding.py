@@ -81,7 +81,7 @@ def test_sharded_logits_match_unsharded():
     ref = np.asarray(model(tokens, positions))
     runner = ModelRunner(model, shd.make_mesh("data:2,model:4"))
     fn = jax.jit(lambda s, t, p: runner._model(s)(t, p))
-    out = np.asarray(fn(runner.state, runner.put_batch({"t": tokens})["t"], positions))
+    out = np.asarray(fn(runner.leaves, runner.put_batch({"t": tokens})["t"], positions))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -95,7 +95,7 @@ def _decode_hlo(runner: ModelRunner, batch_size: int) -> str:
         "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros(b, np.float32),
         "top_k": np.zeros(b, np.int32), "top_p": np.ones(b, np.float32),
     })  # fmt: skip
-    return runner._decode.lower(runner.state, kv, batch, 2).compile().as_text()
+    return runner._decode.lower(runner.leaves, kv, batch, 2).compile().as_text()
 
 
 def test_compiled_collectives():
