@@ -326,7 +326,7 @@ class Engine:
                 bt = np.zeros((b, math.ceil(t / ps)), np.int32)
                 batch = {"tokens": np.zeros((b, t), np.int32), "lengths": np.zeros(b, np.int32),
                          "block_tables": bt, **samp}  # fmt: skip
-                kv, _ = runner.prefill(kv, runner.put_batch(batch))
+                kv, _ = runner.prefill(kv, batch)
             for w in widths:
                 batch = {
                     "tokens": np.zeros(b, np.int32), "positions": np.zeros(b, np.int32),
@@ -334,7 +334,7 @@ class Engine:
                     "remaining": np.ones(b, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
                     **samp,
                 }  # fmt: skip
-                kv, _, _, _ = runner.decode(kv, runner.put_batch(batch), 1)
+                kv, _, _, _ = runner.decode(kv, batch, 1)
         for w in widths:  # swaps move one request's pages: up to a full block table
             kv = self.host.swap_in(kv, self.host.swap_out(kv, [0] * w), [0] * w)
         kv.k.block_until_ready()
