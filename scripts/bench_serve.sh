@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Scheduler comparison on a heavy-tailed trace at high load with the `small` model, then the
+# JCT ratios the FastServe comparison is about (one run, one trace for every scheduler).
+#   bash scripts/bench_serve.sh [OUT_DIR]
+set -euo pipefail
+out=${1:-runs/bench_serve}
+python -m experiments.serve --model=small --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
+  --workload=sharegpt_synth --scale=0.5 --max_prompt_len=256 --max_output_len=1000 \
+  --rate=8 --num_requests=100 --max_batch=8 --kv_pages=600 --seed=0 --out="$out"
+python - "$out/results.json" <<'PY'
+import json, sys
+runs = {r["scheduler"]: r["summary"] for r in json.load(open(sys.argv[1]))["runs"]}
+sj = runs["skip_join_mlfq"]
+for name in ("fcfs", "vllm"):
+    s = runs[name]
+    print(f"{name}/skip_join_mlfq: mean JCT {s['mean_jct'] / sj['mean_jct']:.2f}x, "
+          f"p99 JCT {s['p99_jct'] / sj['p99_jct']:.2f}x")
+sr = runs["srpt"]
+print(f"skip_join_mlfq/srpt: mean JCT {sj['mean_jct'] / sr['mean_jct']:.2f}x, "
+      f"p99 JCT {sj['p99_jct'] / sr['p99_jct']:.2f}x")
+PY

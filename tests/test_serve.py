@@ -1,0 +1,74 @@
+"""experiments.serve end to end on the tiny preset, and the profiler's table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import random_model, tiny_config
+
+from jaxserve.profiler import Profile, profile
+from jaxserve.runner import ModelRunner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.serve", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_serve_cli_same_trace_every_scheduler(tmp_path):
+    r = _serve("--model=tiny", "--schedulers=fcfs,vllm,skip_join_mlfq", "--num_requests=6",
+               "--rate=50", "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32",
+               "--max_output_len=24", f"--out={tmp_path}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skip_join_mlfq" in r.stdout
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["flags"]["kv_pages"] == 40 and data["environment"]["backend"] == "cpu"
+    runs = {run["scheduler"]: run for run in data["runs"]}
+    assert set(runs) == {"fcfs", "vllm", "skip_join_mlfq"}
+    outputs = {}
+    for name, run in runs.items():
+        s = run["summary"]
+        assert s["num_finished"] == 6 and s["mean_jct"] > 0 and s["p99_ttft"] is not None
+        assert s["compiles_during_run"] == 0
+        outputs[name] = {q["id"]: q["output_ids"] for q in run["requests"]}
+        for q in run["requests"]:
+            assert q["first_token_time"] >= q["arrival"] and len(q["output_ids"]) >= 1
+    # greedy decoding: what a request generates does not depend on how it was scheduled
+    assert outputs["fcfs"] == outputs["vllm"] == outputs["skip_join_mlfq"]
+    assert (tmp_path / "latency_cdf.png").stat().st_size > 0
+    assert Profile.load(str(tmp_path / "profile.json")).prefill
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [(["--schedulers=fcfs,lottery"], "--schedulers"), (["--model=huge"], "--model"),
+     (["--workload=/no/such.jsonl"], "--workload"), (["--rates=1,x"], "--rates"),
+     (["--preemption=pray"], "--preemption"), (["--kv_pages=1"], "--kv_pages")],
+)  # fmt: skip
+def test_serve_cli_usage_errors(args, flag, tmp_path):
+    r = _serve(*args, f"--out={tmp_path}")
+    assert r.returncode != 0
+    assert flag in r.stderr
+
+
+def test_profile_table_and_round_trip(tmp_path):
+    runner = ModelRunner(random_model(tiny_config()))
+    prof = profile(runner, page_size=4, lengths=[16, 64], batches=[1, 4], reps=2)
+    assert [n for n, _ in prof.prefill] == [16, 64] and [b for b, _ in prof.decode] == [1, 4]
+    assert all(t > 0 for _, t in prof.prefill + prof.decode)
+    assert prof.swap_bandwidth > 0 and prof.prefill_tokens_per_s > 0
+    # interpolation between and beyond the measured points
+    (n0, t0), (n1, t1) = prof.prefill
+    assert prof.prefill_time(40) == pytest.approx(t0 + (t1 - t0) * (40 - 16) / 48)
+    path = str(tmp_path / "p.json")
+    prof.save(path)
+    assert Profile.load(path) == prof
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a profile"):
+        Profile.load(str(tmp_path / "bad.json"))
