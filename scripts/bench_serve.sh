@@ -6,7 +6,7 @@ set -euo pipefail
 out=${1:-runs/bench_serve}
 python -m experiments.serve --model=small --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
   --workload=sharegpt_synth --scale=0.5 --max_prompt_len=256 --max_output_len=1000 \
-  --rate=8 --num_requests=100 --max_batch=8 --kv_pages=600 --seed=0 --out="$out"
+  --rate=20 --num_requests=100 --max_batch=8 --kv_pages=600 --seed=0 --out="$out"
 python - "$out/results.json" <<'PY'
 import json, sys
 runs = {r["scheduler"]: r["summary"] for r in json.load(open(sys.argv[1]))["runs"]}
