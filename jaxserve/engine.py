@@ -30,7 +30,7 @@ from jaxserve.kvcache.host import HostKV, HostTier
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import CompileCounter, ModelRunner
 from jaxserve.sampling import SamplingParams
-from jaxserve.sched import Plan, Request, SchedulerConfig, StepResult, make_scheduler
+from jaxserve.sched import Plan, Request, SchedulerConfig, State, StepResult, make_scheduler
 from jaxserve.tokenizer import Tokenizer
 
 
@@ -196,8 +196,6 @@ class Engine:
         return events
 
     def _sched_finished(self, rid: str) -> bool:
-        from jaxserve.sched import State
-
         return self.scheduler.requests[rid].state == State.FINISHED
 
     def _swaps(self, plan: Plan, now: float, events: list[Event]) -> None:
