@@ -57,7 +57,8 @@ class Timeline:
     finish_reason: str | None = None
     preemptions: int = 0
     swapped_bytes: int = 0
-    swap_time: float = 0.0
+    swap_time: float = 0.0  # this request's share of the time spent moving KV
+    stall_time: float = 0.0  # time it was ready to compute but waited for swaps
     rejected: bool = False
 
 
@@ -224,6 +225,9 @@ class Engine:
             moved = {r.id for r, _ in plan.swap_out} | {r.id for r, _ in plan.swap_in}
             for rid in moved:
                 self.timelines[rid].swap_time += spent / len(moved)
+            # swaps are synchronous: every request in this iteration's batch waited for them
+            for r in plan.batch:
+                self.timelines[r.id].stall_time += spent
 
     def _sampling(self, reqs: Sequence[Request], b: int) -> dict:
         keys = np.zeros((b, 2), np.uint32)

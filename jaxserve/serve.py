@@ -39,7 +39,8 @@ def to_record(tl: Timeline) -> metrics.RequestRecord:
         first_token_time=tl.token_times[0] if tl.token_times else None,
         finish_time=tl.finish_time if state == "finished" else None,
         token_times=list(tl.token_times), preemptions=tl.preemptions,
-        swapped_bytes=tl.swapped_bytes, swap_time=tl.swap_time, client=tl.client,
+        swapped_bytes=tl.swapped_bytes, swap_time=tl.swap_time, stall_time=tl.stall_time,
+        client=tl.client,
         output_ids=list(tl.output_ids), state=state,
     )  # fmt: skip
 

@@ -70,6 +70,8 @@ def test_swap_preemption_does_not_change_outputs(model, runner, policy, temperat
     assert sum(len(v) for v in out.values()) == sum(lens)
     assert sum(t.preemptions for t in engine.timelines.values()) > 0
     assert sum(t.swapped_bytes for t in engine.timelines.values()) > 0
+    assert sum(t.swap_time for t in engine.timelines.values()) == pytest.approx(engine.swap_time)
+    assert sum(t.stall_time for t in engine.timelines.values()) > 0
 
 
 def test_recompute_preemption_agrees(model, runner):
