@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -173,11 +174,16 @@ class Engine:
         if not plan.batch:
             return events
         start = self.clock()
-        sampled: dict[str, int] = {}
+        # dispatch both programs before reading either result, so they queue back to back
+        pending = []
         if plan.prefill:
-            sampled.update(self._prefill(plan.prefill))
+            pending.append((plan.prefill, self._prefill(plan.prefill)))
         if plan.decode:
-            sampled.update(self._decode(plan.decode))
+            pending.append((plan.decode, self._decode(plan.decode)))
+        sampled: dict[str, int] = {}
+        for reqs, toks in pending:
+            toks = np.asarray(toks).reshape(-1)
+            sampled.update((r.id, int(toks[i])) for i, r in enumerate(reqs))
         elapsed = self.clock() - start
         self.busy_time += elapsed
         self.iterations += 1
@@ -246,8 +252,8 @@ class Engine:
             bt[i, : len(pages)] = pages
         return bt
 
-    def _prefill(self, reqs: Sequence[Request]) -> dict[str, int]:
-        """Prefill (or recompute) each request's known tokens and sample its next token."""
+    def _prefill(self, reqs: Sequence[Request]) -> jax.Array:
+        """Prefill (or recompute) each request's known tokens; their next tokens [B]."""
         seqs = [self._tokens[r.id] for r in reqs]
         b = _pow2(len(reqs))
         t = _pow2(max(len(s) for s in seqs), 16)
@@ -265,10 +271,10 @@ class Engine:
             **self._sampling(reqs, b),
         }
         self.kv, first = self.runner.prefill(self.kv, batch)
-        first = np.asarray(first)
-        return {r.id: int(first[i]) for i, r in enumerate(reqs)}
+        return first
 
-    def _decode(self, reqs: Sequence[Request]) -> dict[str, int]:
+    def _decode(self, reqs: Sequence[Request]) -> jax.Array:
+        """One decode step for each request; their next tokens [B, 1]."""
         b = _pow2(len(reqs))
         positions = np.zeros(b, np.int32)
         tokens = np.zeros(b, np.int32)
@@ -284,8 +290,7 @@ class Engine:
             **self._sampling(reqs, b),
         }  # fmt: skip
         self.kv, _, toks, _ = self.runner.decode(self.kv, batch, 1)
-        toks = np.asarray(toks)[:, 0]
-        return {r.id: int(toks[i]) for i, r in enumerate(reqs)}
+        return toks  # [B, 1]
 
     def _emit(self, rid: str, token: int, t: float) -> str | None:
         """Record a token; returns a finish reason when it ends the request."""
