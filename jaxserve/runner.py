@@ -123,24 +123,21 @@ class ModelRunner:
     # -- jitted bodies ------------------------------------------------------------------
 
     def _model(self, leaves) -> Decoder:
+        """The model rebuilt from its leaves: a `Decoder`, or any module with `config`,
+        `prefill_paged` and `decoder` (KV prediction's model prefills with its predictor)."""
         return nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
 
     def _prefill_fn(self, state, kv: KVPages, batch: dict):
         model = self._model(state)
-        tokens, lengths = batch["tokens"], batch["lengths"]
-        b, t = tokens.shape
-        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        logits, kv = model(
-            tokens, positions, kv=kv, block_tables=batch["block_tables"], seq_lens=lengths,
-            prefix=False, logits_index=jnp.maximum(lengths - 1, 0),
-        )  # fmt: skip
+        lengths = batch["lengths"]
+        logits, kv = model.prefill_paged(batch["tokens"], lengths, kv, batch["block_tables"])
         first = sample(
             logits, batch["keys"], lengths, batch["temperature"], batch["top_k"], batch["top_p"]
         )
         return kv, first
 
     def _decode_fn(self, state, kv: KVPages, batch: dict, num_steps: int):
-        model = self._model(state)
+        model = self._model(state).decoder
         bt, stop_ids = batch["block_tables"], batch["stop_ids"]
         params = (batch["temperature"], batch["top_k"], batch["top_p"])
         zeros = jnp.zeros_like(batch["positions"])

@@ -236,6 +236,27 @@ class Decoder(nnx.Module):
             out = out + (kv_out,)
         return out[0] if len(out) == 1 else out
 
+    # -- the serving interface (`ModelRunner` calls these; KV prediction provides its own) --
+
+    @property
+    def decoder(self) -> Decoder:
+        """The model that decodes on the cache (this one)."""
+        return self
+
+    def prefill_paged(
+        self, tokens: jax.Array, lengths: jax.Array, kv: KVPages, block_tables: jax.Array
+    ) -> tuple[jax.Array, KVPages]:
+        """Write the prompts' cache into `kv`; logits [B, V] of each row's last prompt token.
+
+        tokens: [B, T] right-padded prompts starting at position 0; lengths: [B].
+        """
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        return self(
+            tokens, positions, kv=kv, block_tables=block_tables, seq_lens=lengths, prefix=False,
+            logits_index=jnp.maximum(lengths - 1, 0),
+        )  # fmt: skip
+
 
 def init_model(config: ModelConfig, seed: int = 0) -> Decoder:
     return Decoder(config, rngs=nnx.Rngs(params=seed))

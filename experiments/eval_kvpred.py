@@ -1,0 +1,136 @@
+"""Evaluate KV prediction against its baselines: task accuracy against TTFT FLOPs and seconds.
+
+    python -m experiments.eval_kvpred --base=runs/lm_tiny/final \
+        --variants=base,aux_only:runs/lm_tiny_aux/final,lp_baseline:runs/lp_tiny/final,\
+kvp:runs/kvp_c/final,kvp:runs/kvp_lp/final,kvp_identity \
+        --task=synthetic_qa --out=runs/eval_qa
+
+Writes OUT/results.json (flags, environment, and per variant: the task metric, ttft_flops and
+its reduction against the base (the paper's parameter formula, plus the attention-aware count),
+measured warm TTFT at each --ttft_batch_sizes and its speedup, parameter memory, and every
+prediction) and OUT/pareto.png (accuracy against TTFT FLOPs reduction and measured speedup).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from absl import app, flags, logging
+
+from jaxserve import experiment, sharding
+from jaxserve.tokenizer import load_default, load_tokenizer
+from kvpred import data as kd
+from kvpred import evaluate as ev
+from kvpred import report
+from kvpred.io import load_base
+from kvpred.tasks import humaneval as he
+from kvpred.tasks import triviaqa as tqa
+
+_BASE = flags.DEFINE_string(
+    "base", None, "Base model: checkpoint directory or preset.", required=True
+)
+_VARIANTS = flags.DEFINE_string("variants", "base,kvp_identity", "Comma-separated variants.")
+_TASK = flags.DEFINE_string("task", "synthetic_qa", "synthetic_qa | triviaqa:PATH | humaneval")
+_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N examples only.", lower_bound=1)
+_SAMPLES = flags.DEFINE_integer("samples", 1, "HumanEval samples per problem.", lower_bound=1)
+_KB_ENTITIES = flags.DEFINE_integer("kb_entities", 96, "Synthetic QA entities.", lower_bound=4)
+_KB_SEED = flags.DEFINE_integer("kb_seed", 0, "Synthetic QA seed (as in training).")
+_TTFT_BATCHES = flags.DEFINE_list("ttft_batch_sizes", ["1", "8"], "Batch sizes to time TTFT at.")
+_TTFT_LEN = flags.DEFINE_integer(
+    "ttft_prompt_len", None, "Prompt length to time TTFT at (default: the task's mean prompt).",
+    lower_bound=2,
+)  # fmt: skip
+_TTFT_REPS = flags.DEFINE_integer("ttft_reps", 7, "Timed repetitions (median).", lower_bound=1)
+_MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2 (default: 1 device).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+
+
+def _task(task: str, limit: int | None):
+    if task == "synthetic_qa":
+        data = kd.KnowledgeBase(_KB_ENTITIES.value, _KB_SEED.value).qa_examples("eval")
+    elif task.startswith("triviaqa:"):
+        data = tqa.load_triviaqa(task.partition(":")[2])
+    elif task == "humaneval":
+        data = he.load_humaneval()
+    else:
+        raise ValueError(f"--task: unknown {task!r}; synthetic_qa, triviaqa:PATH or humaneval")
+    return data[:limit] if limit else data
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        variants = report.parse_variants(_VARIANTS.value)
+        batches = [int(b) for b in _TTFT_BATCHES.value]
+        if min(batches) < 1:
+            raise ValueError("--ttft_batch_sizes must be positive integers")
+        mesh = sharding.make_mesh(_MESH.value) if _MESH.value else None
+        data = _task(_TASK.value, _LIMIT.value)
+        base = load_base(_BASE.value)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+    try:
+        tokenizer = load_tokenizer(_BASE.value) if os.path.isdir(_BASE.value) else load_default()
+    except FileNotFoundError:
+        tokenizer = load_default()
+    if _TASK.value == "humaneval":
+        lengths = [len(tokenizer.encode(p["prompt"])) + 1 for p in data]
+    else:
+        shot = ev.default_shot(data)
+        lengths = [len(tokenizer.encode(tqa.one_shot_prompt(ex.question, shot))) + 1 for ex in data]
+    n = round(statistics.mean(lengths))
+    ttft_len = _TTFT_LEN.value or n
+    results, base_row = {}, None
+    for name, kind, arg in variants:
+        v = report.build_variant(name, kind, arg, base, ttft_len)
+        t0 = time.perf_counter()
+        metric, metric_name, preds = report.run_task(v, _TASK.value, tokenizer, data,
+                                                     samples=_SAMPLES.value)  # fmt: skip
+        eval_s = time.perf_counter() - t0
+        ttft = {b: ev.measure_ttft(v.model, b, ttft_len, _TTFT_REPS.value, mesh=mesh)
+                for b in batches}  # fmt: skip
+        row = {
+            "kind": kind, metric_name: metric, "metric": metric_name,
+            "ttft_flops": v.flops_params, "ttft_flops_attention": v.flops_attention,
+            "ttft_seconds": ttft[batches[0]], "ttft_seconds_by_batch": ttft,
+            "memory_bytes": v.memory_bytes, "eval_seconds": eval_s, "predictions": preds,
+        }  # fmt: skip
+        if kind == "base":
+            base_row = row
+        results[name] = row
+        logging.info("%s: %s %.4f, TTFT %.2f ms", name, metric_name, metric, 1e3 * ttft[batches[0]])
+    if base_row is None:  # reductions are against the base: measure it even when not listed
+        v = report.build_variant("base", "base", "", base, ttft_len)
+        base_row = {"ttft_flops": v.flops_params, "ttft_flops_attention": v.flops_attention,
+                    "ttft_seconds_by_batch": {b: ev.measure_ttft(base, b, ttft_len,
+                                                                 _TTFT_REPS.value, mesh=mesh)
+                                              for b in batches}}  # fmt: skip
+    for row in results.values():
+        row["ttft_flops_reduction"] = base_row["ttft_flops"] / row["ttft_flops"]
+        row["ttft_flops_attention_reduction"] = (
+            base_row["ttft_flops_attention"] / row["ttft_flops_attention"]
+        )
+        row["ttft_speedup_by_batch"] = {
+            b: base_row["ttft_seconds_by_batch"][b] / row["ttft_seconds_by_batch"][b]
+            for b in batches
+        }
+        row["ttft_speedup"] = row["ttft_speedup_by_batch"][batches[0]]
+    table = report.format_table(results)
+    print(table)
+    os.makedirs(_OUT.value, exist_ok=True)
+    payload = {
+        "flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(__name__)},
+        "environment": experiment.environment(), "task": _TASK.value,
+        "num_examples": len(data), "prompt_tokens_mean": n, "ttft_prompt_len": ttft_len,
+        "variants": results,
+    }  # fmt: skip
+    experiment.write_json(os.path.join(_OUT.value, "results.json"), payload)
+    report.pareto_plot(results, os.path.join(_OUT.value, "pareto.png"), _TASK.value)
+    print(f"wrote {os.path.join(_OUT.value, 'results.json')} and pareto.png")
+
+
+if __name__ == "__main__":
+    app.run(main)

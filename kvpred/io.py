@@ -1,0 +1,103 @@
+"""KV Prediction checkpoints: the auxiliary model and predictor, and where the base came from.
+
+    DIR/kvp_config.json   format version, base (preset name or directory) and its config,
+                          auxiliary spec, kind and layer map, LP kept layers, training step
+    DIR/aux/              the auxiliary model (a jaxserve checkpoint, loadable on its own)
+    DIR/predictor/        the predictor's parameters (orbax)
+
+The base is not copied: it is frozen, and `load_kvp` reloads it from the recorded source (or
+takes the caller's), refusing one whose config differs from the one the predictor was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxserve.config import PRESETS
+from jaxserve.models.checkpoint import config_from_dict, load_model, save_checkpoint
+from jaxserve.models.transformer import Decoder, init_model
+from kvpred.model import KVPModel
+from kvpred.predictor import KVPredictor
+
+CONFIG_FILE = "kvp_config.json"
+FORMAT_VERSION = 1
+
+
+def save_kvp(model: KVPModel, directory: str, *, base_source: str, meta: dict[str, Any]) -> str:
+    """meta: aux_spec, aux_kind, kept_layers, step (anything JSON)."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    save_checkpoint(model.aux, os.path.join(directory, "aux"))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(
+            os.path.join(directory, "predictor"),
+            nnx.state(model.predictor, nnx.Param),
+            force=True,
+        )
+        ckptr.wait_until_finished()
+    payload = dict(meta)
+    payload.update(
+        format_version=FORMAT_VERSION,
+        base=base_source,
+        base_config=model.base.config.to_dict(),
+        layer_map=list(model.predictor.layer_map),
+    )
+    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    return directory
+
+
+def read_kvp_config(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"KV prediction checkpoint {directory!r} does not exist")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{directory!r} is not a KV prediction checkpoint (no {CONFIG_FILE})"
+        )
+    with open(path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta['format_version']} is newer than this code")
+    return meta
+
+
+def load_base(source: str, seed: int = 0) -> Decoder:
+    """A base model from a preset name (random weights) or a checkpoint directory."""
+    if source in PRESETS:
+        return init_model(PRESETS[source], seed)
+    if os.path.isdir(source):
+        return load_model(source)
+    raise ValueError(f"base {source!r} is neither a preset ({', '.join(PRESETS)}) nor a directory")
+
+
+def load_kvp(directory: str, base: Decoder | None = None) -> KVPModel:
+    meta = read_kvp_config(directory)
+    want = config_from_dict(meta["base_config"])
+    if base is None:
+        base = load_base(meta["base"])
+    if base.config != want:
+        diff = sorted(k for k, v in want.to_dict().items() if base.config.to_dict().get(k) != v)
+        raise ValueError(
+            f"{directory}: the predictor was trained for base {meta['base']!r}; the base given "
+            f"differs in {diff}"
+        )
+    aux = load_model(os.path.join(directory, "aux"))
+    pred = KVPredictor(aux.config, base.config, meta["layer_map"], rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(pred)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(os.path.abspath(directory), "predictor"), abstract)
+    pred = nnx.merge(graphdef, restored)
+    return KVPModel(base, aux, pred)
