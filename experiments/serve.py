@@ -3,6 +3,7 @@
     python -m experiments.serve --model=tiny --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
         --workload=sharegpt_synth --rate=4 --num_requests=64 --out=runs/serve
     python -m experiments.serve --checkpoint=DIR --workload=trace.jsonl --rates=1,2,4 --out=runs/x
+    python -m experiments.serve --checkpoint=runs/lm_tiny/final --prefill=kv_prediction:runs/kvp_c/final
 """
 
 from __future__ import annotations
@@ -48,12 +49,18 @@ _SLO_TTFT = flags.DEFINE_float("slo_ttft", None, "TTFT target, s.")
 _SLO_TBT = flags.DEFINE_float("slo_tbt", None, "TBT target, s.")
 _PROFILE = flags.DEFINE_string("profile", None, "Load a saved profile.json instead of profiling.")
 _SEED = flags.DEFINE_integer("seed", 0, "Workload and weight seed.")
+_PREFILL = flags.DEFINE_string(
+    "prefill",
+    "base",
+    "base | kv_prediction:CKPT (each scheduler then runs twice on the trace: "
+    "with the base's prefill and with KV prediction's, and TTFT is compared).",
+)
 _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
 _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
         _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION, _HOST_PAGES,
         _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT,
-        _SLO_TBT, _PROFILE, _SEED, _OUT)  # fmt: skip
+        _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
 
 
 def main(argv):
@@ -82,6 +89,10 @@ def main(argv):
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
         raise app.UsageError(f"--profile: {_PROFILE.value!r} does not exist")
+    try:
+        serve.parse_prefill(_PREFILL.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     settings = serve.ServeSettings(
         schedulers=_SCHEDULERS.value, workload=w, rates=rates, num_requests=_N.value,
         max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
@@ -91,7 +102,7 @@ def main(argv):
         promote_every=_PROMOTE.value,
         starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
-        slo_tbt=_SLO_TBT.value,
+        slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
     print(serve.HEADER)
     serve.run_serve(

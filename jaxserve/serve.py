@@ -80,6 +80,19 @@ class ServeSettings:
     host_mode: str = "auto"
     slo_ttft: float | None = None
     slo_tbt: float | None = None
+    prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
+
+
+def parse_prefill(spec: str) -> str | None:
+    """'base' -> None; 'kv_prediction:DIR' -> DIR. Raises ValueError naming the problem."""
+    if spec == "base":
+        return None
+    kind, sep, path = spec.partition(":")
+    if kind != "kv_prediction" or not sep or not path:
+        raise ValueError(f"--prefill: {spec!r} is neither 'base' nor 'kv_prediction:CKPT'")
+    if not os.path.isdir(path):
+        raise ValueError(f"--prefill: KV prediction checkpoint {path!r} does not exist")
+    return path
 
 
 def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_bytes: int):
@@ -110,17 +123,29 @@ def run_serve(
     config = model.config
     runner = ModelRunner(model)
     page_bytes = config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * s.page_size
+    lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
     if profile_path:
         prof = Profile.load(profile_path)
     else:
-        lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
         prof = profile(runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}))
         prof.save(os.path.join(out_dir, "profile.json"))
+    # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
+    variants = [("", runner, prof)]
+    kvp_dir = parse_prefill(s.prefill)
+    if kvp_dir is not None:
+        from kvpred.io import load_kvp
+
+        kvp_runner = ModelRunner(load_kvp(kvp_dir, base=model))
+        kvp_prof = profile(kvp_runner, s.page_size, lengths=lengths,
+                           batches=sorted({1, s.max_batch}))  # fmt: skip
+        kvp_prof.save(os.path.join(out_dir, "profile_kv_prediction.json"))
+        variants.append(("+kvp", kvp_runner, kvp_prof))
     max_context = min(config.max_seq_len, s.max_prompt_len + s.max_output_len)
     results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
                      "model": {"source": source, "config": config.to_dict()},
                      "profile": dataclasses.asdict(prof), "runs": []}  # fmt: skip
-    sweep: dict[str, list] = {name: [] for name in s.schedulers}
+    labels = [name + suffix for name in s.schedulers for suffix, _, _ in variants]
+    sweep: dict[str, list] = {label: [] for label in labels}
     for rate in s.rates:
         trace = workload.make_workload(
             s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
@@ -131,30 +156,61 @@ def run_serve(
         prompts = {r.id: prompt_ids_for(r, tokenizer, config.vocab_size, rng) for r in trace}
         by_sched = {}
         for name in s.schedulers:
-            sc = scheduler_config(s, prof, config.max_seq_len, page_bytes)
-            engine = Engine(model, name, sc, tokenizer, runner=runner, host_mode=s.host_mode)
-            warm = engine.warmup(max(len(p) for p in prompts.values()), max_context)
-            compiles_before = CompileCounter.count()
-            start = time.perf_counter()
-            engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id])) for r in trace])
-            wall = time.perf_counter() - start
-            records = [to_record(engine.timelines[r.id]) for r in trace]
-            summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
-            compiles = CompileCounter.count() - compiles_before
-            summary.update(wall_seconds=wall, iterations=engine.iterations,
-                           busy_seconds=engine.busy_time, swap_seconds=engine.swap_time,
-                           warmup_compiles=warm, compiles_during_run=compiles)  # fmt: skip
-            by_sched[name] = records
-            sweep[name].append((rate, summary))
-            results["runs"].append({"scheduler": name, "rate": rate, "summary": summary,
-                                    "requests": metrics.records_to_json(records)})  # fmt: skip
-            print(_row(name, rate, summary), flush=True)
+            for tag, run_runner, run_prof in variants:
+                label = name + tag
+                sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes)
+                engine = Engine(model, name, sc, tokenizer, runner=run_runner,
+                                host_mode=s.host_mode)  # fmt: skip
+                warm = engine.warmup(max(len(p) for p in prompts.values()), max_context)
+                compiles_before = CompileCounter.count()
+                start = time.perf_counter()
+                engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id])) for r in trace])
+                wall = time.perf_counter() - start
+                records = [to_record(engine.timelines[r.id]) for r in trace]
+                summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
+                compiles = CompileCounter.count() - compiles_before
+                summary.update(wall_seconds=wall, iterations=engine.iterations,
+                               busy_seconds=engine.busy_time, swap_seconds=engine.swap_time,
+                               warmup_compiles=warm, compiles_during_run=compiles)  # fmt: skip
+                by_sched[label] = records
+                sweep[label].append((rate, summary))
+                results["runs"].append({
+                    "scheduler": name, "prefill": "kv_prediction" if tag else "base",
+                    "rate": rate, "summary": summary,
+                    "requests": metrics.records_to_json(records),
+                })  # fmt: skip
+                print(_row(label, rate, summary), flush=True)
         suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
         plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
     if len(s.rates) > 1:
         plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png"))
+    if kvp_dir is not None:
+        results["kv_prediction"] = {"checkpoint": os.path.abspath(kvp_dir),
+                                    "ttft": ttft_comparison(results["runs"])}  # fmt: skip
+        for row in results["kv_prediction"]["ttft"]:
+            print(f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
+                  f"{row['mean_ttft_base']:.4f} -> {row['mean_ttft_kvp']:.4f} s "
+                  f"({row['mean_ttft_speedup']:.2f}x), p99 {row['p99_ttft_base']:.4f} -> "
+                  f"{row['p99_ttft_kvp']:.4f} s")  # fmt: skip
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
+
+
+def ttft_comparison(runs: list[dict]) -> list[dict]:
+    """Per (scheduler, rate): mean and p99 TTFT with the base prefill and with KV prediction."""
+    base = {(r["scheduler"], r["rate"]): r["summary"] for r in runs if r["prefill"] == "base"}
+    out = []
+    for r in runs:
+        if r["prefill"] != "kv_prediction":
+            continue
+        b, k = base[(r["scheduler"], r["rate"])], r["summary"]
+        out.append({
+            "scheduler": r["scheduler"], "rate": r["rate"],
+            "mean_ttft_base": b["mean_ttft"], "mean_ttft_kvp": k["mean_ttft"],
+            "mean_ttft_speedup": b["mean_ttft"] / k["mean_ttft"],
+            "p99_ttft_base": b["p99_ttft"], "p99_ttft_kvp": k["p99_ttft"],
+        })  # fmt: skip
+    return out
 
 
 def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int]):
@@ -167,7 +223,7 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int]):
     return submit
 
 
-HEADER = (f"{'scheduler':>15} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
+HEADER = (f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
           f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} "
           f"{'compiles':>8}")  # fmt: skip
 
@@ -176,6 +232,6 @@ def _row(name: str, rate: float, s: dict) -> str:
     def f(x):
         return f"{x:9.3f}" if x is not None else f"{'-':>9}"
 
-    return (f"{name:>15} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
+    return (f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
             f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {s['throughput_tokens_per_s']:8.1f} "
             f"{s['total_preemptions']:7d} {s['compiles_during_run']:8d}")  # fmt: skip

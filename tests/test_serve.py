@@ -72,3 +72,40 @@ def test_profile_table_and_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a profile"):
         Profile.load(str(tmp_path / "bad.json"))
+
+
+def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
+    """An A = B identity KVP checkpoint: every scheduler runs twice on the trace, and the
+    KV-prediction runs generate exactly what the base runs do."""
+    from flax import nnx
+
+    from jaxserve.config import PRESETS
+    from jaxserve.models.transformer import init_model
+    from kvpred.io import save_kvp
+    from kvpred.model import KVPModel
+    from kvpred.predictor import KVPredictor
+
+    base = init_model(PRESETS["tiny"], 0)  # what --model=tiny --seed=0 serves
+    layers = list(range(base.config.num_layers))
+    pred = KVPredictor(base.config, base.config, layers, rngs=nnx.Rngs(0))
+    ckpt = save_kvp(KVPModel(base, nnx.clone(base), pred), str(tmp_path / "kvp"),
+                    base_source="tiny", meta={"aux_spec": "identity"})  # fmt: skip
+    out = tmp_path / "serve"
+    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", "--num_requests=4",
+               "--rate=50", "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32",
+               "--max_output_len=16", f"--prefill=kv_prediction:{ckpt}", f"--out={out}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TTFT with KV prediction" in r.stdout
+    data = json.loads((out / "results.json").read_text())
+    runs = {(run["scheduler"], run["prefill"]): run for run in data["runs"]}
+    assert set(runs) == {("skip_join_mlfq", "base"), ("skip_join_mlfq", "kv_prediction")}
+    for s in ("skip_join_mlfq",):
+        ids = [{q["id"]: q["output_ids"] for q in runs[(s, p)]["requests"]}
+               for p in ("base", "kv_prediction")]  # fmt: skip
+        assert ids[0] == ids[1]
+        assert runs[(s, "kv_prediction")]["summary"]["compiles_during_run"] == 0
+    ttft = data["kv_prediction"]["ttft"]
+    assert [row["scheduler"] for row in ttft] == ["skip_join_mlfq"]
+    assert all(row["mean_ttft_kvp"] > 0 and row["mean_ttft_speedup"] > 0 for row in ttft)
+    bad = _serve("--model=tiny", "--prefill=kv_prediction:/no/such", f"--out={out}")
+    assert bad.returncode != 0 and "--prefill" in bad.stderr
