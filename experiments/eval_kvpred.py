@@ -59,6 +59,10 @@ def _task(task: str, limit: int | None):
     return data[:limit] if limit else data
 
 
+def _answer(pred: dict):
+    return pred.get("prediction", pred.get("completions"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -108,7 +112,11 @@ def main(argv):
                     "ttft_seconds_by_batch": {b: ev.measure_ttft(base, b, ttft_len,
                                                                  _TTFT_REPS.value, mesh=mesh)
                                               for b in batches}}  # fmt: skip
+    base_preds = base_row.get("predictions")
     for row in results.values():
+        if base_preds is not None:  # kvp_identity must agree on every example
+            same = [_answer(a) == _answer(b) for a, b in zip(row["predictions"], base_preds)]
+            row["agreement_with_base"] = sum(same) / len(same)
         row["ttft_flops_reduction"] = base_row["ttft_flops"] / row["ttft_flops"]
         row["ttft_flops_attention_reduction"] = (
             base_row["ttft_flops_attention"] / row["ttft_flops_attention"]

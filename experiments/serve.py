@@ -3,7 +3,8 @@
     python -m experiments.serve --model=tiny --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
         --workload=sharegpt_synth --rate=4 --num_requests=64 --out=runs/serve
     python -m experiments.serve --checkpoint=DIR --workload=trace.jsonl --rates=1,2,4 --out=runs/x
-    python -m experiments.serve --checkpoint=runs/lm_tiny/final --prefill=kv_prediction:runs/kvp_c/final
+    python -m experiments.serve --checkpoint=runs/lm_tiny/final \
+        --prefill=kv_prediction:runs/kvp_c/final
 """
 
 from __future__ import annotations

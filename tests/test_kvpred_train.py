@@ -20,7 +20,7 @@ from kvpred.losses import KVPLossWeights, kv_l1, token_ce
 from kvpred.model import KVPModel, trainable_filter
 from kvpred.predictor import KVPredictor
 from kvpred.recipes import parse_data_spec
-from kvpred.train import Trainer, TrainConfig, kvp_loss_fn, read_metrics
+from kvpred.train import TrainConfig, Trainer, kvp_loss_fn, read_metrics
 
 # -- losses -------------------------------------------------------------------------------------
 

@@ -91,9 +91,9 @@ def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
     ckpt = save_kvp(KVPModel(base, nnx.clone(base), pred), str(tmp_path / "kvp"),
                     base_source="tiny", meta={"aux_spec": "identity"})  # fmt: skip
     out = tmp_path / "serve"
-    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", "--num_requests=4",
-               "--rate=50", "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32",
-               "--max_output_len=16", f"--prefill=kv_prediction:{ckpt}", f"--out={out}")  # fmt: skip
+    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", "--num_requests=4", "--rate=50",
+               "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32", "--max_output_len=16",
+               f"--prefill=kv_prediction:{ckpt}", f"--out={out}")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "TTFT with KV prediction" in r.stdout
     data = json.loads((out / "results.json").read_text())

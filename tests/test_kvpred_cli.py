@@ -1,0 +1,78 @@
+"""The KV Prediction command lines end to end: train_kvpred, eval_kvpred, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxserve.config import PRESETS
+from kvpred import flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
+    work = tmp_path / "kvp"
+    r = _run("experiments.train_kvpred", "--base=tiny", "--aux=lp:0.5", "--steps=3",
+             "--warmup_steps=1", "--batch_size=4", "--seq_len=32", "--log_every=1",
+             "--checkpoint_every=2", f"--workdir={work}", "--kb_entities=8")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert (work / "final" / "kvp_config.json").is_file()
+    out = tmp_path / "eval"
+    variants = f"base,kvp_identity,lp_baseline:0.5,aux_only:tiny-aux,kvp:{work / 'final'}"
+    r = _run("experiments.eval_kvpred", "--base=tiny", f"--variants={variants}",
+             "--task=synthetic_qa", "--kb_entities=8", "--limit=6", "--ttft_batch_sizes=1,2",
+             "--ttft_reps=1", f"--out={out}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    v = data["variants"]
+    assert set(v) == set(variants.split(","))
+    assert data["num_examples"] == 6 and (out / "pareto.png").stat().st_size > 0
+    for name, row in v.items():
+        assert len(row["predictions"]) == 6 and 0 <= row["exact_match"] <= 1, name
+        assert set(row["ttft_seconds_by_batch"]) == {"1", "2"} and row["ttft_seconds"] > 0
+        assert row["ttft_speedup"] > 0
+    # A = B with an identity predictor answers exactly like the base
+    assert v["kvp_identity"]["agreement_with_base"] == 1.0
+    assert [p["prediction"] for p in v["kvp_identity"]["predictions"]] == [
+        p["prediction"] for p in v["base"]["predictions"]
+    ]
+    # FLOPs: the paper's formula, from the configs
+    n = data["ttft_prompt_len"]
+    tiny, aux = PRESETS["tiny"], PRESETS["tiny-aux"]
+    assert v["base"]["ttft_flops"] == flops.prefill_flops(tiny, n)
+    assert v["aux_only:tiny-aux"]["ttft_flops_reduction"] == pytest.approx(
+        tiny.num_params() / aux.num_params()
+    )
+    assert v["base"]["ttft_flops_reduction"] == 1.0
+    assert 1.0 < v[f"kvp:{work / 'final'}"]["ttft_flops_reduction"] < 2.0  # LP 0.5 + P + 1 tok
+    assert set(v[f"kvp:{work / 'final'}"]["memory_bytes"]) == {"aux", "predictor"}
+
+
+@pytest.mark.parametrize(
+    "module, args, flag",
+    [("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
+     ("experiments.eval_kvpred", ["--base=tiny", "--variants=kvp:/no/such"], "/no/such"),
+     ("experiments.eval_kvpred", ["--base=tiny", "--task=mmlu"], "--task"),
+     ("experiments.train_kvpred", ["--base=tiny", "--aux=lp:0.3"], "fraction"),
+     ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
+     ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
+     ("experiments.train_lm", ["--model=huge"], "--model"),
+     ("experiments.train_lm", ["--data=wikipedia:1"], "wikipedia")],
+)  # fmt: skip
+def test_cli_usage_errors(module, args, flag, tmp_path):
+    extra = [f"--out={tmp_path}"] if module.endswith("eval_kvpred") else [f"--workdir={tmp_path}"]
+    r = _run(module, *args, *extra)
+    assert r.returncode != 0
+    assert flag in r.stderr, r.stderr[-2000:]
