@@ -35,10 +35,24 @@ def environment() -> dict[str, Any]:
     }
 
 
+def embedded_checkpoint(preset: str) -> str | None:
+    """The directory of a preset's trained weights shipped in the package, if there are any
+    (`experiments.train_lm` made them; see the README)."""
+    import importlib.resources
+
+    path = importlib.resources.files("jaxserve") / "assets" / "models" / preset
+    return str(path) if path.is_dir() and (path / "config.json").is_file() else None
+
+
 def resolve_model(
-    checkpoint: str | None, preset: str | None, seed: int = 0, dtype: str | None = None
+    checkpoint: str | None,
+    preset: str | None,
+    seed: int = 0,
+    dtype: str | None = None,
+    random_weights: bool = False,
 ) -> tuple[Decoder, Tokenizer | None, str]:
-    """A model from a checkpoint directory (HF or ours) or a preset (random weights).
+    """A model from a checkpoint directory (HF or ours) or a preset: its embedded trained
+    weights where the package ships them (and `random_weights` is not set), else random ones.
 
     Returns (model, tokenizer or None, a description of where the weights came from).
     """
@@ -57,6 +71,12 @@ def resolve_model(
             tokenizer = load_default() if ours else None
         return model, tokenizer, f"checkpoint {os.path.abspath(checkpoint)}"
     config = cfg.get_preset(preset)
+    embedded = None if random_weights else embedded_checkpoint(preset)
+    if embedded is not None:
+        model = load_model(embedded)
+        if dtype:
+            model = _cast(model, dtype)
+        return model, load_default(), f"preset {preset} (embedded trained weights)"
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
     return (
@@ -64,6 +84,19 @@ def resolve_model(
         load_default(),
         f"preset {preset} (random weights, seed {seed})",
     )
+
+
+def _cast(model: Decoder, dtype: str) -> Decoder:
+    """The same weights in another compute and parameter dtype."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxserve.models.transformer import abstract_model
+
+    new = abstract_model(model.config.replace(dtype=dtype, param_dtype=dtype))
+    state = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), nnx.state(model, nnx.Param))
+    nnx.update(new, state)
+    return new
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jaxserve.config import PRESETS
 from jaxserve.models.checkpoint import config_from_dict, load_model, save_checkpoint
-from jaxserve.models.transformer import Decoder, init_model
+from jaxserve.models.transformer import Decoder
 from kvpred.model import KVPModel
 from kvpred.predictor import KVPredictor
 
@@ -74,9 +74,12 @@ def read_kvp_config(directory: str) -> dict[str, Any]:
 
 
 def load_base(source: str, seed: int = 0) -> Decoder:
-    """A base model from a preset name (random weights) or a checkpoint directory."""
+    """A base model from a preset name (its embedded trained weights where the package ships
+    them, else random ones) or a checkpoint directory."""
     if source in PRESETS:
-        return init_model(PRESETS[source], seed)
+        from jaxserve.experiment import resolve_model
+
+        return resolve_model(None, source, seed)[0]
     if os.path.isdir(source):
         return load_model(source)
     raise ValueError(f"base {source!r} is neither a preset ({', '.join(PRESETS)}) nor a directory")

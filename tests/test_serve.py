@@ -79,13 +79,12 @@ def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
     KV-prediction runs generate exactly what the base runs do."""
     from flax import nnx
 
-    from jaxserve.config import PRESETS
-    from jaxserve.models.transformer import init_model
+    from jaxserve.experiment import resolve_model
     from kvpred.io import save_kvp
     from kvpred.model import KVPModel
     from kvpred.predictor import KVPredictor
 
-    base = init_model(PRESETS["tiny"], 0)  # what --model=tiny --seed=0 serves
+    base = resolve_model(None, "tiny", 0)[0]  # what --model=tiny --seed=0 serves
     layers = list(range(base.config.num_layers))
     pred = KVPredictor(base.config, base.config, layers, rngs=nnx.Rngs(0))
     ckpt = save_kvp(KVPModel(base, nnx.clone(base), pred), str(tmp_path / "kvp"),
