@@ -9,6 +9,8 @@ Writes OUT/results.json (flags, environment, and per variant: the task metric, t
 its reduction against the base (the paper's parameter formula, plus the attention-aware count),
 measured warm TTFT at each --ttft_batch_sizes and its speedup, parameter memory, and every
 prediction) and OUT/pareto.png (accuracy against TTFT FLOPs reduction and measured speedup).
+With --task=synthetic_qa the question set is also written in TriviaQA's official layout,
+OUT/synthetic_qa.json, which --task=triviaqa:OUT/synthetic_qa.json reads back.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def main(argv):
         shot = ev.default_shot(data)
         lengths = [len(tokenizer.encode(tqa.one_shot_prompt(ex.question, shot))) + 1 for ex in data]
     n = round(statistics.mean(lengths))
+    os.makedirs(_OUT.value, exist_ok=True)
+    if _TASK.value == "synthetic_qa":  # the set in TriviaQA's layout: --task=triviaqa:THIS
+        tqa.write_triviaqa(data, os.path.join(_OUT.value, "synthetic_qa.json"))
     ttft_len = _TTFT_LEN.value or n
     results, base_row = {}, None
     for name, kind, arg in variants:

@@ -5,20 +5,23 @@
 #   2. the layer-pruned baseline: the base with every 2nd layer removed, fine-tuned;
 #   3. KV predictors: LP (aux = the base's kept layers) and C (aux = tiny-aux);
 #   4. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT.
-#   bash scripts/kvpred_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP]
+#   bash scripts/kvpred_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP] [KB_ENTITIES] [DATA]
 # Re-running resumes every stage from its workdir's checkpoints.
 set -euo pipefail
 runs=${1:-runs}
-lm_steps=${2:-2000}
+lm_steps=${2:-3000}
 kvp_steps=${3:-600}
-python -m experiments.train_lm --model=tiny --steps="$lm_steps" --workdir="$runs/lm_tiny"
-python -m experiments.train_lm --model=tiny-aux --steps="$lm_steps" --workdir="$runs/lm_tiny_aux"
+kb=${4:-400}
+data=${5:-synthetic_qa:0.9,stdlib_code:0.1}
+common=(--kb_entities="$kb" --data="$data")
+python -m experiments.train_lm --model=tiny --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny"
+python -m experiments.train_lm --model=tiny-aux --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny_aux"
 python -m experiments.train_lm --lp_from="$runs/lm_tiny/final" --lp_fraction=0.5 \
-  --steps="$kvp_steps" --lr=1e-3 --warmup_steps=50 --workdir="$runs/lp_tiny"
+  --steps="$kvp_steps" "${common[@]}" --lr=1e-3 --warmup_steps=50 --workdir="$runs/lp_tiny"
 python -m experiments.train_kvpred --base="$runs/lm_tiny/final" --aux=lp:0.5 \
-  --steps="$kvp_steps" --workdir="$runs/kvp_lp"
+  --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_lp"
 python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
-  --aux=c:"$runs/lm_tiny_aux/final" --steps="$kvp_steps" --workdir="$runs/kvp_c"
+  --aux=c:"$runs/lm_tiny_aux/final" --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_c"
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
   --variants=base,aux_only:"$runs/lm_tiny_aux/final",lp_baseline:"$runs/lp_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_c/final",kvp_identity \
-  --task=synthetic_qa --out="$runs/eval_qa"
+  --task=synthetic_qa --kb_entities="$kb" --out="$runs/eval_qa"

@@ -58,6 +58,15 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
     assert v["base"]["ttft_flops_reduction"] == 1.0
     assert 1.0 < v[f"kvp:{work / 'final'}"]["ttft_flops_reduction"] < 2.0  # LP 0.5 + P + 1 tok
     assert set(v[f"kvp:{work / 'final'}"]["memory_bytes"]) == {"aux", "predictor"}
+    # the synthetic set in TriviaQA's layout, read back by the TriviaQA task: same answers
+    qa = out / "synthetic_qa.json"
+    r = _run("experiments.eval_kvpred", "--base=tiny", "--variants=base", f"--task=triviaqa:{qa}",
+             "--ttft_batch_sizes=1", "--ttft_reps=1", f"--out={tmp_path / 'tqa'}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "tqa" / "results.json").read_text())["variants"]["base"]
+    assert [p["prediction"] for p in again["predictions"]] == [
+        p["prediction"] for p in v["base"]["predictions"]
+    ]
 
 
 @pytest.mark.parametrize(
