@@ -101,6 +101,7 @@ class Engine:
         self._params: dict[str, SamplingParams] = {}
         self._keys: dict[str, np.ndarray] = {}
         self._host_kv: dict[str, HostKV] = {}
+        self._stop_at: dict[str, int] = {}  # trace replay: emulated EOS after this many tokens
         self.timelines: dict[str, Timeline] = {}
         self.iterations = 0
         self.busy_time = 0.0  # seconds spent in model steps
@@ -119,8 +120,14 @@ class Engine:
         arrival: float | None = None,
         output_len: int | None = None,
         client: str = "default",
+        stop_at_output_len: bool = False,
     ) -> str:
-        """Queue a request; returns its id. `output_len` is known only to oracle policies."""
+        """Queue a request; returns its id. `output_len` is known only to oracle policies.
+
+        `stop_at_output_len` replays a trace: the request ends ("stop") after `output_len`
+        tokens, as if the model had emitted EOS there. Its page needs stay bounded by
+        `params.max_new_tokens`, which is all a non-oracle policy can plan with.
+        """
         params = params if params is not None else SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._tokens:
@@ -131,7 +138,11 @@ class Engine:
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
             raise ValueError(f"request {rid!r}: token ids {bad[:5]} outside the vocabulary")
+        if stop_at_output_len and (output_len is None or output_len < 1):
+            raise ValueError(f"request {rid!r}: stop_at_output_len needs an output_len >= 1")
         arrival = self.now() if arrival is None else arrival
+        if stop_at_output_len:
+            self._stop_at[rid] = output_len
         self._tokens[rid] = ids
         self._params[rid] = params
         self._keys[rid] = np.asarray(
@@ -306,6 +317,8 @@ class Engine:
             text = self.tokenizer.decode(tl.output_ids)
             if any(s in text for s in p.stop_strings):
                 reason = "stop"
+        if reason is None and len(tl.output_ids) == self._stop_at.get(rid):
+            reason = "stop"
         if reason is None and len(tl.output_ids) >= p.max_new_tokens:
             reason = "length"
         if reason:

@@ -140,7 +140,6 @@ def run_serve(
                            batches=sorted({1, s.max_batch}))  # fmt: skip
         kvp_prof.save(os.path.join(out_dir, "profile_kv_prediction.json"))
         variants.append(("+kvp", kvp_runner, kvp_prof))
-    max_context = min(config.max_seq_len, s.max_prompt_len + s.max_output_len)
     results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
                      "model": {"source": source, "config": config.to_dict()},
                      "profile": dataclasses.asdict(prof), "runs": []}  # fmt: skip
@@ -154,6 +153,8 @@ def run_serve(
         )  # fmt: skip
         rng = np.random.default_rng(s.seed)
         prompts = {r.id: prompt_ids_for(r, tokenizer, config.vocab_size, rng) for r in trace}
+        max_context = min(config.max_seq_len, max(
+            len(prompts[r.id]) + max(s.max_output_len, r.output_len) for r in trace))  # fmt: skip
         by_sched = {}
         for name in s.schedulers:
             for tag, run_runner, run_prof in variants:
@@ -164,7 +165,8 @@ def run_serve(
                 warm = engine.warmup(max(len(p) for p in prompts.values()), max_context)
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
-                engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id])) for r in trace])
+                engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
+                              for r in trace])  # fmt: skip
                 wall = time.perf_counter() - start
                 records = [to_record(engine.timelines[r.id]) for r in trace]
                 summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
@@ -213,12 +215,17 @@ def ttft_comparison(runs: list[dict]) -> list[dict]:
     return out
 
 
-def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int]):
-    params = SamplingParams(max_new_tokens=req.output_len, seed=0)
+def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_output_len: int):
+    """A replayed request asks for up to `max_output_len` tokens (its trace length if longer),
+    as a client sets max_tokens, and ends at its trace length as if the model emitted EOS:
+    policies plan with the cap, only the srpt oracle reads the length."""
+    cap = max(1, min(engine.config.max_seq_len - len(ids), max(max_output_len, req.output_len)))
+    params = SamplingParams(max_new_tokens=cap, seed=0)
 
     def submit(arrival: float) -> str:
         return engine.submit(ids, params, request_id=req.id, arrival=arrival,
-                             output_len=req.output_len, client=req.client)  # fmt: skip
+                             output_len=req.output_len, client=req.client,
+                             stop_at_output_len=True)  # fmt: skip
 
     return submit
 

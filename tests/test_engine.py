@@ -90,6 +90,21 @@ def test_engine_matches_generator(model, runner):
     assert [out[f"r{i}"] for i in range(4)] == [c.token_ids for c in gen]
 
 
+def test_trace_replay_stops_at_output_len_but_plans_with_the_cap(model, runner):
+    """A replayed request ends at its trace length ("stop", an emulated EOS); fcfs (Orca)
+    cannot know that length, so it reserves pages for the whole max_new_tokens cap."""
+    engine = Engine(model, "fcfs", _config(40), runner=runner)
+    rid = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=40), output_len=6,
+                        stop_at_output_len=True)  # fmt: skip
+    engine.step()  # prefill: admission reserved prompt + cap = 43 tokens = 11 pages
+    assert len(engine.scheduler.requests[rid].pages) == -(-(3 + 40) // PAGE)
+    engine.run_until_done(max_iterations=100)
+    assert len(engine.output(rid)) == 6
+    assert engine.timelines[rid].finish_reason == "stop"
+    with pytest.raises(ValueError, match="stop_at_output_len needs an output_len"):
+        engine.submit([5], SamplingParams(max_new_tokens=4), stop_at_output_len=True)
+
+
 def test_stream_events_and_cancel(model, runner):
     engine = Engine(model, "mlfq", _config(40), runner=runner)
     a = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=10))
