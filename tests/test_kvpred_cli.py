@@ -43,6 +43,10 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
         assert len(row["predictions"]) == 6 and 0 <= row["exact_match"] <= 1, name
         assert set(row["ttft_seconds_by_batch"]) == {"1", "2"} and row["ttft_seconds"] > 0
         assert row["ttft_speedup"] > 0
+        assert set(row["ttft_base_seconds_by_batch"]) == {"1", "2"}
+        assert row["ttft_speedup_over_flops"]["1"] == pytest.approx(
+            row["ttft_speedup"] / row["ttft_flops_reduction"]
+        )
     # A = B with an identity predictor answers exactly like the base
     assert v["kvp_identity"]["agreement_with_base"] == 1.0
     assert [p["prediction"] for p in v["kvp_identity"]["predictions"]] == [
