@@ -4,7 +4,8 @@
 #      the synthetic QA knowledge base + stdlib code;
 #   2. the layer-pruned baseline: the base with every 2nd layer removed, fine-tuned;
 #   3. KV predictors: LP (aux = the base's kept layers) and C (aux = tiny-aux);
-#   4. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT.
+#   4. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT;
+#   5. TTFT again at 512-token prompts.
 #   bash scripts/kvpred_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP] [KB_ENTITIES] [DATA]
 # Re-running resumes every stage from its workdir's checkpoints.
 set -euo pipefail
@@ -25,3 +26,8 @@ python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
   --variants=base,aux_only:"$runs/lm_tiny_aux/final",lp_baseline:"$runs/lp_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_c/final",kvp_identity \
   --task=synthetic_qa --kb_entities="$kb" --out="$runs/eval_qa"
+# TTFT at a longer prompt, where prefill compute dominates fixed per-call costs
+python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
+  --variants=base,aux_only:"$runs/lm_tiny_aux/final",lp_baseline:"$runs/lp_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_c/final" \
+  --task=synthetic_qa --kb_entities="$kb" --limit=20 --ttft_prompt_len=512 --ttft_batch_sizes=1,8 \
+  --out="$runs/eval_ttft512"

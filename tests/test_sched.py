@@ -606,3 +606,23 @@ def test_random_workloads_keep_every_invariant(case):
         want = min(r.output_len, r.max_new_tokens, cfg.max_seq_len - r.prompt_len + 1)
         assert r.num_generated == want, (r, want)
         assert r.first_token_time is not None and r.finish_time >= r.first_token_time
+
+
+def test_sim_policies_script_compares_every_policy_on_one_trace():
+    """The model-free comparison script: every policy finishes the same trace; fcfs, which
+    must reserve the whole max_output_len cap per request, is the slowest on a memory-bound
+    pool, and the length-knowing srpt oracle beats the policies that do not know lengths."""
+    r = subprocess.run(
+        [sys.executable, "scripts/sim_policies.py", "--num_requests=150", "--rates=12"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {
+        line.split()[0]: float(line.split()[1])
+        for line in r.stdout.splitlines()
+        if line.split() and line.split()[0] in ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+    }
+    assert set(rows) == {"fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"}
+    assert rows["fcfs"] == max(rows.values())
+    assert rows["srpt"] < min(rows["mlfq"], rows["skip_join_mlfq"], rows["vllm"])
+    assert "fcfs/skip_join_mlfq" in r.stdout and "skip_join_mlfq/srpt" in r.stdout
