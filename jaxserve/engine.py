@@ -12,6 +12,14 @@ have been seen once an iteration compiles nothing (`CompileCounter`).
 
 A request's sampled token at position p depends only on its seed and p (see sampling.py), and
 swapped KV comes back bit-exact, so greedy and seeded outputs do not depend on preemption.
+
+Look-ahead decode. When every live request is in a decode batch and none can end by length or
+needs a new page at its next token, the engine dispatches that next decode step before it
+reads this one's tokens, feeding it the device-side tokens: the device never waits for the
+host's bookkeeping. If the next plan runs exactly that set of requests at those positions, it
+takes the tokens already computed; otherwise they are dropped. Dropping is safe: the step only
+wrote KV past each request's written length, into pages it still owned at dispatch, and every
+later use of those pages comes after it in device order.
 """
 
 from __future__ import annotations
@@ -63,6 +71,17 @@ class Timeline:
     rejected: bool = False
 
 
+@dataclasses.dataclass
+class _Ahead:
+    """A decode step dispatched before the plan that will use it."""
+
+    rows: list[Request]  # the batch rows, in order
+    lengths: list[int]  # each row's token count (prompt + generated) it expects at use
+    pages: list[tuple[int, ...]]  # each row's pages at dispatch
+    batch: dict  # the device batch after the step (tokens and positions advanced)
+    toks: jax.Array  # [B, 1] the step's tokens
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << max(0, (n - 1).bit_length()))
 
@@ -83,8 +102,10 @@ class Engine:
         host_mode: str = "auto",
         clock: Callable[[], float] = time.perf_counter,
         runner: ModelRunner | None = None,
+        lookahead: bool = True,
     ):
-        """`runner` may be shared between engines (one set of compiled programs)."""
+        """`runner` may be shared between engines (one set of compiled programs).
+        `lookahead`: dispatch the next decode step before reading this one (module doc)."""
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
         self.config = model.config
         self.sched_config = sched_config
@@ -102,6 +123,10 @@ class Engine:
         self._keys: dict[str, np.ndarray] = {}
         self._host_kv: dict[str, HostKV] = {}
         self._stop_at: dict[str, int] = {}  # trace replay: emulated EOS after this many tokens
+        self.lookahead = lookahead
+        self._ahead: _Ahead | None = None
+        self.lookahead_used = 0  # decode steps taken from a look-ahead dispatch
+        self.lookahead_dropped = 0  # look-ahead steps the next plan did not use
         self.timelines: dict[str, Timeline] = {}
         self.iterations = 0
         self.busy_time = 0.0  # seconds spent in model steps
@@ -190,7 +215,9 @@ class Engine:
         if plan.prefill:
             pending.append((plan.prefill, self._prefill(plan.prefill)))
         if plan.decode:
-            pending.append((plan.decode, self._decode(plan.decode)))
+            pending.append(self._decode(plan.decode))
+        elif self._ahead is not None:
+            self._drop_ahead()
         sampled: dict[str, int] = {}
         for reqs, toks in pending:
             toks = np.asarray(toks).reshape(-1)
@@ -284,24 +311,75 @@ class Engine:
         self.kv, first = self.runner.prefill(self.kv, batch)
         return first
 
-    def _decode(self, reqs: Sequence[Request]) -> jax.Array:
-        """One decode step for each request; their next tokens [B, 1]."""
-        b = _pow2(len(reqs))
-        positions = np.zeros(b, np.int32)
-        tokens = np.zeros(b, np.int32)
-        for i, r in enumerate(reqs):
-            seq = self._tokens[r.id]
-            tokens[i], positions[i] = seq[-1], len(seq) - 1
-        width = _pow2(max(math.ceil((p + 1) / self.page_size) for p in positions[: len(reqs)]))
-        active = np.arange(b) < len(reqs)
-        batch = {
-            "tokens": tokens, "positions": positions,
-            "block_tables": self._block_tables(reqs, b, width), "active": active,
-            "remaining": np.full(b, 2, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
-            **self._sampling(reqs, b),
-        }  # fmt: skip
-        self.kv, _, toks, _ = self.runner.decode(self.kv, batch, 1)
-        return toks  # [B, 1]
+    def _decode(self, reqs: Sequence[Request]) -> tuple[list[Request], jax.Array]:
+        """One decode step for each request: (rows in batch order, their tokens [B, 1])."""
+        ahead = self._take_ahead(reqs)
+        if ahead is not None:
+            rows, batch, toks = ahead.rows, ahead.batch, ahead.toks
+        else:
+            rows = list(reqs)
+            b = _pow2(len(rows))
+            positions = np.zeros(b, np.int32)
+            tokens = np.zeros(b, np.int32)
+            for i, r in enumerate(rows):
+                seq = self._tokens[r.id]
+                tokens[i], positions[i] = seq[-1], len(seq) - 1
+            pages = max(math.ceil((p + 1) / self.page_size) for p in positions[: len(rows)])
+            width = _pow2(pages)
+            host_batch = {
+                "tokens": tokens, "positions": positions,
+                "block_tables": self._block_tables(rows, b, width),
+                "active": np.arange(b) < len(rows),
+                # stops are checked on the host; `remaining` only has to outlast look-aheads
+                "remaining": np.full(b, 1 << 30, np.int32),
+                "stop_ids": np.full((b, 1), -1, np.int32), **self._sampling(rows, b),
+            }  # fmt: skip
+            self.kv, batch, toks, _ = self.runner.decode(self.kv, host_batch, 1)
+        if self.lookahead and self._can_look_ahead(rows, batch["block_tables"].shape[1]):
+            self.kv, nxt, nxt_toks, _ = self.runner.decode(self.kv, batch, 1)
+            self._ahead = _Ahead(
+                rows, [len(self._tokens[r.id]) + 1 for r in rows],
+                [tuple(r.pages) for r in rows], nxt, nxt_toks,
+            )  # fmt: skip
+        return rows, toks
+
+    def _take_ahead(self, reqs: Sequence[Request]) -> _Ahead | None:
+        """The look-ahead step, if this plan runs exactly its rows at its positions."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if {r.id for r in reqs} == {r.id for r in ahead.rows} and all(
+            len(self._tokens[r.id]) == n and tuple(r.pages) == pages
+            for r, n, pages in zip(ahead.rows, ahead.lengths, ahead.pages)
+        ):
+            self.lookahead_used += 1
+            return ahead
+        self.lookahead_dropped += 1
+        return None
+
+    def _drop_ahead(self) -> None:
+        self._ahead = None
+        self.lookahead_dropped += 1
+
+    def _can_look_ahead(self, rows: Sequence[Request], width: int) -> bool:
+        """Will the next plan (most likely) decode exactly `rows` with the pages they own?
+        Every live request is a row, and none ends by length or needs a page at its next
+        token. (A stop token or a new arrival can still change the plan: then it is dropped.)
+        """
+        sched = self.scheduler
+        if len(sched.live) != len(rows):
+            return False
+        limit = sched.config.max_seq_len
+        for r in rows:
+            stop_at = self._stop_at.get(r.id)
+            if (
+                r.num_generated + 2 > r.max_new_tokens
+                or (stop_at is not None and r.num_generated + 2 > stop_at)
+                or r.context_len + 1 > limit
+                or r.pages_needed(self.page_size, 1) > min(len(r.pages), width)
+            ):
+                return False
+        return True
 
     def _emit(self, rid: str, token: int, t: float) -> str | None:
         """Record a token; returns a finish reason when it ends the request."""
@@ -354,7 +432,8 @@ class Engine:
                     "remaining": np.ones(b, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
                     **samp,
                 }  # fmt: skip
-                kv, _, _, _ = runner.decode(kv, batch, 1)
+                kv, out, _, _ = runner.decode(kv, batch, 1)
+                kv, _, _, _ = runner.decode(kv, out, 1)  # a look-ahead: device-side inputs
         for w in widths:  # swaps move one request's pages: up to a full block table
             kv = self.host.swap_in(kv, self.host.swap_out(kv, [0] * w), [0] * w)
         kv.k.block_until_ready()

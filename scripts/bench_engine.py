@@ -4,7 +4,8 @@
 
 1. Decode throughput of the serving engine (scheduler, batch assembly, per-token host sync,
    events) divided by a bare jitted decode loop at the same batch and context: the runner's
-   `lax.scan` over the same number of steps in one call, with no scheduling at all.
+   `lax.scan` over the same number of steps in one call, with no scheduling at all. The
+   engine runs as it serves (look-ahead decode on) and, for reference, with look-ahead off.
 2. Host-tier swap bandwidth (out and back in, bytes/s) divided by numpy's copy bandwidth
    (`np.copyto` into a preallocated buffer) of the same number of bytes.
 """
@@ -27,11 +28,11 @@ from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig
 
 
-def engine_decode(model, runner, batch: int, prompt: int, new: int) -> float:
+def engine_decode(model, runner, batch: int, prompt: int, new: int, lookahead: bool) -> float:
     """Decode tokens/s of the engine: time of the decode-only iterations."""
     pages = 1 + batch * ((prompt + new) // 16 + 2)
     cfg = SchedulerConfig(max_batch=batch, num_pages=pages, page_size=16, max_seq_len=2048)
-    engine = Engine(model, "fcfs", cfg, runner=runner)
+    engine = Engine(model, "fcfs", cfg, runner=runner, lookahead=lookahead)
     engine.warmup(prompt, prompt + new)
     rs = np.random.RandomState(0)
     for i in range(batch):
@@ -106,20 +107,27 @@ def main():
     args = p.parse_args()
     model = init_model(get_preset(args.model))
     runner = ModelRunner(model)
-    eng, bare = [], []
-    for _ in range(args.reps):  # interleave the two so machine noise hits both
-        eng.append(engine_decode(model, runner, args.batch, args.prompt_len, args.new_tokens))
-        bare.append(bare_decode(runner, args.batch, args.prompt_len, args.new_tokens))
+    eng, step, bare = [], [], []
+    shape = (args.batch, args.prompt_len, args.new_tokens)
+    for _ in range(args.reps):  # interleave them so machine noise hits all three
+        eng.append(engine_decode(model, runner, *shape, lookahead=True))
+        step.append(engine_decode(model, runner, *shape, lookahead=False))
+        bare.append(bare_decode(runner, *shape))
     swap = swap_vs_copy(runner, args.swap_pages, 10)
     res = {
         "engine_decode_tok_s": statistics.median(eng), "bare_decode_tok_s": statistics.median(bare),
-        "engine_over_bare": statistics.median(eng) / statistics.median(bare), "swap": swap,
+        "engine_over_bare": statistics.median(eng) / statistics.median(bare),
+        "engine_no_lookahead_tok_s": statistics.median(step),
+        "engine_no_lookahead_over_bare": statistics.median(step) / statistics.median(bare),
+        "swap": swap,
     }  # fmt: skip
     print(f"model {args.model}, batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens")  # fmt: skip
     print(f"engine decode  {res['engine_decode_tok_s']:8.1f} tok/s")
     print(f"bare jit loop  {res['bare_decode_tok_s']:8.1f} tok/s")
     print(f"engine / bare  {res['engine_over_bare']:8.3f}")
+    print(f"engine without look-ahead {res['engine_no_lookahead_tok_s']:8.1f} tok/s, / bare "
+          f"{res['engine_no_lookahead_over_bare']:.3f}")  # fmt: skip
     print(f"swap ({swap['mode']}, {swap['pages']} pages) {swap['swap_GBps']:.2f} GB/s; numpy copy "
           f"{swap['numpy_copy_GBps']:.2f} GB/s; ratio {swap['swap_over_numpy']:.3f}")  # fmt: skip
     experiment.write_json(args.out, {"flags": vars(args), "environment": experiment.environment(),

@@ -42,8 +42,8 @@ def _workload(n: int = 8, seed: int = 0):
     return prompts, lens
 
 
-def _serve(model, runner, policy, config, prompts, lens, temperature=0.0):
-    engine = Engine(model, policy, config, runner=runner)
+def _serve(model, runner, policy, config, prompts, lens, temperature=0.0, lookahead=True):
+    engine = Engine(model, policy, config, runner=runner, lookahead=lookahead)
     ids = [
         engine.submit(
             p,
@@ -137,6 +137,51 @@ def test_stop_tokens_and_events(model, runner):
     assert engine2.scheduler.allocator.num_free == 60 - 1
 
 
+@pytest.mark.parametrize("pages", [200, 24])
+@pytest.mark.parametrize("policy", ["fcfs", "skip_join_mlfq"])
+def test_lookahead_decode_changes_no_output(model, runner, policy, pages):
+    """Decode steps dispatched ahead of their plan give the same tokens as step-by-step
+    decoding, are used once the batch settles, and are dropped when a request stops early
+    (a stop token) or the plan changes (preemption, with 24 pages)."""
+    prompts, lens = _workload(4, seed=4)
+    _, ref = _serve(model, runner, policy, _config(pages), prompts, lens, lookahead=False)
+    k = max(ref, key=lambda r: len(ref[r]))  # the longest request stops halfway, on a token
+    stop = ref[k][len(ref[k]) // 2]
+    outs = []
+    for lookahead in (False, True):
+        engine = Engine(model, policy, _config(pages), runner=runner, lookahead=lookahead)
+        for i, (p, n) in enumerate(zip(prompts, lens)):
+            stops = (stop,) if f"r{i}" == k else ()
+            engine.submit(p, SamplingParams(max_new_tokens=n, stop_token_ids=stops, seed=5),
+                          request_id=f"r{i}")  # fmt: skip
+        engine.run_until_done(max_iterations=5000)
+        engine.scheduler.check_invariants()
+        assert engine.scheduler.allocator.num_free == pages - 1
+        outs.append({r: engine.output(r) for r in ref})
+    assert outs[0] == outs[1]
+    assert outs[1][k] == ref[k][: ref[k].index(stop) + 1]
+    assert all(outs[1][r] == ref[r] for r in ref if r != k)
+    assert engine.lookahead_used > 0
+
+
+def test_lookahead_is_dropped_when_the_plan_changes(model, runner):
+    """A look-ahead step whose rows the next plan does not run exactly (here one was
+    cancelled) is dropped; the survivor's tokens are those of step-by-step decoding."""
+    prompts, _ = _workload(2, seed=5)
+    _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [16, 16], lookahead=False)
+    engine = Engine(model, "fcfs", _config(60), runner=runner)
+    for i, p in enumerate(prompts):
+        engine.submit(p, SamplingParams(max_new_tokens=16, seed=5), request_id=f"r{i}")
+    while engine._ahead is None:
+        engine.step()
+    used = engine.lookahead_used
+    engine.cancel("r1")
+    engine.run_until_done(max_iterations=100)
+    assert engine.lookahead_dropped >= 1 and engine.lookahead_used > used
+    assert engine.output("r0") == ref["r0"]
+    assert engine.scheduler.allocator.num_free == 60 - 1
+
+
 def test_no_recompilation_once_buckets_are_warm(model, runner):
     prompts, lens = _workload(seed=3)
     Engine(model, "fcfs", _config(24), runner=runner).warmup(20, 50)
@@ -144,6 +189,7 @@ def test_no_recompilation_once_buckets_are_warm(model, runner):
     for policy in ("skip_join_mlfq", "vllm"):
         engine, _ = _serve(model, runner, policy, _config(24), prompts, lens)
         assert sum(t.preemptions for t in engine.timelines.values()) > 0
+        assert engine.lookahead_used > 0  # the device-side input signature was warmed too
     assert CompileCounter.count() == before
 
 
