@@ -25,7 +25,7 @@ from jaxserve import experiment, sharding
 from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import data as kd
 from kvpred import evaluate as ev
-from kvpred import report
+from kvpred import recipes, report
 from kvpred.io import load_base
 from kvpred.tasks import humaneval as he
 from kvpred.tasks import triviaqa as tqa
@@ -37,7 +37,9 @@ _VARIANTS = flags.DEFINE_string("variants", "base,kvp_identity", "Comma-separate
 _TASK = flags.DEFINE_string("task", "synthetic_qa", "synthetic_qa | triviaqa:PATH | humaneval")
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N examples only.", lower_bound=1)
 _SAMPLES = flags.DEFINE_integer("samples", 1, "HumanEval samples per problem.", lower_bound=1)
-_KB_ENTITIES = flags.DEFINE_integer("kb_entities", 96, "Synthetic QA entities.", lower_bound=4)
+_KB_ENTITIES = flags.DEFINE_integer(
+    "kb_entities", recipes.DEFAULT_KB_ENTITIES, "Synthetic QA entities.", lower_bound=4
+)
 _KB_SEED = flags.DEFINE_integer("kb_seed", 0, "Synthetic QA seed (as in training).")
 _TTFT_BATCHES = flags.DEFINE_list("ttft_batch_sizes", ["1", "8"], "Batch sizes to time TTFT at.")
 _TTFT_LEN = flags.DEFINE_integer(

@@ -41,7 +41,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per step.", lower_bou
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.", lower_bound=8)
 _LR = flags.DEFINE_float("lr", 3e-3, "Peak learning rate.", lower_bound=0.0)
 _WARMUP = flags.DEFINE_integer("warmup_steps", 100, "Linear warm-up steps.", lower_bound=0)
-_KB_ENTITIES = flags.DEFINE_integer("kb_entities", 96, "Knowledge-base entities.", lower_bound=4)
+_KB_ENTITIES = flags.DEFINE_integer(
+    "kb_entities", recipes.DEFAULT_KB_ENTITIES, "Knowledge-base entities.", lower_bound=4
+)
 _KB_SEED = flags.DEFINE_integer("kb_seed", 0, "Knowledge-base seed.")
 _SEED = flags.DEFINE_integer("seed", 0, "Weight and data seed.")
 _MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2 (default: 1 device).")

@@ -12,7 +12,7 @@ set -euo pipefail
 runs=${1:-runs}
 lm_steps=${2:-3000}
 kvp_steps=${3:-600}
-kb=${4:-400}
+kb=${4:-1600}
 data=${5:-synthetic_qa:0.9,stdlib_code:0.1}
 common=(--kb_entities="$kb" --data="$data")
 python -m experiments.train_lm --model=tiny --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny"

@@ -198,3 +198,19 @@ def test_c_aux_from_preset_and_errors():
         build_aux("c:/no/such/dir", base)
     with pytest.raises(ValueError, match="layer map has 3 entries"):
         build_aux("lp:0.5", base, layer_map=[0, 0, 1])
+
+
+def test_shipped_tiny_and_tiny_aux_are_the_trained_base_and_auxiliary():
+    """The embedded weights were trained on the CLIs' default knowledge base: `tiny` answers
+    it, the far smaller `tiny-aux` (the C auxiliary) mostly cannot."""
+    from jaxserve.experiment import resolve_model
+    from kvpred import data as kd
+    from kvpred import evaluate as ev
+    from kvpred import recipes
+
+    examples = kd.KnowledgeBase(recipes.DEFAULT_KB_ENTITIES, 0).qa_examples("eval")[:64]
+    base, tokenizer, source = resolve_model(None, "tiny")
+    aux, _, aux_source = resolve_model(None, "tiny-aux")
+    assert "embedded" in source and "embedded" in aux_source
+    assert ev.qa_accuracy(base, tokenizer, examples) >= 0.9
+    assert ev.qa_accuracy(aux, tokenizer, examples) < 0.3
