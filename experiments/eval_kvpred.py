@@ -139,7 +139,6 @@ def main(argv):
         }
     table = report.format_table(results)
     print(table)
-    os.makedirs(_OUT.value, exist_ok=True)
     payload = {
         "flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(__name__)},
         "environment": experiment.environment(), "task": _TASK.value,

@@ -168,6 +168,12 @@ PRESETS: dict[str, ModelConfig] = {
         name="tiny-aux", vocab_size=4096, d_model=64, num_layers=2, num_heads=2, num_kv_heads=1,
         head_dim=32, ffn_dim=192, max_seq_len=1024, bos_token_id=1, eos_token_id=2,
     ),
+    # A mid-size C-type auxiliary model for `tiny`: ~40% of its non-embedding parameters.
+    "tiny-aux-m": ModelConfig(
+        name="tiny-aux-m", vocab_size=4096, d_model=96, num_layers=3, num_heads=3,
+        num_kv_heads=1, head_dim=32, ffn_dim=288, max_seq_len=1024, bos_token_id=1,
+        eos_token_id=2,
+    ),
     # ~20M parameters, the benchmark model.
     "small": ModelConfig(
         name="small", vocab_size=8192, d_model=384, num_layers=6, num_heads=6, num_kv_heads=2,
