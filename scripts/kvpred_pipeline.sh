@@ -2,8 +2,9 @@
 # KV Prediction end to end on the CPU, the paper's comparison at laptop scale:
 #   1. train the base (tiny) and a C-type auxiliary model (tiny-aux) as language models on
 #      the synthetic QA knowledge base + stdlib code;
-#   2. the layer-pruned baseline: the base with every 2nd layer removed, fine-tuned;
-#   3. KV predictors: LP (aux = the base's kept layers) and C (aux = tiny-aux);
+#   2. layer-pruned baselines: the base with every 2nd / every 4th layer removed, fine-tuned;
+#   3. KV predictors: LP 0.5 and 0.75 (aux = the base's kept layers) and C (aux = tiny-aux,
+#      and the mid-size tiny-aux-m);
 #   4. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT;
 #   5. TTFT again at 512-token prompts.
 #   bash scripts/kvpred_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP] [KB_ENTITIES] [DATA]
@@ -17,17 +18,24 @@ data=${5:-synthetic_qa:0.9,stdlib_code:0.1}
 common=(--kb_entities="$kb" --data="$data")
 python -m experiments.train_lm --model=tiny --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny"
 python -m experiments.train_lm --model=tiny-aux --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny_aux"
+python -m experiments.train_lm --model=tiny-aux-m --steps="$lm_steps" "${common[@]}" --workdir="$runs/lm_tiny_aux_m"
 python -m experiments.train_lm --lp_from="$runs/lm_tiny/final" --lp_fraction=0.5 \
   --steps="$kvp_steps" "${common[@]}" --lr=1e-3 --warmup_steps=50 --workdir="$runs/lp_tiny"
+python -m experiments.train_lm --lp_from="$runs/lm_tiny/final" --lp_fraction=0.75 \
+  --steps="$kvp_steps" "${common[@]}" --lr=1e-3 --warmup_steps=50 --workdir="$runs/lp75_tiny"
 python -m experiments.train_kvpred --base="$runs/lm_tiny/final" --aux=lp:0.5 \
   --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_lp"
+python -m experiments.train_kvpred --base="$runs/lm_tiny/final" --aux=lp:0.75 \
+  --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_lp75"
 python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
   --aux=c:"$runs/lm_tiny_aux/final" --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_c"
+python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
+  --aux=c:"$runs/lm_tiny_aux_m/final" --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_c_m"
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
-  --variants=base,aux_only:"$runs/lm_tiny_aux/final",lp_baseline:"$runs/lp_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_c/final",kvp_identity \
+  --variants=base,aux_only:"$runs/lm_tiny_aux/final",aux_only:"$runs/lm_tiny_aux_m/final",lp_baseline:"$runs/lp_tiny/final",lp_baseline:"$runs/lp75_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_lp75/final",kvp:"$runs/kvp_c/final",kvp:"$runs/kvp_c_m/final",kvp_identity \
   --task=synthetic_qa --kb_entities="$kb" --out="$runs/eval_qa"
 # TTFT at a longer prompt, where prefill compute dominates fixed per-call costs
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
-  --variants=base,aux_only:"$runs/lm_tiny_aux/final",lp_baseline:"$runs/lp_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_c/final" \
+  --variants=base,aux_only:"$runs/lm_tiny_aux/final",aux_only:"$runs/lm_tiny_aux_m/final",lp_baseline:"$runs/lp_tiny/final",lp_baseline:"$runs/lp75_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_lp75/final",kvp:"$runs/kvp_c/final",kvp:"$runs/kvp_c_m/final" \
   --task=synthetic_qa --kb_entities="$kb" --limit=20 --ttft_prompt_len=512 --ttft_batch_sizes=1,8 \
   --out="$runs/eval_ttft512"
