@@ -39,7 +39,7 @@ _DATA = flags.DEFINE_string("data", recipes.DEFAULT_DATA, "Sources and row share
 _STEPS = flags.DEFINE_integer("steps", 1500, "Optimizer steps.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per step.", lower_bound=1)
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.", lower_bound=8)
-_LR = flags.DEFINE_float("lr", 3e-3, "Peak learning rate.", lower_bound=0.0)
+_LR = flags.DEFINE_float("lr", 3e-3, "Peak learning rate (> 0).")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 100, "Linear warm-up steps.", lower_bound=0)
 _KB_ENTITIES = flags.DEFINE_integer(
     "kb_entities", recipes.DEFAULT_KB_ENTITIES, "Knowledge-base entities.", lower_bound=4
@@ -51,6 +51,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here
 _EXPORT = flags.DEFINE_string("export", None, "Final checkpoint directory (default WORKDIR/final).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Log metrics every N steps.", lower_bound=1)
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 250, "Checkpoint every N.", lower_bound=1)
+
+flags.register_validator("lr", lambda v: v > 0, message="--lr must be > 0")
 
 
 def main(argv):

@@ -1,8 +1,9 @@
 """Auxiliary models: the small model whose cache KV prediction projects into the base's.
 
     lp:0.25 | lp:0.5 | lp:0.75   the base with layers removed, initialised from its weights
-    c:PRESET | c:DIR             a separate smaller model (a preset at random init, or a
-                                 checkpoint: HF safetensors or a jaxserve/orbax directory)
+    c:PRESET | c:DIR             a separate smaller model (a preset, with the trained weights
+                                 the package ships for it, e.g. tiny-aux, else at random init;
+                                 or a checkpoint: HF safetensors or a jaxserve/orbax directory)
 
 `build_aux(spec, base)` returns the model, its kind and the layer map (which auxiliary layer
 predicts each base layer: the LP rule or the front-loaded C rule, or an explicit list).
@@ -91,9 +92,13 @@ def build_aux(
     else:
         kept = None
         if arg in PRESETS:
+            from jaxserve.experiment import embedded_checkpoint
+            from jaxserve.models.checkpoint import load_model
+
             cfg = PRESETS[arg]
             check_compatible(base.config, cfg, f"auxiliary preset {arg!r}")
-            model = init_model(cfg, seed)
+            shipped = embedded_checkpoint(arg)  # trained weights the package ships, if any
+            model = load_model(shipped) if shipped else init_model(cfg, seed)
         elif os.path.isdir(arg):
             from jaxserve.models.checkpoint import load_model
 

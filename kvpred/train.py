@@ -62,9 +62,10 @@ class TrainConfig:
 
 
 def lr_schedule(c: TrainConfig) -> optax.Schedule:
+    warmup = max(c.warmup_steps, 1)  # optax needs >= 1 warm-up and >= 1 decay step
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=c.lr, warmup_steps=max(c.warmup_steps, 1),
-        decay_steps=max(c.steps, c.warmup_steps + 1), end_value=c.lr * c.min_lr_ratio,
+        init_value=0.0, peak_value=c.lr, warmup_steps=warmup,
+        decay_steps=max(c.steps, warmup + 1), end_value=c.lr * c.min_lr_ratio,
     )  # fmt: skip
 
 

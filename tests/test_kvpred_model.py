@@ -184,6 +184,16 @@ def test_c_aux_from_preset_and_errors():
     base = random_model(tiny_config(vocab_size=4096, num_layers=4))
     aux = build_aux("c:tiny", base)
     assert aux.kind == "c" and aux.layer_map == [0, 1, 2, 3]
+    # a preset the package ships weights for comes with them (like resolve_model)
+    from jaxserve.experiment import resolve_model
+
+    shipped, _, _ = resolve_model(None, "tiny-aux")
+    got = build_aux("c:tiny-aux", base).model
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(nnx.state(got)), jax.tree.leaves(nnx.state(shipped)))
+    )
+    assert build_aux("c:tiny-aux-m", base).model.config.d_model == 96  # none shipped: random
     aux = build_aux("c:tiny", base, layer_map=[0, 0, 0, 3])
     assert aux.layer_map == [0, 0, 0, 3]
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(0))

@@ -192,3 +192,15 @@ def test_data_spec_parsing(tmp_path):
         parse_data_spec("wikipedia:1")
     with pytest.raises(ValueError, match="weight must be > 0"):
         parse_data_spec("synthetic_qa:0")
+
+
+@pytest.mark.parametrize("steps,warmup", [(1, 0), (1, 1), (2, 2), (100, 10)])
+def test_lr_schedule_warms_up_then_decays_for_any_length(steps, warmup):
+    from kvpred.train import lr_schedule
+
+    sched = lr_schedule(TrainConfig(steps=steps, warmup_steps=warmup, lr=1e-3))
+    lrs = [float(sched(i)) for i in range(steps + 1)]
+    assert all(0.0 <= x <= 1e-3 * (1 + 1e-6) for x in lrs)  # float32 schedule values
+    w = max(warmup, 1)
+    if steps > w:
+        assert lrs[w] == pytest.approx(1e-3) and lrs[steps] < lrs[w]
