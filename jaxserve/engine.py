@@ -367,7 +367,7 @@ class Engine:
         token. (A stop token or a new arrival can still change the plan: then it is dropped.)
         """
         sched = self.scheduler
-        if len(sched.live) != len(rows):
+        if sched.num_live != len(rows):
             return False
         limit = sched.config.max_seq_len
         for r in rows:

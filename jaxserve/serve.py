@@ -215,11 +215,15 @@ def ttft_comparison(runs: list[dict]) -> list[dict]:
     return out
 
 
+def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
+    """max_new_tokens of a replayed request: it asks for up to `max_output_len` tokens (its
+    trace length if longer), as a client sets max_tokens, and ends at its trace length as if
+    the model emitted EOS. Policies plan with this cap; only the srpt oracle reads the length."""
+    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
+
+
 def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_output_len: int):
-    """A replayed request asks for up to `max_output_len` tokens (its trace length if longer),
-    as a client sets max_tokens, and ends at its trace length as if the model emitted EOS:
-    policies plan with the cap, only the srpt oracle reads the length."""
-    cap = max(1, min(engine.config.max_seq_len - len(ids), max(max_output_len, req.output_len)))
+    cap = replay_cap(len(ids), req.output_len, max_output_len, engine.config.max_seq_len)
     params = SamplingParams(max_new_tokens=cap, seed=0)
 
     def submit(arrival: float) -> str:

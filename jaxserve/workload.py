@@ -653,6 +653,7 @@ def make_workload(
     max_output_len: int | None = None,
     tokenize: Tokenize | None = None,
     client: str = "default",
+    length_params: dict | None = None,
 ) -> list[TraceRequest]:
     """A workload by name or file, sorted by arrival.
 
@@ -668,6 +669,7 @@ def make_workload(
     rate: requests/s (math.inf: everything at 0). arrival: "poisson" | "gamma" (cv) | "burst"
       (burst_size). Arrivals and lengths use independent streams spawned from `seed`.
     client: the client of every request; ids are "r<i>", or "<client>-<i>" for another client.
+    length_params: other fields of a synthetic length distribution, e.g. {"sigma_output": 2.0}.
     """
     spec = os.fspath(name_or_path)
     if num_requests is not None and not (_is_int(num_requests) and num_requests >= 0):
@@ -705,9 +707,13 @@ def make_workload(
 
     if num_requests is None:
         raise WorkloadError(f"num_requests is required for workload {spec!r}")
-    dist = LENGTH_DISTRIBUTIONS[spec](
-        scale=scale, max_prompt_len=max_prompt_len, max_output_len=max_output_len
-    )
+    try:
+        dist = LENGTH_DISTRIBUTIONS[spec](
+            scale=scale, max_prompt_len=max_prompt_len, max_output_len=max_output_len,
+            **(length_params or {}),
+        )  # fmt: skip
+    except TypeError as e:
+        raise WorkloadError(f"length_params {length_params!r} for {spec!r}: {e}") from None
     times = arrivals(arrival, rate, num_requests, arr_rng, cv=cv, burst_size=burst_size)
     prompt_lens, output_lens = dist.sample(num_requests, len_rng)
     prefix = "r" if client == "default" else f"{client}-"

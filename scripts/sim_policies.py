@@ -23,22 +23,16 @@ from jaxserve.sched.policies import POLICIES
 from jaxserve.sched.request import Request
 from jaxserve.sched.scheduler import Scheduler
 from jaxserve.sched.simloop import LinearCost, simulate
+from jaxserve.serve import replay_cap
 
 
 def trace(args, rate: float) -> list[workload.TraceRequest]:
-    lengths = workload.ShareGPTSynth(
-        scale=args.scale, max_prompt_len=args.max_prompt_len,
-        max_output_len=args.max_output_len, sigma_output=args.output_sigma,
+    """The trace `experiments.serve` builds from the same flags (and output sigma)."""
+    return workload.make_workload(
+        "sharegpt_synth", rate, args.num_requests, args.seed, arrival=args.arrival, cv=args.cv,
+        scale=args.scale, max_prompt_len=args.max_prompt_len, max_output_len=args.max_output_len,
+        length_params={"sigma_output": args.output_sigma},
     )  # fmt: skip
-    arr_rng, len_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2)
-    )
-    times = workload.arrivals(args.arrival, rate, args.num_requests, arr_rng, cv=args.cv)
-    prompts, outputs = lengths.sample(args.num_requests, len_rng)
-    return [
-        workload.TraceRequest(id=f"r{i}", arrival=float(t), prompt_len=int(p), output_len=int(o))
-        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
-    ]
 
 
 def run(args, policy: str, reqs: list[workload.TraceRequest]) -> dict:
@@ -53,8 +47,8 @@ def run(args, policy: str, reqs: list[workload.TraceRequest]) -> dict:
     )  # fmt: skip
     requests = [
         Request(id=r.id, arrival=r.arrival, prompt_len=r.prompt_len, output_len=r.output_len,
-                max_new_tokens=min(args.max_seq_len - r.prompt_len,
-                                   max(args.max_output_len, r.output_len)))
+                max_new_tokens=replay_cap(r.prompt_len, r.output_len, args.max_output_len,
+                                          args.max_seq_len))
         for r in reqs
     ]  # fmt: skip
     cost = LinearCost(a=args.a, b=args.b, swap_bandwidth=args.swap_gbps * 1e9,

@@ -390,3 +390,16 @@ def test_trace_round_trip_property(tmp_path_factory, reqs):
     path = tmp_path_factory.mktemp("trace") / "t.jsonl"
     wl.write_trace(path, reqs)
     assert wl.read_trace(path) == sorted(reqs, key=lambda r: r.arrival)
+
+
+def test_synthetic_length_params_reach_the_distribution():
+    from jaxserve.workload import WorkloadError, make_workload
+
+    kw = dict(scale=0.5, max_output_len=5000)
+    base = make_workload("sharegpt_synth", 10, 400, 0, **kw)
+    heavy = make_workload("sharegpt_synth", 10, 400, 0, length_params={"sigma_output": 2.0}, **kw)
+    assert [r.prompt_len for r in heavy] == [r.prompt_len for r in base]
+    out = lambda rs: np.array([r.output_len for r in rs])  # noqa: E731
+    assert out(heavy).std() / out(heavy).mean() > 1.5 * out(base).std() / out(base).mean()
+    with pytest.raises(WorkloadError, match="length_params"):
+        make_workload("sharegpt_synth", 10, 4, 0, length_params={"no_such": 1})

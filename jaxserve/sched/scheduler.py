@@ -152,6 +152,11 @@ class Scheduler:
     def live(self) -> list[Request]:
         return list(self._live.values())
 
+    @property
+    def num_live(self) -> int:
+        """Requests not yet FINISHED or REJECTED."""
+        return len(self._live)
+
     def _in(self, state: State) -> list[Request]:
         return [r for r in self._live.values() if r.state is state]
 
