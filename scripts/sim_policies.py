@@ -43,6 +43,7 @@ def run(args, policy: str, reqs: list[workload.TraceRequest]) -> dict:
         swap_bandwidth=args.swap_gbps * 1e9, prefill_tokens_per_s=1 / args.b,
         kv_bytes_per_page=page_bytes, q0=args.q0_iterations * (args.a + args.b * args.max_batch),
         prefetch=args.prefetch, reserve_pages=args.reserve_pages,
+        quantum_charge=args.quantum_charge,
         prefill_table=[(16, args.a + 16 * args.b), (1024, args.a + 1024 * args.b)],
     )  # fmt: skip
     requests = [
@@ -77,6 +78,7 @@ def main():
     p.add_argument("--preemption", default="swap", choices=("swap", "recompute", "auto"))
     p.add_argument("--q0_iterations", type=float, default=8.0)
     p.add_argument("--prefetch", type=int, default=2)
+    p.add_argument("--quantum_charge", choices=["own", "iteration"], default="own")
     p.add_argument("--reserve_pages", type=int, default=0)
     p.add_argument("--a", type=float, default=1.57e-3, help="seconds per iteration")
     p.add_argument("--b", type=float, default=2.57e-4, help="seconds per token computed")

@@ -38,7 +38,9 @@ from jaxserve.sched.simloop import LinearCost, simulate
 
 
 def config(**kw) -> SchedulerConfig:
-    fields = dict(max_batch=4, num_pages=64, page_size=4, max_seq_len=4096)
+    # the hand-worked schedules below charge every batch member the whole iteration
+    fields = dict(max_batch=4, num_pages=64, page_size=4, max_seq_len=4096,
+                  quantum_charge="iteration")  # fmt: skip
     fields.update(kw)
     return SchedulerConfig(**fields)
 
@@ -184,6 +186,36 @@ def test_mlfq_demotes_after_quantum():
     for _ in range(40):  # the last queue round-robins: stays at 3
         step(s, 0.0)
     assert a.queue == 3
+
+
+def test_quantum_charge_own_work():
+    """Table {4: 0.1 s, 8: 0.3 s}, q0 = 0.5 s. A (prompt 4) runs alone, then B (prompt 8)
+    prefills next to A's decodes in iterations of 0.4 s.
+        iter 0: prefill [A]    0.1 s  A charged 0.1 (its own prefill)
+        iter 1: prefill [B] + decode [A]  0.4 s  B charged 0.3, A 0.4 - 0.3 = 0.1
+        iter 2: decode [A, B]  0.2 s  both 0.2: A 0.4, B 0.5 -> B demoted
+    With "iteration", A reaches 0.1 + 0.4 = 0.5 s in iter 1 and is demoted there, then has
+    0.2 s of queue 1's quantum used."""
+    table = [(4, 0.1), (8, 0.3)]
+    for mode, a_used, a_queue in (("own", 0.4, 0), ("iteration", 0.2, 1)):
+        s = make_scheduler("mlfq", config(q0=0.5, prefill_table=table, quantum_charge=mode))
+        a = s.add(req("a", 4))
+        step(s, 0.0, 0.1)
+        b = s.add(req("b", 8, arrival=0.1))
+        plan = step(s, 0.1, 0.4)
+        assert [r.id for r in plan.prefill] == ["b"] and [r.id for r in plan.decode] == ["a"]
+        step(s, 0.5, 0.2)
+        assert a.queue == a_queue and b.queue == 1
+        assert a.quantum_used == pytest.approx(a_used)
+
+
+def test_quantum_charges_config():
+    c = config(prefill_table=[(4, 0.1), (8, 0.3)], quantum_charge="own")
+    assert c.charges(0.5, [], 3) == ([], 0.5)  # decode-only: everyone the iteration
+    assert c.charges(0.5, [8], 0) == ([0.3], 0.0)
+    assert c.charges(0.2, [8, 4], 2) == ([0.2, 0.1], 0.0)  # capped, never negative
+    with pytest.raises(ValueError, match="quantum_charge"):
+        config(quantum_charge="tokens")
 
 
 def test_mlfq_preempts_long_job_for_new_short_one():

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PREEMPTION_MODES = ("swap", "recompute", "auto")
+QUANTUM_CHARGES = ("own", "iteration")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,10 @@ class SchedulerConfig:
     reserve_pages: int = 0  # free pages the proactive KV manager keeps (mlfq-like, srpt)
     prefetch: int = 0  # next-to-run SWAPPED jobs to swap in ahead (mlfq-like, srpt)
     prefill_table: Sequence[tuple[int, float]] | None = None  # (input_len, prefill seconds)
+    # What an iteration costs each batch member's MLFQ quantum. "own": its own work, i.e. a
+    # prefill its profiled first-iteration time and a decode the iteration less the profiled
+    # time of the prefills that shared it; "iteration": every member the whole iteration.
+    quantum_charge: str = "own"
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "page_size", "max_seq_len", "num_queues"):
@@ -41,6 +46,10 @@ class SchedulerConfig:
         if self.preemption not in PREEMPTION_MODES:
             raise ValueError(
                 f"preemption must be one of {PREEMPTION_MODES}, not {self.preemption!r}"
+            )
+        if self.quantum_charge not in QUANTUM_CHARGES:
+            raise ValueError(
+                f"quantum_charge must be one of {QUANTUM_CHARGES}, not {self.quantum_charge!r}"
             )
         if self.host_pages is not None and self.host_pages < 0:
             raise ValueError(f"host_pages must be >= 0 or None, got {self.host_pages}")
@@ -66,6 +75,20 @@ class SchedulerConfig:
     def quantum(self, queue: int) -> float:
         """MLFQ quantum of `queue`, seconds."""
         return self.q0 * 2**queue
+
+    def charges(
+        self, iteration_time: float, prefill_lens: Sequence[int], num_decode: int
+    ) -> tuple[list[float], float]:
+        """Quantum charges for one iteration: (per prefill, in order; each decode).
+
+        With "own", a prefill is charged its profiled first-iteration time (at most the
+        iteration) and a decode what is left once the prefills' profiled times are taken out,
+        so a short job is not demoted for other jobs' prompts it happened to share an
+        iteration with."""
+        if self.quantum_charge == "iteration" or not prefill_lens:
+            return [iteration_time] * len(prefill_lens), iteration_time
+        own = [min(self.prefill_seconds(n), iteration_time) for n in prefill_lens]
+        return own, max(iteration_time - sum(own), 0.0) if num_decode else 0.0
 
     def prefill_seconds(self, input_len: int) -> float:
         """First-iteration time of a prompt: `prefill_table` interpolated linearly (and

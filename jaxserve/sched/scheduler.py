@@ -35,7 +35,8 @@ __all__ = ["Scheduler", "SchedulerConfig", "StepResult", "make_scheduler"]
 class StepResult:
     """What the executor reports after running a plan."""
 
-    iteration_time: float  # seconds the iteration took (swaps + compute): charged to MLFQ quanta
+    iteration_time: float  # seconds the iteration took: charged to MLFQ quanta (see
+    # `SchedulerConfig.charges`)
     tokens: dict[str, int] = field(default_factory=dict)  # id -> tokens emitted (1; missing = 1)
     finished: set[str] = field(default_factory=set)  # ids whose emitted token hit EOS / a stop
 
@@ -109,6 +110,10 @@ class Scheduler:
             if rid not in batch:
                 raise ValueError(f"result names {rid!r}, which was not in the plan's batch")
         finished = []
+        prefill_charges, decode_charge = self.config.charges(
+            result.iteration_time, [r.context_len for r in plan.prefill], len(plan.decode)
+        )
+        charge = {r.id: c for r, c in zip(plan.prefill, prefill_charges)}
         for r in plan.batch:
             if r.cancelled:
                 continue
@@ -117,7 +122,7 @@ class Scheduler:
                 raise ValueError(f"{r.id}: {n} tokens in one step (only 1 is supported)")
             r.num_generated += 1
             r.last_run = now
-            r.quantum_used += result.iteration_time
+            r.quantum_used += charge.get(r.id, decode_charge)
             if r.first_token_time is None:
                 r.first_token_time = now
             if r.id in result.finished:
