@@ -29,6 +29,9 @@ _N = flags.DEFINE_integer("num_requests", 64, "Requests per run.", lower_bound=1
 _ARRIVAL = flags.DEFINE_enum("arrival", "poisson", ["poisson", "gamma", "burst"], "Arrivals.")
 _CV = flags.DEFINE_float("cv", 1.0, "Coefficient of variation of Gamma inter-arrivals.")
 _SCALE = flags.DEFINE_float("scale", 0.25, "Multiply synthetic lengths (small CPU models).")
+_OUT_SIGMA = flags.DEFINE_float(
+    "output_sigma", None, "Lognormal sigma of synthetic output lengths (heavier tail if larger)."
+)
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Clip prompts.", lower_bound=1)
 _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 256, "Clip outputs.", lower_bound=1)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Requests per iteration.", lower_bound=1)
@@ -42,6 +45,12 @@ _Q0_IT = flags.DEFINE_float(
     "q0_iterations", 8.0, "Default q0 = this many profiled decode iterations at --max_batch."
 )
 _NUM_QUEUES = flags.DEFINE_integer("num_queues", 8, "MLFQ queues.", lower_bound=1)
+_CHARGE = flags.DEFINE_enum(
+    "quantum_charge",
+    "own",
+    ["own", "iteration"],
+    "MLFQ quantum charge per batch member: its own prefill or decode share, or the iteration.",
+)
 _PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period, iterations.")
 _STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
 _RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
@@ -59,9 +68,9 @@ _PREFILL = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
 _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
-        _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION, _HOST_PAGES,
-        _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT,
-        _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
+        _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION,
+        _HOST_PAGES, _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE, _STARVE, _RESERVE,
+        _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
 
 
 def main(argv):
@@ -86,6 +95,11 @@ def main(argv):
     w = _WORKLOAD.value
     if w not in ("sharegpt_synth", "alpaca_synth") and not os.path.isfile(w):
         raise app.UsageError(f"--workload: {w!r} is neither a synthetic workload nor a file")
+    if _OUT_SIGMA.value is not None:
+        if _OUT_SIGMA.value <= 0:
+            raise app.UsageError("--output_sigma must be > 0")
+        if w not in ("sharegpt_synth", "alpaca_synth"):
+            raise app.UsageError("--output_sigma applies to synthetic workloads only")
     if _KV_PAGES.value < 2:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
@@ -98,9 +112,10 @@ def main(argv):
         schedulers=_SCHEDULERS.value, workload=w, rates=rates, num_requests=_N.value,
         max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
         preemption=_PREEMPTION.value, seed=_SEED.value, arrival=_ARRIVAL.value, cv=_CV.value,
-        scale=_SCALE.value, max_prompt_len=_MAX_PROMPT.value, max_output_len=_MAX_OUTPUT.value,
+        scale=_SCALE.value, output_sigma=_OUT_SIGMA.value, max_prompt_len=_MAX_PROMPT.value,
+        max_output_len=_MAX_OUTPUT.value,
         q0=_Q0.value, q0_iterations=_Q0_IT.value, num_queues=_NUM_QUEUES.value,
-        promote_every=_PROMOTE.value,
+        quantum_charge=_CHARGE.value, promote_every=_PROMOTE.value,
         starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,

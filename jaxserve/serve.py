@@ -67,11 +67,14 @@ class ServeSettings:
     arrival: str = "poisson"
     cv: float = 1.0
     scale: float = 0.25
+    output_sigma: float | None = None  # lognormal sigma of synthetic output lengths (None: the
+    # distribution's own; larger is heavier-tailed)
     max_prompt_len: int = 256
     max_output_len: int = 256
     q0: float | None = None  # seconds; default: q0_iterations decode iterations at max_batch
     q0_iterations: float = 8.0
     num_queues: int = 8
+    quantum_charge: str = "own"
     promote_every: int = 1000
     starve_s: float = 3.0
     reserve_pages: int = 0
@@ -103,6 +106,7 @@ def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_
         host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
         swap_bandwidth=prof.swap_bandwidth, prefill_tokens_per_s=prof.prefill_tokens_per_s,
         kv_bytes_per_page=kv_page_bytes, q0=q0, num_queues=s.num_queues,
+        quantum_charge=s.quantum_charge,
         promote_every=s.promote_every, starve_s=s.starve_s, reserve_pages=s.reserve_pages,
         prefetch=s.prefetch, prefill_table=list(prof.prefill),
     )  # fmt: skip
@@ -150,6 +154,7 @@ def run_serve(
             s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
             max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
             tokenize=tokenizer.encode if tokenizer is not None else None,
+            length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
         )  # fmt: skip
         rng = np.random.default_rng(s.seed)
         prompts = {r.id: prompt_ids_for(r, tokenizer, config.vocab_size, rng) for r in trace}
