@@ -36,6 +36,15 @@ _REDUCE = flags.DEFINE_enum("kv_loss_reduce", "sum", list(KV_REDUCE), "Reduce KV
 _LB = flags.DEFINE_float("loss_base", 1.0, "Weight of the base's CE on the predicted cache.")
 _LA = flags.DEFINE_float("loss_aux", 1.0, "Weight of the auxiliary model's own CE.")
 _LC = flags.DEFINE_float("loss_kv", 1.0, "Weight of the KV L1 term.")
+_PRED_INIT = flags.DEFINE_enum(
+    "predictor_init", "auto", list(recipes.PREDICTOR_INITS),
+    "identity: identity where widths match, random elsewhere (the paper's); lstsq: the "
+    "least-squares map from the auxiliary cache to the base's; auto: lstsq for C, identity "
+    "for LP.",
+)  # fmt: skip
+_INIT_BATCHES = flags.DEFINE_integer(
+    "init_batches", 8, "Batches for the least-squares predictor init.", lower_bound=1
+)
 _DATA = flags.DEFINE_string("data", recipes.DEFAULT_DATA, "Sources and row shares.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Optimizer steps.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per step.", lower_bound=1)
@@ -88,7 +97,7 @@ def main(argv):
     try:
         model, history = recipes.train_kvpred(
             base, base_source, _AUX.value, batch_at, tc, _WORKDIR.value, weights, layer_map,
-            mesh, _SEED.value, _EXPORT.value,
+            mesh, _SEED.value, _EXPORT.value, _PRED_INIT.value, _INIT_BATCHES.value,
         )  # fmt: skip
     except ValueError as e:  # a bad --aux / --layer_map found while building the model
         raise app.UsageError(str(e)) from None

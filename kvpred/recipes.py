@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from jaxserve.config import ModelConfig
@@ -28,10 +29,11 @@ from kvpred.aux import build_aux
 from kvpred.io import save_kvp
 from kvpred.losses import KVPLossWeights
 from kvpred.model import KVPModel, trainable_filter
-from kvpred.predictor import KVPredictor
+from kvpred.predictor import KVPredictor, fit_least_squares
 from kvpred.train import TrainConfig, Trainer, kvp_loss_fn, lm_loss_fn
 
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code")
+PREDICTOR_INITS = ("auto", "lstsq", "identity")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
 DEFAULT_KB_ENTITIES = 1600
@@ -151,12 +153,31 @@ def train_kvpred(
     mesh=None,
     seed: int = 0,
     export: str | None = None,
+    predictor_init: str = "auto",
+    init_batches: int = 8,
 ) -> tuple[KVPModel, list[dict]]:
-    """Train an auxiliary model and predictor for a frozen base; export a KVP checkpoint."""
+    """Train an auxiliary model and predictor for a frozen base; export a KVP checkpoint.
+
+    predictor_init: "identity" is the paper's: the identity where input and output widths
+    match (an LP auxiliary model's kept layers), a random init elsewhere. "lstsq" starts from
+    the least-squares map from the auxiliary model's cache to the base's, fitted on
+    `init_batches` batches drawn after the training steps' (`predictor.fit_least_squares`).
+    "auto": "lstsq" for a C auxiliary model, whose widths differ, "identity" for LP.
+    """
+    if predictor_init not in PREDICTOR_INITS:
+        raise ValueError(f"predictor_init must be one of {PREDICTOR_INITS}, not {predictor_init!r}")
     weights = weights or KVPLossWeights()
     aux = build_aux(aux_spec, base, layer_map, seed)
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(seed))
     model = KVPModel(base, aux.model, pred)
+    if predictor_init == "auto":
+        predictor_init = "identity" if aux.kind == "lp" else "lstsq"
+    if predictor_init == "lstsq" and init_batches > 0:
+        first = train_config.steps  # batches the training steps never see
+        fit = fit_least_squares(model, [batch_at(first + i) for i in range(init_batches)])
+        logging.info(
+            "least-squares predictor init: %s", {k: round(float(v), 4) for k, v in fit.items()}
+        )
     trainer = Trainer(model, trainable_filter(), kvp_loss_fn(weights), train_config, workdir, mesh)
     try:
         history = trainer.run(batch_at)
@@ -166,6 +187,7 @@ def train_kvpred(
     meta = {
         "aux_spec": aux_spec, "aux_kind": aux.kind, "kept_layers": aux.kept_layers,
         "step": trainer.step, "loss_weights": dataclasses.asdict(weights),
+        "predictor_init": predictor_init,
     }  # fmt: skip
     save_kvp(model, export or os.path.join(workdir, "final"), base_source=base_source, meta=meta)
     return model, history

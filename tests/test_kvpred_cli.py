@@ -81,6 +81,7 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
      ("experiments.train_kvpred", ["--base=tiny", "--aux=lp:0.3"], "fraction"),
      ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
      ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
+     ("experiments.train_kvpred", ["--base=tiny", "--predictor_init=zeros"], "predictor_init"),
      ("experiments.train_lm", ["--model=huge"], "--model"),
      ("experiments.train_lm", ["--data=wikipedia:1"], "wikipedia")],
 )  # fmt: skip

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_model, tiny_config
+from conftest import random_model, randomize, tiny_config
 from flax import nnx
 
 from jaxserve.kvcache.pages import KVPages
@@ -224,3 +224,48 @@ def test_shipped_tiny_and_tiny_aux_are_the_trained_base_and_auxiliary():
     assert "embedded" in source and "embedded" in aux_source
     assert ev.qa_accuracy(base, tokenizer, examples) >= 0.9
     assert ev.qa_accuracy(aux, tokenizer, examples) < 0.3
+
+
+def _token_batches(n, b=2, t=12, vocab=97, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        mask = np.ones((b, t), np.float32)
+        mask[1, t - 3 :] = 0  # padding the fit must ignore
+        out.append({"inputs": rng.integers(3, vocab, (b, t)).astype(np.int32), "input_mask": mask})
+    return out
+
+
+def test_least_squares_init_recovers_an_exact_map_and_matches_numpy():
+    from kvpred.predictor import fit_least_squares
+
+    base = random_model(tiny_config(num_layers=2))
+    # A = B with a scrambled predictor: the best linear map is the identity, error ~0
+    kvp = identity_kvp(base)
+    randomize(kvp.predictor, seed=3)
+    batches = _token_batches(3)
+    err = fit_least_squares(kvp, batches, ridge=1e-9)
+    assert max(err.values()) < 1e-3
+    out = kvp.train_forward(jnp.asarray(batches[0]["inputs"]))
+    for (pk, pv), (tk, tv) in zip(out["pred_kv"], out["target_kv"]):
+        np.testing.assert_allclose(pk[0], tk[0], atol=2e-3)
+        np.testing.assert_allclose(pv[0], tv[0], atol=2e-3)
+
+    # a narrower C auxiliary: the fit is numpy's least squares on the real tokens
+    aux = random_model(tiny_config(d_model=32, num_heads=2, num_kv_heads=1, num_layers=1), 5)
+    pred = KVPredictor(aux.config, base.config, [0, 0], rngs=nnx.Rngs(0))
+    kvp = KVPModel(base, aux, pred)
+    fit_least_squares(kvp, batches, ridge=0.0)
+    xs, ys = [], []
+    for batch in batches:
+        tokens = jnp.asarray(batch["inputs"])
+        pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        _, akv = aux(tokens, pos, return_kv=True)
+        _, bkv = base(tokens, pos, return_kv=True)
+        m = batch["input_mask"].reshape(-1) > 0
+        xs.append(np.asarray(akv[0][1]).reshape(m.size, -1)[m])
+        ys.append(np.asarray(bkv[1][1]).reshape(m.size, -1)[m])  # base layer 1's V
+    x = np.concatenate([np.concatenate(xs), np.ones((sum(len(a) for a in xs), 1))], axis=1)
+    want = np.linalg.lstsq(x, np.concatenate(ys), rcond=None)[0]
+    np.testing.assert_allclose(kvp.predictor.v[1].w[...], want[:-1], atol=1e-4)
+    np.testing.assert_allclose(kvp.predictor.v[1].b[...], want[-1], atol=1e-4)

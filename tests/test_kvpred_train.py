@@ -204,3 +204,26 @@ def test_lr_schedule_warms_up_then_decays_for_any_length(steps, warmup):
     w = max(warmup, 1)
     if steps > w:
         assert lrs[w] == pytest.approx(1e-3) and lrs[steps] < lrs[w]
+
+
+def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path):
+    from jaxserve.models.checkpoint import save_checkpoint
+    from kvpred.io import read_kvp_config
+    from kvpred.recipes import train_kvpred
+
+    base = random_model(tiny_config(num_layers=2))
+    aux_dir = str(tmp_path / "aux")
+    save_checkpoint(random_model(tiny_config(d_model=32, num_kv_heads=1, num_layers=1), 7), aux_dir)
+    cfg = TrainConfig(steps=1, warmup_steps=0, log_every=1)
+    first = {}
+    for init in ("identity", "auto"):
+        work = str(tmp_path / init)
+        _, history = train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, cfg, work,
+                                  predictor_init=init, init_batches=2)  # fmt: skip
+        first[init] = history[0]["kv_l1"]  # step 1's loss is the initial predictor's
+        meta = read_kvp_config(os.path.join(work, "final"))
+        assert meta["predictor_init"] == ("identity" if init == "identity" else "lstsq")
+    assert first["auto"] < 0.9 * first["identity"]
+    with pytest.raises(ValueError, match="predictor_init"):
+        train_kvpred(base, "b", f"c:{aux_dir}", _batch_at, cfg, str(tmp_path / "x"),
+                     predictor_init="zeros")  # fmt: skip
