@@ -658,3 +658,24 @@ def test_sim_policies_script_compares_every_policy_on_one_trace():
     assert rows["fcfs"] == max(rows.values())
     assert rows["srpt"] < min(rows["mlfq"], rows["skip_join_mlfq"], rows["vllm"])
     assert "fcfs/skip_join_mlfq" in r.stdout and "skip_join_mlfq/srpt" in r.stdout
+
+
+def test_linear_cost_by_hand():
+    """a = 1 ms, b = 0.1 ms a decode row, b_prefill = 0.01 ms a prompt token, c = 1 us a
+    context token, swaps at 1 MB/s of 1 kB pages. Prefill of 100 tokens next to decodes at
+    contexts 51 and 31 (prompts of 50 and 30, one token each): 1 + 0.01 * 100 + 0.1 * 2
+    + 0.001 * 82 = 2.282 ms."""
+    s = make_scheduler("vllm", config(max_batch=4))
+    d1, d2 = s.add(req("d1", 50)), s.add(req("d2", 30))
+    step(s, 0.0)  # both prefilled
+    assert (d1.context_len, d2.context_len) == (51, 31)
+    s.add(req("p", 100, arrival=0.25))
+    plan = s.schedule(0.25)
+    assert ids(plan.prefill) == ["p"] and ids(plan.decode) == ["d1", "d2"]
+    cost = LinearCost(a=1e-3, b=1e-4, b_prefill=1e-5, c=1e-6)
+    assert cost.iteration_time(plan) == pytest.approx(2.282e-3)
+    # without b_prefill and c, every computed token costs b (the two-parameter model)
+    assert LinearCost(a=1e-3, b=1e-4).iteration_time(plan) == pytest.approx(1e-3 + 1e-4 * 102)
+    swapping = LinearCost(a=0.0, b=0.0, swap_bandwidth=1e6, kv_bytes_per_page=1000)
+    plan.swap_out.append((d1, [1, 2, 3]))
+    assert swapping.iteration_time(plan) == pytest.approx(3e-3)

@@ -24,15 +24,24 @@ from jaxserve.sched.scheduler import Scheduler, StepResult
 
 @dataclass(frozen=True)
 class LinearCost:
-    """Iteration time = a + b * batch tokens + swapped bytes / swap_bandwidth."""
+    """Iteration time = a + b * decode rows + b_prefill * prefill tokens
+    + c * context tokens the decode rows attend to + swapped bytes / swap_bandwidth."""
 
     a: float = 0.01  # seconds per iteration (weights read, launch overhead)
-    b: float = 1e-4  # seconds per token computed (prefill tokens + one per decode)
+    b: float = 1e-4  # seconds per decode row (one token computed)
     swap_bandwidth: float | None = None  # bytes/s; None: swaps cost nothing
     kv_bytes_per_page: int = 0  # bytes per page moved by a swap
+    b_prefill: float | None = None  # seconds per prefill token; None: b
+    c: float = 0.0  # seconds per context token a decode row reads (its KV cache)
 
     def iteration_time(self, plan: Plan) -> float:
-        t = self.a + self.b * plan.batch_tokens if plan.batch else 0.0
+        if not plan.batch:
+            t = 0.0
+        else:
+            prefill_tokens = sum(r.context_len for r in plan.prefill)
+            per_prefill = self.b if self.b_prefill is None else self.b_prefill
+            t = self.a + self.b * len(plan.decode) + per_prefill * prefill_tokens
+            t += self.c * sum(r.context_len for r in plan.decode)
         if self.swap_bandwidth:
             pages = plan.swap_in_pages + plan.swap_out_pages
             t += pages * self.kv_bytes_per_page / self.swap_bandwidth
