@@ -87,13 +87,16 @@ def fit_least_squares(model, batches, ridge: float = 1e-3) -> dict[str, float]:
     the units of `kvpred.losses.kv_l1`.
     """
     pred = model.predictor
+    graphdef, state = nnx.split((model.aux, model.base))
 
     @jax.jit
-    def features(tokens):
+    def features(state, tokens):  # weights as arguments, not constants folded into the program
+        aux, base = nnx.merge(graphdef, state)
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        _, aux_kv = model.aux(tokens, positions, return_kv=True)
-        _, target = model.base(tokens, positions, return_kv=True)
+        first = jnp.zeros((b,), jnp.int32)  # logits are not needed: one row's
+        _, aux_kv = aux(tokens, positions, logits_index=first, return_kv=True)
+        _, target = base(tokens, positions, logits_index=first, return_kv=True)
         return aux_kv, target
 
     def rows(a, m):  # [B, T, K, D] -> the real tokens' rows, [N, K * D] in float64
@@ -104,7 +107,7 @@ def fit_least_squares(model, batches, ridge: float = 1e-3) -> dict[str, float]:
 
     data = []  # (aux_kv, target, mask) per batch, on the host
     for batch in batches:
-        aux_kv, target = jax.device_get(features(jnp.asarray(batch["inputs"])))
+        aux_kv, target = jax.device_get(features(state, jnp.asarray(batch["inputs"])))
         data.append((aux_kv, target, np.asarray(batch["input_mask"]).reshape(-1) > 0))
     if not data:
         raise ValueError("fit_least_squares needs at least one batch")
