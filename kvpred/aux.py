@@ -15,6 +15,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from absl import logging
 from flax import nnx
 
 from jaxserve.config import PRESETS, ModelConfig
@@ -99,6 +100,11 @@ def build_aux(
             check_compatible(base.config, cfg, f"auxiliary preset {arg!r}")
             shipped = embedded_checkpoint(arg)  # trained weights the package ships, if any
             model = load_model(shipped) if shipped else init_model(cfg, seed)
+            if not shipped:
+                logging.warning(
+                    "auxiliary preset %r has no shipped weights: it starts from a random "
+                    "init; train it first (experiments.train_lm) and pass c:DIR", arg
+                )  # fmt: skip
         elif os.path.isdir(arg):
             from jaxserve.models.checkpoint import load_model
 

@@ -180,7 +180,7 @@ def test_lp_aux_copies_kept_layers_and_predictor_starts_at_identity():
     assert pred.k[3].w.shape == (12, 12)
 
 
-def test_c_aux_from_preset_and_errors():
+def test_c_aux_from_preset_and_errors(caplog):
     base = random_model(tiny_config(vocab_size=4096, num_layers=4))
     aux = build_aux("c:tiny", base)
     assert aux.kind == "c" and aux.layer_map == [0, 1, 2, 3]
@@ -193,7 +193,10 @@ def test_c_aux_from_preset_and_errors():
         np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(jax.tree.leaves(nnx.state(got)), jax.tree.leaves(nnx.state(shipped)))
     )
-    assert build_aux("c:tiny-aux-m", base).model.config.d_model == 96  # none shipped: random
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert build_aux("c:tiny-aux-m", base).model.config.d_model == 96  # none shipped
+    assert "no shipped weights" in caplog.text and "tiny-aux-m" in caplog.text
     aux = build_aux("c:tiny", base, layer_map=[0, 0, 0, 3])
     assert aux.layer_map == [0, 0, 0, 3]
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(0))
