@@ -46,7 +46,7 @@ def run(args, policy: str, reqs: list[workload.TraceRequest]) -> dict:
     cfg = SchedulerConfig(
         max_batch=args.max_batch, num_pages=args.kv_pages, page_size=args.page_size,
         max_seq_len=args.max_seq_len, preemption=args.preemption, host_pages=4 * args.kv_pages,
-        swap_bandwidth=args.swap_gbps * 1e9, prefill_tokens_per_s=1 / args.b,
+        swap_bandwidth=args.swap_gbps * 1e9, prefill_tokens_per_s=1 / args.b_prefill,
         kv_bytes_per_page=page_bytes, q0=args.q0_iterations * (args.a + args.b * args.max_batch),
         prefetch=args.prefetch, reserve_pages=args.reserve_pages,
         quantum_charge=args.quantum_charge,
