@@ -104,6 +104,21 @@ def test_sample_respects_top_k_top_p_and_greedy_rows():
     np.testing.assert_allclose(counts / n, [0.5, 0.3, 0.15, 0.05], atol=0.07)
 
 
+def test_greedy_pick_is_argmax_with_its_tie_and_nan_rules():
+    rs = np.random.RandomState(0)
+    logits = rs.randn(6, 300).astype(np.float32)
+    logits[1, [40, 7, 250]] = 9.0  # a tie: the first index wins
+    logits[2, 77] = np.nan  # a NaN counts as the maximum
+    logits[3, [5, 90]] = np.nan
+    logits[4] = -np.inf
+    logits[5, 299] = np.inf
+    zeros = jnp.zeros(6)
+    got = sample(jnp.asarray(logits), jnp.zeros((6, 2), jnp.uint32), zeros, zeros, zeros, zeros)
+    want = np.argmax(logits, axis=-1)
+    assert list(want[:4]) == [want[0], 7, 77, 5]
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_sampling_params_validation():
     for bad in (dict(max_new_tokens=0), dict(temperature=-1), dict(top_k=-1), dict(top_p=0),
                 dict(top_p=1.5)):  # fmt: skip
