@@ -4,6 +4,8 @@
     python -m experiments.train_lm --model=tiny-aux --steps=1500 --workdir=runs/lm_tiny_aux
     python -m experiments.train_lm --lp_from=runs/lm_tiny/final --lp_fraction=0.5 \
         --steps=600 --lr=1e-3 --workdir=runs/lp_tiny
+    python -m experiments.train_lm --init_from=runs/lm_tiny_aux/final --steps=600 \
+        --lr=1e-3 --warmup_steps=50 --workdir=runs/lm_tiny_aux_more
 
 Data: the synthetic closed-book QA knowledge base and Python standard-library code (or text
 files, `--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
@@ -33,6 +35,13 @@ _LP_FROM = flags.DEFINE_string(
     None,
     "Start from this checkpoint with layers removed (the LP baseline of KV "
     "prediction: a pruned base fine-tuned as a language model); --model is then ignored.",
+)
+_INIT_FROM = flags.DEFINE_string(
+    "init_from",
+    None,
+    "Start from this checkpoint's weights and continue training it as a language model "
+    "(e.g. the control for a C-type KV predictor: its auxiliary model trained as long, "
+    "without the base); --model is then ignored.",
 )
 _LP_FRACTION = flags.DEFINE_enum("lp_fraction", "0.5", ["0.25", "0.5", "0.75"], "Layers kept.")
 _DATA = flags.DEFINE_string("data", recipes.DEFAULT_DATA, "Sources and row shares.")
@@ -71,6 +80,16 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     tokenizer = load_default()
     config, init = cfg.PRESETS[_MODEL.value], None
+    if _LP_FROM.value is not None and _INIT_FROM.value is not None:
+        raise app.UsageError("--lp_from and --init_from are exclusive: give one")
+    if _INIT_FROM.value is not None:
+        if not os.path.isdir(_INIT_FROM.value):
+            raise app.UsageError(f"--init_from: directory {_INIT_FROM.value!r} does not exist")
+        try:
+            init = load_model(_INIT_FROM.value)
+        except (OSError, ValueError) as e:
+            raise app.UsageError(f"--init_from: {e}") from None
+        config = init.config
     if _LP_FROM.value is not None:
         if not os.path.isdir(_LP_FROM.value):
             raise app.UsageError(f"--lp_from: directory {_LP_FROM.value!r} does not exist")

@@ -73,6 +73,25 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
     ]
 
 
+def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from jaxserve.models.checkpoint import load_model
+
+    src = os.path.join(ROOT, "jaxserve", "assets", "models", "tiny-aux")
+    r = _run("experiments.train_lm", f"--init_from={src}", "--steps=2", "--lr=1e-7",
+             "--warmup_steps=0", "--batch_size=2", "--seq_len=16", "--kb_entities=8",
+             f"--workdir={tmp_path}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = jax.tree.leaves(nnx.state(load_model(src), nnx.Param))
+    after = jax.tree.leaves(nnx.state(load_model(tmp_path / "final"), nnx.Param))
+    assert [a.shape for a in after] == [b.shape for b in before]
+    diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(after, before)]
+    assert 0 < max(diffs) < 1e-4  # trained (two tiny steps) from the checkpoint's weights
+
+
 @pytest.mark.parametrize(
     "module, args, flag",
     [("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
@@ -83,6 +102,8 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
      ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
      ("experiments.train_kvpred", ["--base=tiny", "--predictor_init=zeros"], "predictor_init"),
      ("experiments.train_lm", ["--model=huge"], "--model"),
+     ("experiments.train_lm", ["--init_from=/no/such"], "--init_from"),
+     ("experiments.train_lm", ["--init_from=/tmp", "--lp_from=/tmp"], "exclusive"),
      ("experiments.train_lm", ["--data=wikipedia:1"], "wikipedia")],
 )  # fmt: skip
 def test_cli_usage_errors(module, args, flag, tmp_path):
