@@ -6,8 +6,10 @@
 #   3. KV predictors: LP 0.5 and 0.75 (aux = the base's kept layers) and C (aux = tiny-aux,
 #      and the mid-size tiny-aux-m). A C predictor starts from a least-squares fit (the default
 #      --predictor_init) and trains longer, with the KV loss averaged over layers;
-#   4. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT;
-#   5. TTFT again at 512-token prompts.
+#   4. the fair auxiliary-only baselines: each C auxiliary model trained as many steps again
+#      as its predictor run trains it, as a language model alone (same data and schedule);
+#   5. evaluate every variant on synthetic QA: exact match, TTFT FLOPs, measured TTFT;
+#   6. TTFT again at 512-token prompts.
 #   bash scripts/kvpred_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP] [KB_ENTITIES] [DATA] \
 #     [STEPS_KVP_C]
 # Re-running resumes every stage from its workdir's checkpoints.
@@ -36,8 +38,12 @@ python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
 python -m experiments.train_kvpred --base="$runs/lm_tiny/final" \
   --aux=c:"$runs/lm_tiny_aux_m/final" --steps="$kvp_c_steps" --kv_loss_reduce=mean "${common[@]}" \
   --workdir="$runs/kvp_c_m"
+for aux in lm_tiny_aux lm_tiny_aux_m; do
+  python -m experiments.train_lm --init_from="$runs/$aux/final" --steps="$kvp_c_steps" \
+    --lr=1e-3 --warmup_steps=50 "${common[@]}" --workdir="$runs/${aux}_more"
+done
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \
-  --variants=base,aux_only:"$runs/lm_tiny_aux/final",aux_only:"$runs/lm_tiny_aux_m/final",lp_baseline:"$runs/lp_tiny/final",lp_baseline:"$runs/lp75_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_lp75/final",kvp:"$runs/kvp_c/final",kvp:"$runs/kvp_c_m/final",kvp_identity \
+  --variants=base,aux_only:"$runs/lm_tiny_aux/final",aux_only:"$runs/lm_tiny_aux_m/final",aux_only:"$runs/lm_tiny_aux_more/final",aux_only:"$runs/lm_tiny_aux_m_more/final",lp_baseline:"$runs/lp_tiny/final",lp_baseline:"$runs/lp75_tiny/final",kvp:"$runs/kvp_lp/final",kvp:"$runs/kvp_lp75/final",kvp:"$runs/kvp_c/final",kvp:"$runs/kvp_c_m/final",kvp_identity \
   --task=synthetic_qa --kb_entities="$kb" --out="$runs/eval_qa"
 # TTFT at a longer prompt, where prefill compute dominates fixed per-call costs
 python -m experiments.eval_kvpred --base="$runs/lm_tiny/final" \

@@ -90,6 +90,8 @@ def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
     assert [a.shape for a in after] == [b.shape for b in before]
     diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(after, before)]
     assert 0 < max(diffs) < 1e-4  # trained (two tiny steps) from the checkpoint's weights
+    recorded = json.loads((tmp_path / "summary.json").read_text())["flags"]
+    assert recorded["init_from"] == src and recorded["steps"] == 2  # own and shared flags
 
 
 @pytest.mark.parametrize(
