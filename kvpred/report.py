@@ -138,6 +138,26 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def short_labels(names: list[str]) -> dict[str, str]:
+    """Plot labels for variant names: checkpoint paths lose the directories every path shares
+    and `final` components ("aux_only:runs/kb/lm_aux/final" -> "aux_only:lm_aux")."""
+    split = {}
+    for name in names:
+        kind, _, arg = name.partition(":")
+        parts = [p for p in arg.split("/") if p not in ("", ".", "final")] if "/" in arg else []
+        split[name] = (kind, parts)
+    paths = [parts for _, parts in split.values() if parts]
+    common = 0
+    while (
+        paths and all(len(p) > common + 1 for p in paths) and len({p[common] for p in paths}) == 1
+    ):
+        common += 1
+    return {
+        name: f"{kind}:{'/'.join(parts[common:])}" if parts else name
+        for name, (kind, parts) in split.items()
+    }
+
+
 def pareto_plot(results: dict[str, dict], path: str, task: str) -> str:
     """Task metric against TTFT FLOPs reduction (left) and measured TTFT speedup (right)."""
     import matplotlib
@@ -148,13 +168,14 @@ def pareto_plot(results: dict[str, dict], path: str, task: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {"base": "k", "aux_only": "tab:orange", "lp_baseline": "tab:green",
               "kvp": "tab:blue", "kvp_identity": "tab:gray"}  # fmt: skip
+    labels = short_labels(list(results))
     for ax, key, label in (
         (axes[0], "ttft_flops_reduction", "TTFT FLOPs reduction vs base (x)"),
         (axes[1], "ttft_speedup", "measured TTFT speedup vs base (x)"),
     ):
         for name, r in results.items():
             ax.scatter(r[key], r[r["metric"]], color=colors[r["kind"]], s=40)
-            ax.annotate(name, (r[key], r[r["metric"]]), fontsize=7, xytext=(4, 3),
+            ax.annotate(labels[name], (r[key], r[r["metric"]]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")  # fmt: skip
         ax.set_xlabel(label)
         ax.set_ylabel(next(iter(results.values()))["metric"])

@@ -94,6 +94,24 @@ def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
     assert recorded["init_from"] == src and recorded["steps"] == 2  # own and shared flags
 
 
+def test_plot_labels_drop_shared_directories():
+    from kvpred.report import short_labels
+
+    names = ["base", "lp_baseline:0.5", "aux_only:tiny-aux", "aux_only:runs/kb/lm_aux/final",
+             "aux_only:runs/kb/kvp_c/final/aux", "kvp:runs/kb/kvp_c/final",
+             "kvp:/abs/x/final"]  # fmt: skip
+    assert list(short_labels(names).values()) == [
+        "base", "lp_baseline:0.5", "aux_only:tiny-aux", "aux_only:runs/kb/lm_aux",
+        "aux_only:runs/kb/kvp_c/aux", "kvp:runs/kb/kvp_c", "kvp:abs/x",
+    ]  # fmt: skip
+    assert list(short_labels(names[3:6]).values()) == [
+        "aux_only:lm_aux",
+        "aux_only:kvp_c/aux",
+        "kvp:kvp_c",
+    ]
+    assert short_labels(["kvp:runs/kb/kvp_c/final"]) == {"kvp:runs/kb/kvp_c/final": "kvp:kvp_c"}
+
+
 @pytest.mark.parametrize(
     "module, args, flag",
     [("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
