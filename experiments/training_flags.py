@@ -1,8 +1,8 @@
 """The flags `train_lm` and `train_kvpred` share: data, optimisation, checkpoints, mesh.
 
-Each command line defines them once at import (`define(...)`, with its own defaults) and reads
-them through the returned holder; `summary_flags()` lists them with the command's own flags for
-its summary.json.
+Each command line defines them once at import (`define(...)`, with its own defaults), adopts
+them as its key flags, and reads them through the returned holder, which also checks them,
+builds the data stream and writes summary.json (listing the command's own flags and these).
 """
 
 from __future__ import annotations
