@@ -30,7 +30,7 @@ from kvpred.io import save_kvp
 from kvpred.losses import KVPLossWeights
 from kvpred.model import KVPModel, trainable_filter
 from kvpred.predictor import KVPredictor, fit_least_squares
-from kvpred.train import TrainConfig, Trainer, kvp_loss_fn, lm_loss_fn
+from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_loss_fn
 
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code")
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
@@ -172,7 +172,8 @@ def train_kvpred(
     model = KVPModel(base, aux.model, pred)
     if predictor_init == "auto":
         predictor_init = "identity" if aux.kind == "lp" else "lstsq"
-    if predictor_init == "lstsq" and init_batches > 0:
+    if predictor_init == "lstsq" and init_batches > 0 and not has_checkpoint(workdir):
+        # (a resumed run restores its trained predictor instead)
         first = train_config.steps  # batches the training steps never see
         fit = fit_least_squares(model, [batch_at(first + i) for i in range(init_batches)])
         logging.info(

@@ -214,6 +214,12 @@ class Trainer:
         self._ckpt.close()
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether a `Trainer` on `workdir` would resume (a finished checkpoint step is there)."""
+    path = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+
+
 def read_metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -206,7 +206,7 @@ def test_lr_schedule_warms_up_then_decays_for_any_length(steps, warmup):
         assert lrs[w] == pytest.approx(1e-3) and lrs[steps] < lrs[w]
 
 
-def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path):
+def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path, monkeypatch):
     from jaxserve.models.checkpoint import save_checkpoint
     from kvpred.io import read_kvp_config
     from kvpred.recipes import train_kvpred
@@ -224,6 +224,19 @@ def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path):
         meta = read_kvp_config(os.path.join(work, "final"))
         assert meta["predictor_init"] == ("identity" if init == "identity" else "lstsq")
     assert first["auto"] < 0.9 * first["identity"]
+    # resuming restores the trained predictor: no second fit (it would be overwritten)
+    import kvpred.recipes
+
+    fits, fit = [], kvpred.recipes.fit_least_squares
+    monkeypatch.setattr(kvpred.recipes, "fit_least_squares",
+                        lambda *a, **k: fits.append(1) or fit(*a, **k))  # fmt: skip
+    more = TrainConfig(steps=2, warmup_steps=0, log_every=1)
+    _, history = train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, more,
+                              str(tmp_path / "auto"), init_batches=2)  # fmt: skip
+    assert [h["step"] for h in history] == [2] and fits == []
+    train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, more, str(tmp_path / "new"),
+                 init_batches=2)  # fmt: skip
+    assert fits == [1]  # a fresh workdir does fit
     with pytest.raises(ValueError, match="predictor_init"):
         train_kvpred(base, "b", f"c:{aux_dir}", _batch_at, cfg, str(tmp_path / "x"),
                      predictor_init="zeros")  # fmt: skip
