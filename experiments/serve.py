@@ -30,7 +30,9 @@ _ARRIVAL = flags.DEFINE_enum("arrival", "poisson", ["poisson", "gamma", "burst"]
 _CV = flags.DEFINE_float("cv", 1.0, "Coefficient of variation of Gamma inter-arrivals.")
 _SCALE = flags.DEFINE_float("scale", 0.25, "Multiply synthetic lengths (small CPU models).")
 _OUT_SIGMA = flags.DEFINE_float(
-    "output_sigma", None, "Lognormal sigma of synthetic output lengths (heavier tail if larger)."
+    "output_sigma",
+    None,
+    "Lognormal sigma of sharegpt_synth output lengths (heavier tail if larger).",
 )
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Clip prompts.", lower_bound=1)
 _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 256, "Clip outputs.", lower_bound=1)
@@ -98,8 +100,10 @@ def main(argv):
     if _OUT_SIGMA.value is not None:
         if _OUT_SIGMA.value <= 0:
             raise app.UsageError("--output_sigma must be > 0")
-        if w not in ("sharegpt_synth", "alpaca_synth"):
-            raise app.UsageError("--output_sigma applies to synthetic workloads only")
+        if w != "sharegpt_synth":
+            raise app.UsageError(
+                "--output_sigma applies to --workload=sharegpt_synth only (lognormal outputs)"
+            )
     if _KV_PAGES.value < 2:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):

@@ -50,7 +50,9 @@ def test_serve_cli_same_trace_every_scheduler(tmp_path):
     [(["--schedulers=fcfs,lottery"], "--schedulers"), (["--model=huge"], "--model"),
      (["--workload=/no/such.jsonl"], "--workload"), (["--rates=1,x"], "--rates"),
      (["--preemption=pray"], "--preemption"), (["--kv_pages=1"], "--kv_pages"),
-     (["--output_sigma=0"], "--output_sigma"), (["--quantum_charge=tokens"], "quantum_charge")],
+     (["--output_sigma=0"], "--output_sigma"),
+     (["--workload=alpaca_synth", "--output_sigma=1.5"], "sharegpt_synth only"),
+     (["--quantum_charge=tokens"], "quantum_charge")],
 )  # fmt: skip
 def test_serve_cli_usage_errors(args, flag, tmp_path):
     r = _serve(*args, f"--out={tmp_path}")
