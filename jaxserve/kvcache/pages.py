@@ -8,11 +8,16 @@ not in use point at it, and writes of padding tokens land in it. A token at abso
 
 Layers with fewer KV heads than the widest layer (OpenELM) use a prefix of the head axis.
 Everything here is a pure function of arrays, so it runs under `jax.jit` with the pages donated.
+
+`ContiguousKV` is a copy of a few sequences' cache laid out for one-token decode steps: a
+chunk of steps gathers it from the pages once, appends to it in place, and writes its new
+tokens back at the end (`gather_contiguous`, `write_contiguous_layer`, `flush_contiguous`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -125,3 +130,77 @@ def write_all_layers(
     for layer, (k, v) in enumerate(zip(ks, vs)):
         kv = write_layer(kv, layer, page, slot, k, v)
     return kv
+
+
+class ContiguousKV(NamedTuple):
+    """Every layer's cache of `B` sequences, contiguous per KV head, for one-token decode steps.
+
+    k[l]: [B * K_l, C, head_dim] and v[l]: [B * K_l, head_dim, C] for a layer with K_l KV
+    heads; row `b * K_l + h` is head h of sequence b, and C (= max_pages * page_size, the
+    block tables' reach) indexes positions. Both attention products then read the cache as
+    it lies, one batched matrix product over the rows, where the pages would need a gather
+    and a transpose per layer and step. Batch and heads share one axis because XLA:CPU copies
+    a loop-carried array on every step when its leading axis has size 1.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def gather_contiguous(
+    kv: KVPages, block_tables: jax.Array, kv_heads: Sequence[int]
+) -> ContiguousKV:
+    """Copy every layer's cache of the block tables' sequences out of the pages.
+
+    kv_heads: the KV heads of each layer (a prefix of the pages' head axis).
+    """
+    ks, vs = [], []
+    for layer, heads in enumerate(kv_heads):
+        k, v = gather_layer(kv, layer, block_tables, heads)  # [B, C, K, D]
+        b, c, _, d = k.shape
+        ks.append(k.transpose(0, 2, 1, 3).reshape(b * heads, c, d))
+        vs.append(v.transpose(0, 2, 3, 1).reshape(b * heads, d, c))
+    return ContiguousKV(tuple(ks), tuple(vs))
+
+
+def write_contiguous_layer(
+    k_cache: jax.Array, v_cache: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Write one token per sequence into a layer of a `ContiguousKV`.
+
+    k, v: [B, 1, K, head_dim] (keys already normed and rotated); positions: [B]. One
+    dynamic-update-slice per row, which XLA applies in place.
+    """
+    b, _, heads, d = k.shape
+    new_k = k[:, 0].reshape(b * heads, 1, d).astype(k_cache.dtype)
+    new_v = v[:, 0].reshape(b * heads, d, 1).astype(v_cache.dtype)
+    zero = jnp.zeros((), positions.dtype)
+    for row in range(b):
+        first, pos = row * heads, positions[row]
+        rows = slice(first, first + heads)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, new_k[rows], (first, pos, zero))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, new_v[rows], (first, zero, pos))
+    return k_cache, v_cache
+
+
+def flush_contiguous(
+    kv: KVPages,
+    block_tables: jax.Array,
+    cache: ContiguousKV,
+    start: jax.Array,
+    end: jax.Array,
+    max_tokens: int,
+) -> KVPages:
+    """Write back into the pages the tokens of positions `start[b] <= p < end[b]` of each row
+    (at most `max_tokens` of them), the ones a chunk of decode steps appended to `cache`."""
+    b = start.shape[0]
+    positions = start[:, None] + jnp.arange(max_tokens, dtype=start.dtype)[None, :]  # [B, N]
+    valid = positions < end[:, None]
+    rows = jnp.arange(b)[:, None]
+    ks, vs = [], []
+    for k_cache, v_cache in zip(cache.k, cache.v):
+        heads, c, d = k_cache.shape[0] // b, k_cache.shape[1], k_cache.shape[2]
+        at = jnp.clip(positions, 0, c - 1)
+        ks.append(k_cache.reshape(b, heads, c, d)[rows, :, at])  # [B, N, K, D]
+        vs.append(v_cache.reshape(b, heads, d, c).transpose(0, 3, 1, 2)[rows, at])
+    return write_all_layers(kv, block_tables, positions, valid, ks, vs)

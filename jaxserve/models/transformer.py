@@ -3,11 +3,13 @@
     tokens [B, T] -> embed -> L x (RMSNorm -> attention -> + -> RMSNorm -> gated MLP -> +)
                   -> RMSNorm -> logits [B, T, V]   (or [B, V] at `logits_index`)
 
-Attention runs in one of two layouts:
+Attention runs in one of three layouts:
   * full sequence (no `kv`): causal attention over the tokens given; training and scoring.
   * paged (`kv`, `block_tables`, `seq_lens`): the new tokens' k, v are written into KV pages,
     then queries attend to everything the sequence has cached (`prefix=True`) or, for a
     prefill that starts at position 0, only to the new tokens (`prefix=False`, cheaper).
+  * contiguous (`contiguous`, `seq_lens`): one token per row, appended to a `ContiguousKV`
+    that a chunk of decode steps carries instead of the pages (small batches on CPU).
 
 Keys are produced in three stages so KV prediction can replace the first one:
 `k_raw` (projection, before k-norm and RoPE) -> k-norm (OpenELM) -> RoPE at absolute positions.
@@ -23,9 +25,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.config import ModelConfig, rope_inv_freq
-from jaxserve.kvcache.pages import KVPages, gather_layer, token_slots, write_layer
+from jaxserve.kvcache.pages import (
+    ContiguousKV,
+    KVPages,
+    gather_layer,
+    token_slots,
+    write_contiguous_layer,
+    write_layer,
+)
 
 _INIT = nnx.initializers.normal(0.02)
+# One-query decode batches of at least this many rows attend by multiply-and-reduce over the
+# pages; smaller ones by matrix products (and on a `ContiguousKV`, where the runner uses one).
+SMALL_DECODE_BATCH = 4
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, dtype, init=_INIT) -> nnx.Param:
@@ -62,7 +74,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     b, t, h, d = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
-    if t == 1 and b >= 4:
+    if t == 1 and b >= SMALL_DECODE_BATCH:
         # one query per row (batched decode): multiply-and-reduce fuses into one pass over
         # the cache, where XLA:CPU runs the einsum as B*K tiny matrix products (at batch 16
         # of the small preset: 5.2 against 6.1 ms a step; at batch 1 the einsum is faster)
@@ -79,6 +91,30 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BSKD->BTKGD", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def attend_contiguous(
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, bias: jax.Array
+) -> jax.Array:
+    """Attention of one query per row over a `ContiguousKV` layer.
+
+    q: [B, 1, H, D]; k_cache: [B * K, C, D]; v_cache: [B * K, D, C]; bias: [B, C], 0 where a
+    position is attended and -1e30 where not. Returns [B, 1, H, D].
+    Both products keep the cache as the left operand and the heads of a group as the small
+    right one (XLA:CPU runs that shape several times faster than the transposed one), and the
+    softmax is normalised after the value product, on H x D numbers instead of H x C.
+    """
+    b, _, h, d = q.shape
+    kh = k_cache.shape[0] // b
+    qg = (q[:, 0] * d**-0.5).reshape(b * kh, h // kh, d)  # [B*K, G, D]
+    scores = jnp.einsum("NCD,NGD->NCG", k_cache, qg, preferred_element_type=jnp.float32)
+    scores = scores + jnp.repeat(bias, kh, axis=0)[:, :, None]
+    weights = jnp.exp(scores - jnp.max(scores, axis=1, keepdims=True))  # [B*K, C, G]
+    out = jnp.einsum(
+        "NDC,NCG->NDG", v_cache, weights.astype(v_cache.dtype), preferred_element_type=jnp.float32
+    )
+    out = out / jnp.sum(weights, axis=1)[:, None, :]
+    return out.transpose(0, 2, 1).reshape(b, 1, h, d).astype(q.dtype)
 
 
 class Attention(nnx.Module):
@@ -182,6 +218,7 @@ class Decoder(nnx.Module):
         logits_index: jax.Array | None = None,
         kv_inputs: Sequence[tuple[jax.Array, jax.Array]] | None = None,
         return_kv: bool = False,
+        contiguous: ContiguousKV | None = None,
     ):
         """Forward pass.
 
@@ -192,6 +229,8 @@ class Decoder(nnx.Module):
         kv_inputs: per layer (k_raw, v) of shape [B, T, K_l, hd] used instead of the model's
         own projections (KV prediction feeds its predicted cache here).
         return_kv: also return the per-layer (k_raw, v) this pass produced or consumed.
+        contiguous: instead of `kv`, a `ContiguousKV` of these rows (T must be 1, `seq_lens`
+        given); the token is written at `positions` and `(logits, contiguous)` returned.
         """
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
         x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
@@ -207,6 +246,13 @@ class Decoder(nnx.Module):
         local_mask = positions[:, None, :] <= positions[:, :, None]  # [B, T, T] causal
         if kv is not None:
             local_mask = local_mask & valid[:, None, :]
+        if contiguous is not None:
+            if tokens.shape[1] != 1 or kv is not None:
+                raise ValueError("a ContiguousKV takes one token per row and no pages")
+            new_k, new_v = list(contiguous.k), list(contiguous.v)
+            k_pos = jnp.arange(new_k[0].shape[1], dtype=positions.dtype)[None, :]
+            seen = (k_pos <= positions) & (k_pos < seq_lens[:, None])  # [B, C]
+            bias = jnp.where(seen, 0.0, -1e30).astype(jnp.float32)
         kv_out = []
         for i, layer in enumerate(self.layers):
             attn = layer.attn
@@ -217,7 +263,12 @@ class Decoder(nnx.Module):
                 kv_out.append((k_raw, v))
             k = attn.finish_keys(k_raw.astype(self.dtype), positions, inv_freq)
             v = v.astype(self.dtype)
-            if kv is None:
+            if contiguous is not None:
+                new_k[i], new_v[i] = write_contiguous_layer(
+                    new_k[i], new_v[i], positions[:, 0], k, v
+                )
+                y = attend_contiguous(q, new_k[i], new_v[i], bias)
+            elif kv is None:
                 y = attend(q, k, v, local_mask)
             else:
                 kv = write_layer(kv, i, page, slot, k, v)
@@ -231,6 +282,8 @@ class Decoder(nnx.Module):
         if logits_index is not None:
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
         logits = self.logits(x)
+        if contiguous is not None:
+            return logits, ContiguousKV(tuple(new_k), tuple(new_v))
         out = (logits,) if kv is None else (logits, kv)
         if return_kv:
             out = out + (kv_out,)
