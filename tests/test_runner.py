@@ -1,4 +1,4 @@
-"""ModelRunner's multi-step decode: the contiguous-cache path against the paged one."""
+"""ModelRunner's decode paths against the plain ones: contiguous cache, [out, in] weights."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 from conftest import random_model, tiny_config
+from flax import nnx
 from test_model import openelm_like_config
 
+from jaxserve import runner as runner_module
 from jaxserve import sharding as shd
 from jaxserve.kvcache.pages import NULL_PAGE
 from jaxserve.runner import ModelRunner
@@ -90,3 +92,40 @@ def test_contiguous_decode_needs_one_device():
         ModelRunner(model, mesh, contiguous_decode=True)
     assert not ModelRunner(model, mesh).contiguous_decode  # off by default when sharded
     assert ModelRunner(model).contiguous_decode  # on by default on one CPU device
+
+
+def test_batch_one_decode_on_out_in_weights_equals_the_model_layout():
+    model = random_model(openelm_like_config(), seed=5)
+    shapes = [v.shape for v in jax.tree.leaves(nnx.state(model))]
+    plain = ModelRunner(model, out_in_weights=False)
+    out_in = ModelRunner(model, out_in_weights=True)
+    # the model keeps its layout; the runner's batch-1 copy is [out, in]
+    assert [v.shape for v in jax.tree.leaves(nnx.state(model))] == shapes
+    q = model.layers[2].attn.q[...]  # [d_model, heads, head_dim]
+    copies = {x.shape for x in out_in._row_leaves}
+    assert (q.shape[1] * q.shape[2], q.shape[0]) in copies
+    results = []
+    for runner in (plain, out_in):
+        kv = runner.new_kv(8, PAGE)
+        prefill = {
+            "tokens": np.array([[5, 9, 13, 4, 7]], np.int32), "lengths": np.array([5], np.int32),
+            "block_tables": np.array([[3, 1, 6, 0]], np.int32), "keys": np.zeros((1, 2), np.uint32),
+            "temperature": np.zeros(1, np.float32), "top_k": np.zeros(1, np.int32),
+            "top_p": np.ones(1, np.float32),
+        }  # fmt: skip
+        kv, first = runner.prefill(kv, prefill)
+        batch = _batch(np.asarray(first), [5], prefill["block_tables"], [100], [[-1]])
+        kv, _, toks, _ = runner.decode(kv, batch, CHUNK)
+        results.append((np.asarray(toks), np.asarray(kv.k)))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_out_in_copy_defaults(monkeypatch):
+    model = random_model(tiny_config(), seed=0)
+    assert ModelRunner(model).out_in_weights  # one CPU device, a small copy
+    assert not ModelRunner(model, shd.make_mesh("data:2")).out_in_weights
+    with pytest.raises(ValueError, match="out_in_weights needs a one-device mesh"):
+        ModelRunner(model, shd.make_mesh("data:2"), out_in_weights=True)
+    monkeypatch.setattr(runner_module, "OUT_IN_MAX_BYTES", 1000)
+    assert not ModelRunner(model).out_in_weights  # the copy would be too large

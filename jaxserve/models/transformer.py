@@ -18,6 +18,7 @@ Padding is on the right: a token is valid when its position is < `seq_lens` of i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -42,6 +43,52 @@ SMALL_DECODE_BATCH = 4
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, dtype, init=_INIT) -> nnx.Param:
     return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
+
+
+def _weight(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, dtype, linear_in: int = 1):
+    """A projection weight, stored [*in, *out] with `linear_in` input dims (see `dense`)."""
+    return nnx.Param(_INIT(rngs.params(), shape, dtype), axes=axes, linear_in=linear_in)
+
+
+def dense(x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
+    """x [..., *in] times a projection weight: [..., *out].
+
+    The weight is stored [*in, *out] (its `linear_in` metadata counts the input dims) or, after
+    `out_in_layout`, as one [prod(out), prod(in)] matrix.
+    """
+    meta = w.get_metadata()
+    value = w[...].astype(dtype)
+    if "out_in" not in meta:
+        return jnp.tensordot(x, value, axes=meta["linear_in"])
+    in_shape, out_shape = meta["out_in"]
+    lead = x.shape[: x.ndim - len(in_shape)]
+    y = jnp.einsum("OI,...I->...O", value, x.reshape(*lead, -1))
+    return y.reshape(*lead, *out_shape)
+
+
+def out_in_layout(state: nnx.State) -> nnx.State:
+    """The state with every projection weight (`_weight`) stored as one [out, in] matrix.
+
+    XLA:CPU runs a matrix-vector product (decode of one row) faster in this orientation, the
+    rows of `W @ x`, than as `x @ W` over a row-major [in, out] matrix, and products of
+    several rows slower (see `ModelRunner`). `dense` reads either layout; the variables are
+    new, so the state passed in is left as it was.
+    """
+
+    def one(var):
+        meta = var.get_metadata()
+        n = meta.get("linear_in")
+        if n is None or "out_in" in meta:
+            return var
+        w = var[...]
+        in_shape, out_shape = tuple(w.shape[:n]), tuple(w.shape[n:])
+        matrix = jnp.reshape(w, (math.prod(in_shape), math.prod(out_shape))).T
+        axes = meta.get("axes")
+        # merged dims keep the name of their outermost axis (heads, not head_dim)
+        axes = (axes[n], axes[0]) if axes else None
+        return var.replace(jnp.array(matrix), axes=axes, out_in=(in_shape, out_shape))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 class RMSNorm(nnx.Module):
@@ -124,10 +171,10 @@ class Attention(nnx.Module):
         h, kh = c.num_heads[layer], c.num_kv_heads[layer]
         pd = jnp.dtype(c.param_dtype)
         self.num_heads, self.num_kv_heads, self.dtype = h, kh, jnp.dtype(c.dtype)
-        self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), pd)
-        self.k = _param(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
-        self.v = _param(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
-        self.o = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), pd)
+        self.q = _weight(rngs, (d, h, hd), ("embed", "heads", "head_dim"), pd)
+        self.k = _weight(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.v = _weight(rngs, (d, kh, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.o = _weight(rngs, (h, hd, d), ("heads", "head_dim", "embed"), pd, linear_in=2)
         self.qkv_bias = c.qkv_bias
         if c.qkv_bias:
             zeros = nnx.initializers.zeros
@@ -140,8 +187,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(hd, c.rms_eps, pd, ("head_dim",), rngs=rngs)
 
     def _proj(self, x: jax.Array, name: str) -> jax.Array:
-        w = getattr(self, name)[...].astype(self.dtype)
-        y = jnp.einsum("BTD,DHK->BTHK", x, w)
+        y = dense(x, getattr(self, name), self.dtype)  # [B, T, H, hd]
         if self.qkv_bias:
             y = y + getattr(self, name + "_bias")[...].astype(self.dtype)
         return y
@@ -161,7 +207,7 @@ class Attention(nnx.Module):
         return apply_rope(k, positions, inv_freq)
 
     def out(self, y: jax.Array) -> jax.Array:
-        return jnp.einsum("BTHK,HKD->BTD", y, self.o[...].astype(self.dtype))
+        return dense(y, self.o, self.dtype)
 
 
 class MLP(nnx.Module):
@@ -169,14 +215,14 @@ class MLP(nnx.Module):
         d, f = config.d_model, config.ffn_dim[layer]
         pd = jnp.dtype(config.param_dtype)
         self.dtype = jnp.dtype(config.dtype)
-        self.gate = _param(rngs, (d, f), ("embed", "mlp"), pd)
-        self.up = _param(rngs, (d, f), ("embed", "mlp"), pd)
-        self.down = _param(rngs, (f, d), ("mlp", "embed"), pd)
+        self.gate = _weight(rngs, (d, f), ("embed", "mlp"), pd)
+        self.up = _weight(rngs, (d, f), ("embed", "mlp"), pd)
+        self.down = _weight(rngs, (f, d), ("mlp", "embed"), pd)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        g = x @ self.gate[...].astype(self.dtype)
-        u = x @ self.up[...].astype(self.dtype)
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(self.dtype)
+        g = dense(x, self.gate, self.dtype)
+        u = dense(x, self.up, self.dtype)
+        return dense(jax.nn.silu(g) * u, self.down, self.dtype)
 
 
 class Block(nnx.Module):
@@ -197,14 +243,16 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([Block(config, i, rngs=rngs) for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.rms_eps, pd, rngs=rngs)
         if not config.tie_embeddings:
-            self.lm_head = _param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), pd)
+            self.lm_head = _weight(
+                rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), pd
+            )
         self.inv_freq = tuple(rope_inv_freq(config))  # static: folded into the program
 
     def logits(self, x: jax.Array) -> jax.Array:
         x = self.final_norm(x)
         if self.config.tie_embeddings:
             return jnp.einsum("...D,VD->...V", x, self.embed[...].astype(self.dtype))
-        return x @ self.lm_head[...].astype(self.dtype)
+        return dense(x, self.lm_head, self.dtype)
 
     def __call__(
         self,
