@@ -86,7 +86,7 @@ def out_in_layout(state: nnx.State) -> nnx.State:
         axes = meta.get("axes")
         # merged dims keep the name of their outermost axis (heads, not head_dim)
         axes = (axes[n], axes[0]) if axes else None
-        return var.replace(jnp.array(matrix), axes=axes, out_in=(in_shape, out_shape))
+        return var.replace(matrix, axes=axes, out_in=(in_shape, out_shape))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
