@@ -217,16 +217,10 @@ class ModelRunner:
             cache, tok, pos, active, remaining = carry
             new_pos = pos + 1
             seq_lens = jnp.where(active, new_pos, 0)
-            if contiguous:
-                logits, cache = model(
-                    tok[:, None], pos[:, None], seq_lens=seq_lens, logits_index=zeros,
-                    contiguous=cache,
-                )  # fmt: skip
-            else:
-                logits, cache = model(
-                    tok[:, None], pos[:, None], kv=cache, block_tables=bt, seq_lens=seq_lens,
-                    logits_index=zeros,
-                )  # fmt: skip
+            on = {"contiguous": cache} if contiguous else {"kv": cache, "block_tables": bt}
+            logits, cache = model(
+                tok[:, None], pos[:, None], seq_lens=seq_lens, logits_index=zeros, **on
+            )
             nxt = sample(logits, batch["keys"], new_pos, *params)
             nxt = jnp.where(active, nxt, tok)
             emitted = active
