@@ -82,6 +82,25 @@ class _Ahead:
     toks: jax.Array  # [B, 1] the step's tokens
 
 
+class UnknownRequestError(KeyError):
+    """An id the engine was never given (`cancel`, `stream`, `output`)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def _token_ids(rid: str, prompt_ids: Sequence[int]) -> list[int]:
+    """The prompt as Python ints; floats, strings and bools are a `TypeError`, not truncated."""
+    ids = []
+    for t in prompt_ids:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise TypeError(
+                f"request {rid!r}: token ids must be integers, got {type(t).__name__} {t!r}"
+            )
+        ids.append(int(t))
+    return ids
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << max(0, (n - 1).bit_length()))
 
@@ -157,7 +176,7 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._tokens:
             raise ValueError(f"request id {rid!r} already submitted")
-        ids = [int(t) for t in prompt_ids]
+        ids = _token_ids(rid, prompt_ids)
         if not ids:
             raise ValueError(f"request {rid!r}: empty prompt")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
@@ -180,8 +199,15 @@ class Engine:
         )  # fmt: skip
         return rid
 
+    def _timeline(self, request_id: str) -> Timeline:
+        tl = self.timelines.get(request_id)
+        if tl is None:
+            raise UnknownRequestError(f"unknown request id {request_id!r}")
+        return tl
+
     def cancel(self, request_id: str) -> None:
         """Stop a request now; every page it holds (device or host) is freed."""
+        self._timeline(request_id)
         self.scheduler.cancel(request_id)
         self._host_kv.pop(request_id, None)
         tl = self.timelines[request_id]
@@ -189,7 +215,7 @@ class Engine:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
 
     def output(self, request_id: str) -> list[int]:
-        return self.timelines[request_id].output_ids
+        return self._timeline(request_id).output_ids
 
     @property
     def has_work(self) -> bool:
@@ -204,8 +230,9 @@ class Engine:
         events: list[Event] = []
         for r in plan.rejected:
             tl = self.timelines[r.id]
-            tl.rejected, tl.finish_time, tl.finish_reason = True, now, "rejected"
-            events.append(Event("reject", r.id, now))
+            # the scheduler's reason ("rejected: <why>") reaches the record and the event
+            tl.rejected, tl.finish_time, tl.finish_reason = True, now, r.finish_reason
+            events.append(Event("reject", r.id, now, detail=r.finish_reason))
         self._swaps(plan, now, events)
         if not plan.batch:
             return events
@@ -445,7 +472,7 @@ class Engine:
     def stream(self, request_id: str) -> Iterator[int]:
         """Yield a request's tokens as they are produced (runs the loop meanwhile)."""
         seen = 0
-        tl = self.timelines[request_id]
+        tl = self._timeline(request_id)
         while True:
             out = tl.output_ids
             while seen < len(out):

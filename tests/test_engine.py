@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import random_model, tiny_config
 
-from jaxserve.engine import Engine
+from jaxserve.engine import Engine, UnknownRequestError
 from jaxserve.generate import Generator
 from jaxserve.runner import CompileCounter, ModelRunner
 from jaxserve.sampling import SamplingParams
@@ -202,3 +202,25 @@ def test_submit_errors(model, runner):
         engine.submit([])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.submit([1, 999])
+    with pytest.raises(TypeError, match="integers, got float"):
+        engine.submit([1.7, 2.2])
+    with pytest.raises(TypeError, match="integers, got str"):
+        engine.submit(["1"])
+    for call in (engine.cancel, engine.output, lambda rid: next(engine.stream(rid))):
+        with pytest.raises(UnknownRequestError, match="unknown request id 'nope'"):
+            call("nope")
+
+
+def test_rejections_carry_the_schedulers_reason(model, runner):
+    # 3 pages of 4 tokens: a 20-token prompt can never fit the pool
+    engine = Engine(model, "fcfs", _config(3), runner=runner)
+    engine.submit([1] * 20, SamplingParams(max_new_tokens=2), request_id="big")
+    engine.submit([1, 2], SamplingParams(max_new_tokens=2), request_id="ok")
+    events = engine.step()
+    (reject,) = [e for e in events if e.kind == "reject"]
+    assert reject.request_id == "big"
+    assert reject.detail.startswith("rejected: ") and len(reject.detail) > len("rejected: ")
+    tl = engine.timelines["big"]
+    assert tl.rejected and tl.finish_reason == reject.detail
+    engine.run_until_done(max_iterations=50)
+    assert engine.timelines["ok"].finish_reason == "length"
