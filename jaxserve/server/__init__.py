@@ -1,0 +1,8 @@
+"""HTTP serving over the engine: OpenAI-style completions and chat, streaming, Prometheus.
+
+protocol.py     JSON body -> GenRequest, or an ApiError naming the field (4xx)
+engine_loop.py  the engine in its own thread; submissions and cancels through a queue
+metrics.py      Prometheus gauges, counters and histograms, updated after every step
+app.py          FastAPI endpoints, server-sent events, disconnect -> cancel; RunningServer
+client.py       the load client: replay a trace over HTTP, records as metrics.RequestRecord
+"""

@@ -1,0 +1,413 @@
+"""The HTTP API: OpenAI-style completions and chat over an `EngineLoop`, on FastAPI + uvicorn.
+
+    POST /v1/completions, /v1/chat/completions
+        body -> protocol.parse_* (4xx on anything wrong) -> EngineLoop.submit (429 when full)
+        -> first event (a rejection is still a 4xx) -> JSON, or server-sent events per token
+    GET /v1/models, /health, /metrics (Prometheus text format)
+
+A client that disconnects (before or during its stream) has its request cancelled in the
+engine, which frees its device and host pages. On shutdown uvicorn lets open streams finish
+for `timeout_graceful_shutdown` seconds; then the engine thread cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jaxserve.engine import Engine, Event
+from jaxserve.server import protocol
+from jaxserve.server.engine_loop import EngineLoop, Handle, Overloaded, Unavailable
+from jaxserve.server.metrics import ServerMetrics
+from jaxserve.server.protocol import ApiError, GenRequest, Limits
+from jaxserve.tokenizer import Tokenizer
+
+TERMINAL = ("finish", "reject")
+STOPS = ("stop", "length")  # finish reasons of a completed request
+
+
+class TextStream:
+    """Token ids -> text deltas. Holds back an incomplete UTF-8 character and anything that may
+    be the start of a stop string; the text ends before the first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer | None, stop: tuple[str, ...] = ()):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.sent = 0  # characters already handed out
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def _text(self) -> tuple[str, bool]:
+        text = self.tokenizer.decode(self.ids) if self.tokenizer is not None else ""
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        return (text[:cut], True) if cut >= 0 else (text, False)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text, stopped = self._text()
+        end = len(text)
+        if not stopped:
+            end -= self.hold
+            if text.endswith("\ufffd"):
+                end = min(end, len(text) - 1)
+        return self._upto(text, end)
+
+    def flush(self) -> str:
+        text, _ = self._text()
+        return self._upto(text, len(text))
+
+    def _upto(self, text: str, end: int) -> str:
+        if end <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent : end], end
+        return delta
+
+    @property
+    def text(self) -> str:
+        return self._text()[0]
+
+
+def _error(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the request body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _or_disconnect(awaitable, request: Request):
+    """Await `awaitable`, or raise _Disconnected if the client leaves first."""
+    task = asyncio.ensure_future(awaitable)
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise _Disconnected()
+    finally:
+        for t in (task, watch):
+            if not t.done():
+                t.cancel()
+
+
+class Api:
+    """The endpoints' logic, around one EngineLoop."""
+
+    def __init__(
+        self,
+        loop: EngineLoop,
+        limits: Limits,
+        tokenizer: Tokenizer | None,
+        chat_template: Callable[[list[dict[str, str]]], str],
+    ):
+        self.loop, self.limits, self.tokenizer = loop, limits, tokenizer
+        self.chat_template = chat_template
+        self.created = int(time.time())
+
+    def tokenize(self) -> Callable[[str], list[int]] | None:
+        return self.tokenizer.encode if self.tokenizer is not None else None
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(self, request: Request, gen: GenRequest) -> Response:
+        try:
+            handle = self.loop.submit(gen)
+        except Overloaded as e:
+            raise ApiError(429, f"server overloaded: {e}; retry later", None,
+                           type="rate_limit_exceeded", code="overloaded") from None  # fmt: skip
+        except Unavailable as e:
+            raise ApiError(503, f"server unavailable: {e}", None, type="server_error") from None
+        try:
+            first = await _or_disconnect(handle.queue.get(), request)
+            while first.kind not in ("token", *TERMINAL):  # preempt/resume before a token
+                first = await _or_disconnect(handle.queue.get(), request)
+        except _Disconnected:
+            self.loop.cancel(handle.id)
+            return Response(status_code=499)
+        if first.kind == "reject" or (first.kind == "finish" and first.detail not in STOPS):
+            raise self._refusal(first)
+        if gen.stream:
+            return StreamingResponse(self._sse(handle, first), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+        events = [first]
+        try:
+            while events[-1].kind not in TERMINAL:
+                events.append(await _or_disconnect(handle.queue.get(), request))
+        except _Disconnected:
+            self.loop.cancel(handle.id)
+            return Response(status_code=499)
+        return JSONResponse(self._response(handle, events))
+
+    def _refusal(self, e: Event) -> ApiError:
+        detail = e.detail or ""
+        if detail.startswith(("rejected", "invalid")):
+            return ApiError(400, f"request refused: {detail}", None)
+        return ApiError(503, f"request ended before its first token: {detail}", None,
+                        type="server_error")  # fmt: skip
+
+    def _finish_reason(self, detail: str | None) -> str:
+        return detail if detail in STOPS else "abort"
+
+    def _usage(self, handle: Handle, n: int) -> dict[str, int]:
+        p = len(handle.request.prompt_ids)
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+    def _details(self, handle: Handle) -> dict[str, Any]:
+        tl = self.loop.engine.timelines[handle.id]
+        off = self.loop.clock_offset
+        return {
+            "clock": "perf_counter", "arrival": tl.arrival + off,
+            "token_times": [t + off for t in tl.token_times], "token_ids": list(tl.output_ids),
+            "preemptions": tl.preemptions, "swapped_bytes": tl.swapped_bytes,
+            "swap_time": tl.swap_time, "stall_time": tl.stall_time,
+        }  # fmt: skip
+
+    def _head(self, handle: Handle, chunk: bool) -> dict[str, Any]:
+        kind = ("chat.completion" if handle.request.chat else "text_completion") + (
+            ".chunk" if chunk and handle.request.chat else "")  # fmt: skip
+        return {"id": handle.id, "object": kind, "created": int(time.time()),
+                "model": self.limits.model}  # fmt: skip
+
+    def _response(self, handle: Handle, events: list[Event]) -> dict[str, Any]:
+        text = TextStream(self.tokenizer, handle.request.stop)
+        n = 0
+        for e in events:
+            if e.kind == "token":
+                text.add(e.token)
+                n += 1
+        reason = self._finish_reason(events[-1].detail)
+        out = self._head(handle, chunk=False)
+        if handle.request.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text.text},
+                      "finish_reason": reason, "logprobs": None}  # fmt: skip
+        else:
+            choice = {"index": 0, "text": text.text, "finish_reason": reason, "logprobs": None}
+        out["choices"] = [choice]
+        out["usage"] = self._usage(handle, n)
+        if handle.request.return_details:
+            out["details"] = self._details(handle)
+        return out
+
+    def _chunk(self, handle: Handle, delta: str, reason: str | None, first: bool) -> bytes:
+        out = self._head(handle, chunk=True)
+        if handle.request.chat:
+            d: dict[str, Any] = {"content": delta}
+            if first:
+                d["role"] = "assistant"
+            out["choices"] = [{"index": 0, "delta": d, "finish_reason": reason,
+                               "logprobs": None}]  # fmt: skip
+        else:
+            out["choices"] = [{"index": 0, "text": delta, "finish_reason": reason,
+                               "logprobs": None}]  # fmt: skip
+        return _sse(out)
+
+    async def _sse(self, handle: Handle, first: Event) -> AsyncIterator[bytes]:
+        """One chunk per generated token (the last carries the finish reason), then a usage
+        chunk when asked for, then [DONE]. Cancels the request if the client goes away."""
+        text = TextStream(self.tokenizer, handle.request.stop)
+        n, e, sent_first = 0, first, False
+        try:
+            while True:
+                nxt = None
+                if e.kind == "token":
+                    n += 1
+                    delta = text.add(e.token)
+                    # the finish event of a step comes right behind its token: take it along
+                    if not handle.queue.empty():
+                        nxt = handle.queue.get_nowait()
+                    if nxt is not None and nxt.kind in TERMINAL:
+                        delta += text.flush()
+                        reason = self._finish_reason(nxt.detail)
+                        yield self._chunk(handle, delta, reason, not sent_first)
+                        e = nxt
+                        break
+                    yield self._chunk(handle, delta, None, not sent_first)
+                    sent_first = True
+                elif e.kind in TERMINAL:
+                    yield self._chunk(handle, text.flush(), self._finish_reason(e.detail),
+                                      not sent_first)  # fmt: skip
+                    break
+                e = nxt if nxt is not None else await handle.queue.get()
+            if handle.request.include_usage or handle.request.return_details:
+                tail = self._head(handle, chunk=True)
+                tail["choices"] = []
+                if handle.request.include_usage:
+                    tail["usage"] = self._usage(handle, n)
+                if handle.request.return_details:
+                    tail["details"] = self._details(handle)
+                yield _sse(tail)
+            yield b"data: [DONE]\n\n"
+        finally:
+            if not handle.done:  # the client went away (or the stream failed): stop the work
+                self.loop.cancel(handle.id)
+
+    # -- other endpoints --------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": self.limits.model, "object": "model", "created": self.created,
+            "owned_by": "jaxserve", "max_model_len": self.limits.max_model_len,
+            "max_tokens": self.limits.max_tokens, "vocab_size": self.limits.vocab_size,
+        }]}  # fmt: skip
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def create_app(
+    loop: EngineLoop,
+    limits: Limits,
+    tokenizer: Tokenizer | None,
+    chat_template: Callable[[list[dict[str, str]]], str] = protocol.plain_template,
+) -> FastAPI:
+    api = Api(loop, limits, tokenizer, chat_template)
+    metrics = loop.metrics
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, loop.stop)
+
+    app = FastAPI(title="jaxserve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.api = api
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        metrics.http_errors.labels(status=str(e.status)).inc()
+        return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        metrics.http_errors.labels(status=str(e.status_code)).inc()
+        return _error(ApiError(e.status_code, str(e.detail), None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        metrics.http_errors.labels(status="500").inc()
+        return _error(ApiError(500, f"internal error: {type(e).__name__}", None,
+                               type="server_error"))  # fmt: skip
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        gen = protocol.parse_completion(await _json_body(request), limits, api.tokenize())
+        return await api.generate(request, gen)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await _json_body(request)
+        gen = protocol.parse_chat(body, limits, api.tokenize(), chat_template)
+        return await api.generate(request, gen)
+
+    @app.get("/v1/models")
+    async def models():
+        return api.models()
+
+    @app.get("/health")
+    async def health():
+        if loop.healthy:
+            return {"status": "ok", "inflight": loop.inflight}
+        return JSONResponse({"status": "unavailable", "error": loop.error}, status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def limits_for(engine: Engine, tokenizer: Tokenizer | None, model_name: str,
+               max_tokens: int | None = None) -> Limits:  # fmt: skip
+    """What one request may hold: the model's context, capped by the KV pool."""
+    sc = engine.sched_config
+    max_len = min(engine.config.max_seq_len, sc.usable_pages * sc.page_size)
+    cap = max_len - 1 if max_tokens is None else min(max_tokens, max_len - 1)
+    eos = tokenizer.eos_id if tokenizer is not None else engine.config.eos_token_id
+    return Limits(model=model_name, vocab_size=engine.config.vocab_size, max_model_len=max_len,
+                  max_tokens=max(1, cap), eos_id=eos)  # fmt: skip
+
+
+def build_app(
+    engine: Engine,
+    tokenizer: Tokenizer | None,
+    model_name: str,
+    *,
+    max_inflight: int = 256,
+    max_tokens: int | None = None,
+    chat_template: Callable[[list[dict[str, str]]], str] | None = None,
+) -> tuple[FastAPI, EngineLoop]:
+    """An app serving `engine` (the engine thread starts with the app)."""
+    loop = EngineLoop(engine, ServerMetrics(), max_inflight=max_inflight)
+    limits = limits_for(engine, tokenizer, model_name, max_tokens)
+    app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template)
+    return app, loop
+
+
+class RunningServer:
+    """uvicorn serving an app from a background thread (tests, benchmarks, notebooks)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                 graceful_s: float = 5.0):  # fmt: skip
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_s,
+                                access_log=False)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="jaxserve-http", daemon=True)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> RunningServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

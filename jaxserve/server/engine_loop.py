@@ -1,0 +1,223 @@
+"""The engine in a thread of its own, fed by the asyncio event loop of the HTTP server.
+
+    event loop (handlers)                       engine thread (owns the Engine)
+    ---------------------                       --------------------------------
+    submit(GenRequest) -> Handle ---inbox---->  engine.submit(...)     (in priority order)
+    cancel(id)         ------------inbox---->  engine.cancel(id)      (pages freed)
+                                                events = engine.step() (never on the event loop)
+    Handle.queue  <--call_soon_threadsafe----  one callback per step with all its events
+
+The Engine is not thread-safe; only the engine thread touches it. Admission is bounded:
+`submit` raises `Overloaded` once `max_inflight` requests are in flight (the HTTP layer answers
+429), so nothing queues without end. Every handle gets exactly one terminal event ("finish" or
+"reject"), whatever happens: a cancel, an engine error, or shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+
+from jaxserve.engine import Engine, Event
+from jaxserve.server.metrics import ServerMetrics
+from jaxserve.server.protocol import GenRequest
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The admission queue is full."""
+
+
+class Unavailable(Exception):
+    """The engine is stopping or has failed."""
+
+
+@dataclasses.dataclass
+class Handle:
+    """The event-loop side of one request."""
+
+    id: str
+    request: GenRequest
+    queue: asyncio.Queue  # Events for this request, ending with a "finish" or "reject"
+    done: bool = False  # its terminal event was delivered
+
+
+@dataclasses.dataclass
+class _Submit:
+    handle: Handle
+
+
+@dataclasses.dataclass
+class _Cancel:
+    request_id: str
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine, metrics: ServerMetrics, max_inflight: int = 256):
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.engine = engine
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        metrics.queue_limit.set(max_inflight)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._handles: dict[str, Handle] = {}  # event-loop side: requests in flight
+        self._live: set[str] = set()  # engine-thread side: submitted, not ended
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.error: str | None = None  # the engine thread's failure, if it failed
+        # the engine clock on time.perf_counter's scale: perf_counter() = clock_offset + now()
+        self.clock_offset = time.perf_counter() - engine.now()
+
+    # -- event loop side --------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="jaxserve-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return (self.error is None and self._thread is not None and self._thread.is_alive()
+                and not self._stop.is_set())  # fmt: skip
+
+    @property
+    def inflight(self) -> int:
+        return len(self._handles)
+
+    def submit(self, request: GenRequest) -> Handle:
+        """Admit a request (event loop thread). Raises Overloaded or Unavailable."""
+        if not self.healthy:
+            raise Unavailable(self.error or "the engine is not running")
+        if len(self._handles) >= self.max_inflight:
+            raise Overloaded(f"{len(self._handles)} requests in flight, the limit is "
+                             f"{self.max_inflight}")  # fmt: skip
+        rid = f"{'chatcmpl' if request.chat else 'cmpl'}-{next(self._ids)}"
+        handle = Handle(rid, request, asyncio.Queue())
+        self._handles[rid] = handle
+        self.metrics.inflight.set(len(self._handles))
+        self._inbox.put(_Submit(handle))
+        return handle
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a request (any thread); its terminal event follows. No-op once it ended."""
+        self._inbox.put(_Cancel(request_id))
+
+    def _deliver(self, batch: list[Event]) -> None:
+        """Event loop: hand one step's events to their requests."""
+        for e in batch:
+            handle = self._handles.get(e.request_id)
+            if handle is None:
+                continue
+            handle.queue.put_nowait(e)
+            if e.kind in ("finish", "reject"):
+                handle.done = True
+                del self._handles[e.request_id]
+        self.metrics.inflight.set(len(self._handles))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel every request still in flight and end the engine thread."""
+        self._stop.set()
+        self._inbox.put(None)  # wake it
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def _post(self, events: list[Event]) -> None:
+        if events and self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, events)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stop.is_set():
+                out: list[Event] = []
+                self._drain(block=not engine.has_work, out=out)
+                stepped = False
+                if engine.has_work:
+                    out += engine.step()
+                    stepped = True
+                for e in out:
+                    if e.kind in ("finish", "reject"):
+                        self._live.discard(e.request_id)
+                self.metrics.observe(engine, out, stepped)
+                self._post(out)
+            out = []
+            self._drain(block=False, out=out)
+            for rid in list(self._live):
+                out.append(self._cancel_now(rid, "cancelled"))
+            self._post(out)
+        except Exception:
+            self.error = "engine failure: " + traceback.format_exc(limit=4).strip()
+            log.error(self.error)
+            self._fail_all()
+
+    def _drain(self, block: bool, out: list[Event]) -> None:
+        """Take every waiting command (waiting a little for one when idle); submissions in
+        priority order."""
+        cmds = []
+        try:
+            cmds.append(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait())
+            while True:
+                cmds.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        submits = sorted((c for c in cmds if isinstance(c, _Submit)),
+                         key=lambda c: c.handle.request.priority)  # fmt: skip
+        for c in submits:
+            out += self._submit_now(c.handle)
+        for c in cmds:
+            if isinstance(c, _Cancel) and c.request_id in self._live:
+                out.append(self._cancel_now(c.request_id, "cancelled"))
+
+    def _submit_now(self, handle: Handle) -> list[Event]:
+        req = handle.request
+        try:
+            self.engine.submit(
+                req.prompt_ids, req.params, request_id=handle.id, client=req.user,
+                output_len=req.trace_output_len,
+                stop_at_output_len=req.trace_output_len is not None,
+            )  # fmt: skip
+        except (ValueError, TypeError) as e:  # validation should have caught it
+            self.metrics.requests.labels(outcome="invalid").inc()
+            return [Event("reject", handle.id, self.engine.now(), detail=f"invalid: {e}")]
+        self._live.add(handle.id)
+        return []
+
+    def _cancel_now(self, rid: str, reason: str) -> Event:
+        self.engine.cancel(rid)
+        self._live.discard(rid)
+        self.metrics.ended(self.engine, rid)
+        return Event("finish", rid, self.engine.now(), detail=reason)
+
+    def _fail_all(self) -> None:
+        out = []
+        for rid in list(self._live):
+            try:
+                self.engine.cancel(rid)
+            except Exception:
+                pass
+            out.append(Event("finish", rid, 0.0, detail="error"))
+        self._live.clear()
+        self._post(out)
+        # requests still in the inbox were never submitted
+        try:
+            while True:
+                c = self._inbox.get_nowait()
+                if isinstance(c, _Submit):
+                    self._post([Event("reject", c.handle.id, 0.0, detail="error: engine failed")])
+        except queue.Empty:
+            pass
