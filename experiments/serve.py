@@ -75,9 +75,14 @@ _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL
         _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+# Flags that describe the requests rather than the engine: experiments.load takes these,
+# experiments.server refuses them.
+WORKLOAD_FLAGS = ("schedulers", "workload", "rate", "rates", "num_requests", "arrival", "cv",
+                  "scale", "output_sigma", "slo_ttft", "slo_tbt", "out")  # fmt: skip
+
+
+def check_model_flags() -> str | None:
+    """Validate --model/--checkpoint; returns the preset name (None with --checkpoint)."""
     model = _MODEL.value if _MODEL.value or _CHECKPOINT.value else "tiny"
     if _MODEL.value and _CHECKPOINT.value:
         raise app.UsageError("give --model or --checkpoint, not both")
@@ -85,15 +90,20 @@ def main(argv):
         raise app.UsageError(f"--checkpoint: directory {_CHECKPOINT.value!r} does not exist")
     if not _CHECKPOINT.value and model not in config.PRESETS:
         raise app.UsageError(f"--model: unknown {model!r}; one of {sorted(config.PRESETS)}")
-    bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
-    if bad or not _SCHEDULERS.value:
-        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {POLICIES}")
+    return None if _CHECKPOINT.value else model
+
+
+def check_rates() -> list[float]:
     try:
         rates = [float(r) for r in _RATES.value] if _RATES.value else [_RATE.value]
     except ValueError:
         raise app.UsageError(f"--rates: {_RATES.value} are not numbers") from None
     if any(r <= 0 for r in rates):
         raise app.UsageError("--rate/--rates must be positive")
+    return rates
+
+
+def check_workload_flags() -> None:
     w = _WORKLOAD.value
     if w not in ("sharegpt_synth", "alpaca_synth") and not os.path.isfile(w):
         raise app.UsageError(f"--workload: {w!r} is neither a synthetic workload nor a file")
@@ -104,6 +114,9 @@ def main(argv):
             raise app.UsageError(
                 "--output_sigma applies to --workload=sharegpt_synth only (lognormal outputs)"
             )
+
+
+def check_engine_flags() -> None:
     if _KV_PAGES.value < 2:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
@@ -112,8 +125,11 @@ def main(argv):
         serve.parse_prefill(_PREFILL.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    settings = serve.ServeSettings(
-        schedulers=_SCHEDULERS.value, workload=w, rates=rates, num_requests=_N.value,
+
+
+def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.ServeSettings:
+    return serve.ServeSettings(
+        schedulers=schedulers, workload=_WORKLOAD.value, rates=rates, num_requests=_N.value,
         max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
         preemption=_PREEMPTION.value, seed=_SEED.value, arrival=_ARRIVAL.value, cv=_CV.value,
         scale=_SCALE.value, output_sigma=_OUT_SIGMA.value, max_prompt_len=_MAX_PROMPT.value,
@@ -124,9 +140,22 @@ def main(argv):
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    preset = check_model_flags()
+    bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
+    if bad or not _SCHEDULERS.value:
+        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {POLICIES}")
+    rates = check_rates()
+    check_workload_flags()
+    check_engine_flags()
+    settings = settings_from_flags(_SCHEDULERS.value, rates)
     print(serve.HEADER)
     serve.run_serve(
-        settings, checkpoint=_CHECKPOINT.value, preset=None if _CHECKPOINT.value else model,
+        settings, checkpoint=_CHECKPOINT.value, preset=preset,
         out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
         profile_path=_PROFILE.value,
     )  # fmt: skip

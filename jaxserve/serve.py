@@ -112,6 +112,28 @@ def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_
     )  # fmt: skip
 
 
+def page_nbytes(config, page_size: int) -> int:
+    """Bytes of K and V in one KV page, all layers."""
+    return config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * page_size
+
+
+def profile_runner(runner: ModelRunner, s: ServeSettings, save_to: str | None = None) -> Profile:
+    """The prefill table (powers of two up to max_prompt_len), decode times at 1 and
+    max_batch, and swap bandwidth; saved to `save_to` when given."""
+    lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
+    prof = profile(runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}))
+    if save_to is not None:
+        prof.save(save_to)
+    return prof
+
+
+def kvp_model_runner(kvp_dir: str, base) -> ModelRunner:
+    """A runner whose prefill is KV prediction's (checkpoint `kvp_dir`, base model `base`)."""
+    from kvpred.io import load_kvp
+
+    return ModelRunner(load_kvp(kvp_dir, base=base))
+
+
 def run_serve(
     settings: ServeSettings,
     *,
@@ -126,23 +148,18 @@ def run_serve(
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
     config = model.config
     runner = ModelRunner(model)
-    page_bytes = config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * s.page_size
-    lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
+    page_bytes = page_nbytes(config, s.page_size)
     if profile_path:
         prof = Profile.load(profile_path)
     else:
-        prof = profile(runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}))
-        prof.save(os.path.join(out_dir, "profile.json"))
+        prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"))
     # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
     variants = [("", runner, prof)]
     kvp_dir = parse_prefill(s.prefill)
     if kvp_dir is not None:
-        from kvpred.io import load_kvp
-
-        kvp_runner = ModelRunner(load_kvp(kvp_dir, base=model))
-        kvp_prof = profile(kvp_runner, s.page_size, lengths=lengths,
-                           batches=sorted({1, s.max_batch}))  # fmt: skip
-        kvp_prof.save(os.path.join(out_dir, "profile_kv_prediction.json"))
+        kvp_runner = kvp_model_runner(kvp_dir, model)
+        kvp_prof = profile_runner(kvp_runner, s,
+                                  os.path.join(out_dir, "profile_kv_prediction.json"))  # fmt: skip
         variants.append(("+kvp", kvp_runner, kvp_prof))
     results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
                      "model": {"source": source, "config": config.to_dict()},

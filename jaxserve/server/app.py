@@ -46,7 +46,6 @@ class TextStream:
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
         self.sent = 0  # characters already handed out
-        self.hold = max((len(s) for s in stop), default=1) - 1
 
     def _text(self) -> tuple[str, bool]:
         text = self.tokenizer.decode(self.ids) if self.tokenizer is not None else ""
@@ -58,10 +57,20 @@ class TextStream:
         text, stopped = self._text()
         end = len(text)
         if not stopped:
-            end -= self.hold
+            end -= self._held(text)
             if text.endswith("\ufffd"):
                 end = min(end, len(text) - 1)
         return self._upto(text, end)
+
+    def _held(self, text: str) -> int:
+        """Length of the longest end of `text` that begins a stop string."""
+        held = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), held, -1):
+                if text.endswith(s[:k]):
+                    held = k
+                    break
+        return held
 
     def flush(self) -> str:
         text, _ = self._text()
@@ -118,8 +127,10 @@ class Api:
         limits: Limits,
         tokenizer: Tokenizer | None,
         chat_template: Callable[[list[dict[str, str]]], str],
+        info: dict[str, Any] | None = None,
     ):
         self.loop, self.limits, self.tokenizer = loop, limits, tokenizer
+        self.info = info or {}
         self.chat_template = chat_template
         self.created = int(time.time())
 
@@ -267,6 +278,7 @@ class Api:
             "id": self.limits.model, "object": "model", "created": self.created,
             "owned_by": "jaxserve", "max_model_len": self.limits.max_model_len,
             "max_tokens": self.limits.max_tokens, "vocab_size": self.limits.vocab_size,
+            "jaxserve": self.info,
         }]}  # fmt: skip
 
 
@@ -287,8 +299,10 @@ def create_app(
     limits: Limits,
     tokenizer: Tokenizer | None,
     chat_template: Callable[[list[dict[str, str]]], str] = protocol.plain_template,
+    info: dict[str, Any] | None = None,
 ) -> FastAPI:
-    api = Api(loop, limits, tokenizer, chat_template)
+    """`info`: what GET /v1/models reports under "jaxserve" (scheduler, model, ...)."""
+    api = Api(loop, limits, tokenizer, chat_template, info)
     metrics = loop.metrics
 
     @contextlib.asynccontextmanager
@@ -365,11 +379,17 @@ def build_app(
     max_inflight: int = 256,
     max_tokens: int | None = None,
     chat_template: Callable[[list[dict[str, str]]], str] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[FastAPI, EngineLoop]:
-    """An app serving `engine` (the engine thread starts with the app)."""
+    """An app serving `engine` (the engine thread starts with the app). `info` defaults to
+    the scheduler, the model config and the page size."""
     loop = EngineLoop(engine, ServerMetrics(), max_inflight=max_inflight)
     limits = limits_for(engine, tokenizer, model_name, max_tokens)
-    app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template)
+    info = {"scheduler": engine.policy, "prefill": "base",
+            "model": {"config": engine.config.to_dict()},
+            "page_size": engine.page_size, "kv_pages": engine.sched_config.num_pages,
+            "max_batch": engine.sched_config.max_batch, **(info or {})}  # fmt: skip
+    app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template, info)
     return app, loop
 
 

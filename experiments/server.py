@@ -1,0 +1,91 @@
+"""Serve one model with one scheduler over HTTP (OpenAI-style API, streaming, Prometheus).
+
+    python -m experiments.server --model=tiny --scheduler=skip_join_mlfq --port=8000
+    python -m experiments.server --checkpoint=DIR --scheduler=vllm --kv_pages=256 --port=8000 \
+        --prefill=kv_prediction:runs/kvp_c/final
+
+Takes every engine flag of experiments.serve (the flags are defined there, once). Endpoints:
+POST /v1/completions, /v1/chat/completions (stream: true for server-sent events);
+GET /v1/models, /health, /metrics.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from absl import app, flags
+
+from experiments import serve as serve_cli
+
+_SCHEDULER = flags.DEFINE_enum("scheduler", "fcfs", serve_cli.POLICIES, "Scheduling policy.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
+_PORT = flags.DEFINE_integer("port", 8000, "Port (0: any free one).", lower_bound=0,
+                             upper_bound=65535)  # fmt: skip
+_NAME = flags.DEFINE_string("served_model_name", None, "Model name in the API (default: "
+                            "the preset, or the checkpoint directory's name).")  # fmt: skip
+_MAX_INFLIGHT = flags.DEFINE_integer(
+    "max_inflight", 256, "Admission limit: requests in flight beyond it get 429.", lower_bound=1
+)
+_GRACE = flags.DEFINE_float("shutdown_grace_s", 10.0, "On shutdown, let open requests finish "
+                            "this long, then cancel them.", lower_bound=0)  # fmt: skip
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    given = [n for n in serve_cli.WORKLOAD_FLAGS if flags.FLAGS[n].present]
+    if given:
+        raise app.UsageError(f"--{given[0]} describes requests, not the engine: pass it to "
+                             "experiments.load")  # fmt: skip
+    try:
+        ipaddress.ip_address(_HOST.value)
+    except ValueError:
+        raise app.UsageError(f"--host: {_HOST.value!r} is not an IP address") from None
+    preset = serve_cli.check_model_flags()
+    serve_cli.check_engine_flags()
+    settings = serve_cli.settings_from_flags([_SCHEDULER.value], [1.0])
+
+    import os
+
+    import uvicorn
+
+    from jaxserve.experiment import environment
+    from jaxserve.server.app import build_app
+    from jaxserve.server.build import chat_template_for, make_engine
+
+    checkpoint = flags.FLAGS.checkpoint
+    engine, tokenizer, source = make_engine(
+        settings, _SCHEDULER.value, checkpoint=checkpoint, preset=preset,
+        profile_path=flags.FLAGS.profile,
+    )  # fmt: skip
+    name = _NAME.value or preset or os.path.basename(os.path.normpath(checkpoint))
+    app_, _ = build_app(
+        engine, tokenizer, name, max_inflight=_MAX_INFLIGHT.value,
+        max_tokens=settings.max_output_len, chat_template=chat_template_for(checkpoint, tokenizer),
+        info={"prefill": "kv_prediction" if settings.prefill != "base" else "base",
+              "model": {"source": source, "config": engine.config.to_dict()},
+              "environment": environment()},
+    )  # fmt: skip
+    sock = socket.socket(socket.AF_INET6 if ":" in _HOST.value else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((_HOST.value, _PORT.value))
+    except OSError as e:
+        raise app.UsageError(
+            f"--host/--port: cannot listen on {_HOST.value}:{_PORT.value}: {e}"
+        ) from None
+    port = sock.getsockname()[1]
+    print(f"serving {name} ({source}) with {_SCHEDULER.value} on http://{_HOST.value}:{port}",
+          flush=True)  # fmt: skip
+    config = uvicorn.Config(app_, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=_GRACE.value)  # fmt: skip
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down
+        pass
+    print("server stopped", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

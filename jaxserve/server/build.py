@@ -1,0 +1,58 @@
+"""One engine for the HTTP server, built as `experiments.serve` builds each of its engines.
+
+ServeSettings -> model (preset or checkpoint) -> runner (base, or KV prediction's prefill)
+-> profile (or a saved one) -> SchedulerConfig -> Engine -> warmup of every shape bucket
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jaxserve import experiment, serve
+from jaxserve.engine import Engine
+from jaxserve.profiler import Profile
+from jaxserve.runner import ModelRunner
+from jaxserve.server import protocol
+from jaxserve.tokenizer import Tokenizer
+
+
+def make_engine(
+    s: serve.ServeSettings,
+    policy: str,
+    *,
+    checkpoint: str | None,
+    preset: str | None,
+    profile_path: str | None = None,
+) -> tuple[Engine, Tokenizer | None, str]:
+    """(warmed-up engine, tokenizer or None, where the weights came from)."""
+    model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
+    kvp_dir = serve.parse_prefill(s.prefill)
+    runner = serve.kvp_model_runner(kvp_dir, model) if kvp_dir else ModelRunner(model)
+    prof = Profile.load(profile_path) if profile_path else serve.profile_runner(runner, s)
+    config = model.config
+    sc = serve.scheduler_config(s, prof, config.max_seq_len,
+                                serve.page_nbytes(config, s.page_size))  # fmt: skip
+    engine = Engine(model, policy, sc, tokenizer, runner=runner, host_mode=s.host_mode)
+    engine.warmup(min(s.max_prompt_len, config.max_seq_len),
+                  min(config.max_seq_len, s.max_prompt_len + s.max_output_len))  # fmt: skip
+    return engine, tokenizer, source
+
+
+def chat_template_for(checkpoint: str | None, tokenizer: Tokenizer | None):
+    """The checkpoint's chat template (tokenizer_config.json), else the plain one."""
+    if checkpoint:
+        path = os.path.join(checkpoint, "tokenizer_config.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                source = json.load(f).get("chat_template")
+            if isinstance(source, str) and tokenizer is not None:
+                backend = tokenizer.backend
+
+                def token(i):
+                    return backend.id_to_token(i) or "" if i is not None else ""
+
+                return protocol.jinja_template(
+                    source, token(tokenizer.bos_id), token(tokenizer.eos_id)
+                )
+    return protocol.plain_template

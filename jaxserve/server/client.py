@@ -1,0 +1,153 @@
+"""The load client: replay a trace over HTTP, streaming, timed at the client.
+
+    trace (workload.make_workload) + prompt ids (serve.prompt_ids_for, same seed)
+      -> at each arrival: POST /v1/completions {prompt: ids, stream: true, ...}
+      -> chunk receive times -> metrics.RequestRecord -> metrics.summarize (same schema as
+         experiments.serve)
+
+Requests are sent as `experiments.serve` submits them in-process: greedy, the same token ids,
+`max_tokens` = `serve.replay_cap(...)`, ending after the trace's output length as if at EOS
+(`trace_output_len`, `ignore_eos`). Times are seconds from the start of the replay; a request's
+latency counts from its scheduled arrival, whenever the client managed to send it.
+
+With `details`, the server returns its record of each request (token times on its monotonic
+clock, preemptions, swapped bytes): the records then carry the server's preemption and swap
+figures, and `overhead` holds, per token, client receipt minus engine emission, which is
+meaningful when client and server share a host (one monotonic clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from jaxserve import metrics, workload
+
+
+@dataclasses.dataclass
+class Replayed:
+    records: list[metrics.RequestRecord]  # one per trace request, in trace order
+    overhead: list[float]  # per streamed token: client receipt - engine emission (s)
+    statuses: dict[int, int]  # HTTP status -> count
+    wall_seconds: float  # first send to last response
+
+
+def server_info(url: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The served model's card from GET /v1/models."""
+    r = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout)
+    r.raise_for_status()
+    return r.json()["data"][0]
+
+
+async def _one(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    req: workload.TraceRequest,
+    t0: float,
+    out: dict[str, Any],
+) -> None:
+    delay = t0 + req.arrival - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    times: list[float] = []
+    usage = details = reason = None
+    status = 0
+    try:
+        async with client.stream("POST", url, json=body) as resp:
+            status = resp.status_code
+            if status == 200:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    payload = line[6:]
+                    if payload == "[DONE]":
+                        break
+                    now = time.perf_counter()
+                    chunk = json.loads(payload)
+                    if chunk.get("choices"):
+                        times.append(now)
+                        reason = chunk["choices"][0].get("finish_reason") or reason
+                    usage = chunk.get("usage") or usage
+                    details = chunk.get("details") or details
+            else:
+                await resp.aread()
+    except (httpx.HTTPError, json.JSONDecodeError):
+        status = status or -1
+    out.update(times=times, usage=usage, details=details, reason=reason, status=status)
+
+
+def _record(
+    req: workload.TraceRequest, prompt_len: int, got: dict[str, Any], t0: float
+) -> metrics.RequestRecord:
+    usage, details = got["usage"], got["details"]
+    n = usage["completion_tokens"] if usage else len(got["times"])
+    times = [t - t0 for t in got["times"][:n]]
+    if got["status"] == 200 and got["reason"] in ("stop", "length") and len(times) == n:
+        state = "finished"
+    elif got["status"] in (400, 429):
+        state = "rejected"
+    else:
+        state = "unfinished"
+    rec = metrics.RequestRecord(
+        id=req.id, arrival=req.arrival, prompt_len=prompt_len, output_len=len(times),
+        first_token_time=times[0] if times else None,
+        finish_time=times[-1] if state == "finished" and times else None,
+        token_times=times, client=req.client, state=state,
+    )  # fmt: skip
+    if details:
+        rec.preemptions = details["preemptions"]
+        rec.swapped_bytes = details["swapped_bytes"]
+        rec.swap_time, rec.stall_time = details["swap_time"], details["stall_time"]
+        rec.output_ids = list(details["token_ids"])
+    return rec
+
+
+async def replay_async(
+    url: str,
+    model: str,
+    trace: Sequence[workload.TraceRequest],
+    prompts: dict[str, list[int]],
+    max_tokens: dict[str, int],
+    *,
+    details: bool = True,
+    timeout: float = 600.0,
+) -> Replayed:
+    endpoint = f"{url.rstrip('/')}/v1/completions"
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    got: dict[str, dict[str, Any]] = {r.id: {} for r in trace}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=30.0),
+                                 limits=limits) as client:  # fmt: skip
+        t0 = time.perf_counter()
+        tasks = []
+        for r in trace:
+            body = {
+                "model": model, "prompt": prompts[r.id], "max_tokens": max_tokens[r.id],
+                "temperature": 0, "seed": 0, "stream": True,
+                "stream_options": {"include_usage": True}, "ignore_eos": True,
+                "trace_output_len": min(r.output_len, max_tokens[r.id]), "user": r.client,
+                "return_details": details,
+            }  # fmt: skip
+            tasks.append(_one(client, endpoint, body, r, t0, got[r.id]))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    records, overhead, statuses = [], [], {}
+    for r in trace:
+        g = got[r.id]
+        statuses[g["status"]] = statuses.get(g["status"], 0) + 1
+        records.append(_record(r, len(prompts[r.id]), g, t0))
+        d = g["details"]
+        if d and g["times"]:
+            overhead += [c - e for c, e in zip(g["times"], d["token_times"])]
+    return Replayed(records, overhead, statuses, wall)
+
+
+def replay(*args, **kwargs) -> Replayed:
+    """`replay_async` from synchronous code."""
+    return asyncio.run(replay_async(*args, **kwargs))
