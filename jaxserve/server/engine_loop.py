@@ -159,6 +159,7 @@ class EngineLoop:
             self._drain(block=False, out=out)
             for rid in list(self._live):
                 out.append(self._cancel_now(rid, "cancelled"))
+            self.metrics.observe(engine, out, stepped=False)
             self._post(out)
         except Exception:
             self.error = "engine failure: " + traceback.format_exc(limit=4).strip()
@@ -198,9 +199,9 @@ class EngineLoop:
         return []
 
     def _cancel_now(self, rid: str, reason: str) -> Event:
+        """Cancel in the engine; the returned "finish" event goes through `metrics.observe`."""
         self.engine.cancel(rid)
         self._live.discard(rid)
-        self.metrics.ended(self.engine, rid)
         return Event("finish", rid, self.engine.now(), detail=reason)
 
     def _fail_all(self) -> None:
