@@ -239,17 +239,22 @@ class _SlowSteps:
         del self.engine.step
 
 
-def test_disconnect_of_a_non_streaming_request_cancels_it(server):
+@pytest.mark.parametrize("delay, timeout", [(0.02, 0.4), (1.0, 0.3)], ids=["running", "queued"])
+def test_disconnect_of_a_non_streaming_request_cancels_it(server, delay, timeout):
+    """The client gives up after `timeout` s: while its request runs (48 steps of > 20 ms), or
+    before its first token (the first step takes > 1 s)."""
     body = {"model": MODEL, "prompt": "Tell me a very long story", "max_tokens": 48,
             "ignore_eos": True}  # fmt: skip
-    n = len(server.engine.timelines)
-    with _SlowSteps(server.engine):  # 48 tokens take > 0.96 s
+    httpx.post(server.url + "/v1/completions", json={**body, "max_tokens": 3}, timeout=TIMEOUT)
+    n = len(server.engine.timelines)  # (that compiled what this request runs)
+    with _SlowSteps(server.engine, delay):
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(server.url + "/v1/completions", json=body, timeout=0.4)
+            httpx.post(server.url + "/v1/completions", json=body, timeout=timeout)
         assert server.idle()
     (rid,) = list(server.engine.timelines)[n:]
     tl = server.engine.timelines[rid]
-    assert tl.finish_reason == "cancelled" and len(tl.output_ids) < 48
+    assert tl.finish_reason == "cancelled"
+    assert (len(tl.output_ids) > 1) if delay < 1 else (len(tl.output_ids) <= 1)
     server.assert_no_leak()
 
 
@@ -361,6 +366,34 @@ def test_shutdown_cancels_what_is_left(parts):
     assert tl.finish_reason == "cancelled" and len(tl.output_ids) < 48
     assert s.engine.scheduler.num_live == 0
     assert s.engine.scheduler.allocator.num_free == s.engine.scheduler.config.usable_pages
+
+
+def test_engine_loop_stop_ends_open_streams(parts):
+    """Stopping the engine thread cancels what it still holds: the open stream gets a final
+    chunk (finish_reason "abort") and [DONE]; no page stays taken."""
+    s = Server(parts)
+    try:
+        body = {"model": MODEL, "prompt": "a long one", "max_tokens": 48, "ignore_eos": True,
+                "stream": True}  # fmt: skip
+        with _SlowSteps(s.engine, 0.05):
+            with (
+                httpx.Client(timeout=TIMEOUT) as c,
+                c.stream("POST", s.url + "/v1/completions", json=body) as resp,
+            ):
+                lines = resp.iter_lines()
+                first = json.loads(next(ln for ln in lines if ln.startswith("data: {"))[6:])
+                s.loop.stop()
+                rest = [ln[6:] for ln in lines if ln.startswith("data: ")]
+        assert rest[-1] == "[DONE]"
+        assert json.loads(rest[-2])["choices"][0]["finish_reason"] == "abort"
+        tl = s.engine.timelines[first["id"]]
+        assert tl.finish_reason == "cancelled" and len(tl.output_ids) < 48
+        assert s.engine.scheduler.allocator.num_free == s.engine.scheduler.config.usable_pages
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, timeout=TIMEOUT)
+        assert r.status_code == 503
+        assert httpx.get(s.url + "/health", timeout=TIMEOUT).status_code == 503
+    finally:
+        s.stop()
 
 
 def _soak(parts, n: int, seed: int):
