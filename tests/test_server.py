@@ -442,7 +442,9 @@ def _soak(parts, n: int, seed: int):
             assert rec.output_ids == refs[pick[r.id]][: r.output_len]
             assert rec.output_len == r.output_len == len(rec.token_times)
         assert sum(rec.preemptions for rec in rep.records) > 0
+        # the host budget (8 pages) runs out: victims beyond it are dropped and recomputed
         assert s.metric("jaxserve_preemptions_total", '{kind="swap"}') > 0
+        assert s.metric("jaxserve_preemptions_total", '{kind="drop"}') > 0
         s.assert_no_leak()
         assert httpx.get(s.url + "/health", timeout=TIMEOUT).json()["status"] == "ok"
         # metrics agree with what the clients received (3 dropped streams: cancelled)
