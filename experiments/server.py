@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 
 from absl import app, flags
 
@@ -26,6 +27,12 @@ _NAME = flags.DEFINE_string("served_model_name", None, "Model name in the API (d
                             "the preset, or the checkpoint directory's name).")  # fmt: skip
 _MAX_INFLIGHT = flags.DEFINE_integer(
     "max_inflight", 256, "Admission limit: requests in flight beyond it get 429.", lower_bound=1
+)
+_SWITCH = flags.DEFINE_float(
+    "switch_interval_s",
+    0.0005,
+    "Python's thread switch interval (sys.setswitchinterval).",
+    lower_bound=1e-6,
 )
 _GRACE = flags.DEFINE_float("shutdown_grace_s", 10.0, "On shutdown, let open requests finish "
                             "this long, then cancel them.", lower_bound=0)  # fmt: skip
@@ -67,6 +74,9 @@ def main(argv):
               "model": {"source": source, "config": engine.config.to_dict()},
               "environment": environment()},
     )  # fmt: skip
+    # the engine thread and the event loop share the GIL: a token waits for the event loop
+    # at most one switch interval (Python's default is 5 ms, longer than a decode step)
+    sys.setswitchinterval(_SWITCH.value)
     sock = socket.socket(socket.AF_INET6 if ":" in _HOST.value else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -186,3 +186,13 @@ def test_text_stream_holds_back_stop_prefixes_and_partial_characters():
     assert ts.add(ab) == "a" and ts.flush() == "b"  # "b" could begin "bcd": held to the end
     ts = TextStream(tok, ("xyz",))
     assert ts.add(ab) == "ab"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 4095), max_size=24))
+def test_text_stream_deltas_add_up_to_the_full_decode(ids):
+    """Decoding a window per token hands out exactly what decoding everything at once gives."""
+    tok = load_default()
+    ts = TextStream(tok)
+    deltas = [ts.add(t) for t in ids] + [ts.flush()]
+    assert "".join(deltas) == tok.decode(ids)

@@ -39,32 +39,51 @@ STOPS = ("stop", "length")  # finish reasons of a completed request
 
 
 class TextStream:
-    """Token ids -> text deltas. Holds back an incomplete UTF-8 character and anything that may
-    be the start of a stop string; the text ends before the first stop string."""
+    """Token ids -> text deltas, decoding only the last few tokens per step (a window that
+    starts one token before the unread ones, so a tokenizer's leading-space rules see their
+    context). Holds back an incomplete UTF-8 character and any end of the text that may begin
+    a stop string; the text ends before the first stop string."""
 
     def __init__(self, tokenizer: Tokenizer | None, stop: tuple[str, ...] = ()):
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
+        self._text = ""  # decoded so far (complete characters)
+        self._prefix = 0  # ids[_prefix:_read] decode to the end of _text: the context window
+        self._read = 0  # ids before this are in _text
+        self._cut: int | None = None  # where the first stop string begins, once seen
         self.sent = 0  # characters already handed out
+        self._longest = max((len(s) for s in stop), default=0)
 
-    def _text(self) -> tuple[str, bool]:
-        text = self.tokenizer.decode(self.ids) if self.tokenizer is not None else ""
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        return (text[:cut], True) if cut >= 0 else (text, False)
+    def _advance(self, final: bool) -> None:
+        if self.tokenizer is None or self._cut is not None:
+            return
+        decode = self.tokenizer.decode
+        old = decode(self.ids[self._prefix : self._read]) if self._read > self._prefix else ""
+        new = decode(self.ids[self._prefix :])
+        if len(new) > len(old) and (final or not new.endswith("\ufffd")):
+            start = len(self._text)
+            self._text += new[len(old) :]
+            self._prefix, self._read = self._read, len(self.ids)
+            if self.stop:  # a new stop string must end in the new text
+                lo = max(0, start - self._longest + 1)
+                hits = [i for i in (self._text.find(s, lo) for s in self.stop) if i >= 0]
+                if hits:
+                    self._cut = min(hits)
+                    self._text = self._text[: self._cut]
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        text, stopped = self._text()
-        end = len(text)
-        if not stopped:
-            end -= self._held(text)
-            if text.endswith("\ufffd"):
-                end = min(end, len(text) - 1)
-        return self._upto(text, end)
+        self._advance(final=False)
+        end = len(self._text) if self._cut is not None else len(self._text) - self._held()
+        return self._upto(end)
 
-    def _held(self, text: str) -> int:
-        """Length of the longest end of `text` that begins a stop string."""
-        held = 0
+    def flush(self) -> str:
+        self._advance(final=True)
+        return self._upto(len(self._text))
+
+    def _held(self) -> int:
+        """Length of the longest end of the text that begins a stop string."""
+        held, text = 0, self._text
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), held, -1):
                 if text.endswith(s[:k]):
@@ -72,19 +91,15 @@ class TextStream:
                     break
         return held
 
-    def flush(self) -> str:
-        text, _ = self._text()
-        return self._upto(text, len(text))
-
-    def _upto(self, text: str, end: int) -> str:
+    def _upto(self, end: int) -> str:
         if end <= self.sent:
             return ""
-        delta, self.sent = text[self.sent : end], end
+        delta, self.sent = self._text[self.sent : end], end
         return delta
 
     @property
     def text(self) -> str:
-        return self._text()[0]
+        return self._text
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -131,6 +146,7 @@ class Api:
     ):
         self.loop, self.limits, self.tokenizer = loop, limits, tokenizer
         self.info = info or {}
+        self._prefixes: dict[str, str] = {}  # SSE chunk prefix of each open stream
         self.chat_template = chat_template
         self.created = int(time.time())
 
@@ -219,17 +235,18 @@ class Api:
         return out
 
     def _chunk(self, handle: Handle, delta: str, reason: str | None, first: bool) -> bytes:
-        out = self._head(handle, chunk=True)
+        """One SSE chunk, from a per-request prefix built once (this runs once per token)."""
+        prefix = self._prefixes.get(handle.id)
+        if prefix is None:
+            head = json.dumps(self._head(handle, chunk=True), separators=(",", ":"))
+            prefix = self._prefixes[handle.id] = "data: " + head[:-1] + ',"choices":[{"index":0,'
+        end = "null" if reason is None else json.dumps(reason)
         if handle.request.chat:
-            d: dict[str, Any] = {"content": delta}
-            if first:
-                d["role"] = "assistant"
-            out["choices"] = [{"index": 0, "delta": d, "finish_reason": reason,
-                               "logprobs": None}]  # fmt: skip
+            role = ',"role":"assistant"' if first else ""
+            body = f'"delta":{{"content":{json.dumps(delta)}{role}}},"finish_reason":{end}'
         else:
-            out["choices"] = [{"index": 0, "text": delta, "finish_reason": reason,
-                               "logprobs": None}]  # fmt: skip
-        return _sse(out)
+            body = f'"text":{json.dumps(delta)},"finish_reason":{end}'
+        return (prefix + body + ',"logprobs":null}]}\n\n').encode()
 
     async def _sse(self, handle: Handle, first: Event) -> AsyncIterator[bytes]:
         """One chunk per generated token (the last carries the finish reason), then a usage
@@ -268,6 +285,7 @@ class Api:
                 yield _sse(tail)
             yield b"data: [DONE]\n\n"
         finally:
+            self._prefixes.pop(handle.id, None)
             if not handle.done:  # the client went away (or the stream failed): stop the work
                 self.loop.cancel(handle.id)
 

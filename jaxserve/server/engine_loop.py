@@ -155,6 +155,9 @@ class EngineLoop:
                         self._live.discard(e.request_id)
                 self.metrics.observe(engine, out, stepped)
                 self._post(out)
+                # hand the GIL to the event loop, which has this step's tokens to send;
+                # otherwise it may wait a whole switch interval (5 ms) behind the next step
+                time.sleep(0)
             out = []
             self._drain(block=False, out=out)
             for rid in list(self._live):

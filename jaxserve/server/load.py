@@ -53,6 +53,7 @@ def summarize(replayed: client.Replayed, s: serve.ServeSettings) -> dict:
         transport="http", wall_seconds=replayed.wall_seconds,
         http_statuses={str(k): v for k, v in sorted(replayed.statuses.items())},
         mean_server_overhead_per_token=float(o.mean()) if o.size else None,
+        p50_server_overhead_per_token=float(np.percentile(o, 50)) if o.size else None,
         p99_server_overhead_per_token=float(np.percentile(o, 99)) if o.size else None,
     )  # fmt: skip
     return summary
