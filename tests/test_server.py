@@ -9,6 +9,7 @@ preemption), so a streamed or a non-streamed response must carry exactly the ref
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import re
@@ -437,6 +438,9 @@ def _soak(parts, n: int, seed: int):
 
         rep = asyncio.run(both())
         assert rep.statuses == {200: n}
+        # `user` is the engine's client (what fair schedulers and per-client metrics see)
+        served = collections.Counter(tl.client for tl in s.engine.timelines.values())
+        assert served == collections.Counter([r.client for r in trace] + ["default"] * 3)
         for r, rec in zip(trace, rep.records):
             assert rec.state == "finished", rec
             assert rec.output_ids == refs[pick[r.id]][: r.output_len]
