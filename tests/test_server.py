@@ -273,6 +273,7 @@ BAD = [
     (json.dumps({"prompt": "hi", "top_p": 0}).encode(), "top_p"),
     (json.dumps({"prompt": "hi", "top_k": -5}).encode(), "top_k"),
     (json.dumps({"prompt": "hi", "model": "gpt-4"}).encode(), "model"),
+    (b"[" * 100_000 + b"]" * 100_000, None),
 ]
 
 
@@ -284,6 +285,12 @@ def test_bad_input_is_a_4xx_naming_the_field(server, raw, param):
     err = r.json()["error"]
     assert err["param"] == param and err["message"]
     assert r.status_code == (404 if param == "model" else 400)
+
+
+def test_oversized_body_is_413(server):
+    r = httpx.post(server.url + "/v1/completions", timeout=TIMEOUT,
+                   content=b'{"prompt": "' + b"x" * (17 << 20) + b'"}')  # fmt: skip
+    assert r.status_code == 413 and r.json()["error"]["message"]
 
 
 def test_openai_client_sees_typed_errors_and_the_server_keeps_serving(server):
