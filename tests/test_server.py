@@ -409,7 +409,7 @@ def _soak(parts, n: int, seed: int):
     with a few streams dropped midway. Checks: every replayed request finished with the
     reference tokens, preemptions happened, no page leaked, metrics match the responses."""
     s = Server(parts, policy="skip_join_mlfq", num_pages=13, max_batch=4, host_pages=8,
-               reserve_pages=1, prefetch=1, max_tokens=40)  # fmt: skip
+               reserve_pages=1, prefetch=1, max_tokens=40, max_inflight=n + 8)  # fmt: skip
     try:
         tok = parts[2]
         rng = np.random.default_rng(seed)
@@ -481,4 +481,4 @@ def test_soak_short(parts):
 
 @pytest.mark.slow
 def test_soak_long(parts):
-    _soak(parts, 400, seed=1)
+    _soak(parts, 1000, seed=1)
