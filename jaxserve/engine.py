@@ -148,12 +148,15 @@ class Engine:
         overlap: bool = True,
         decode_steps: int = 4,
         max_stop_ids: int = 4,
+        sync_swaps: bool = False,
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
         `decode_steps`: the most decode steps one device call may run (a power of two).
         `max_stop_ids`: stop token ids checked on the device per request (the host checks
-        all of them; a request with more never runs multi-step)."""
+        all of them; a request with more never runs multi-step).
+        `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
+        baseline that measurements compare against)."""
         if decode_steps < 1 or decode_steps & (decode_steps - 1):
             raise ValueError(f"decode_steps must be a power of two >= 1, got {decode_steps}")
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
@@ -199,7 +202,11 @@ class Engine:
         self.decode_calls = 0  # decode device calls (an iteration may run several steps)
         self.busy_time = 0.0  # seconds between reads of consecutive steps
         self.swap_time = 0.0  # host seconds spent dispatching swaps
-        self.swap_wait = 0.0  # host seconds spent waiting for swaps (the loop never does)
+        self.swap_wait = 0.0  # host seconds spent waiting for swaps (only with sync_swaps)
+        self.sync_swaps = sync_swaps
+        # host seconds by phase: schedule (plan, commit, complete), dispatch (swaps, batch
+        # and slot updates, device calls), read (emit, stop checks), wait (for tokens)
+        self.host_time = dict.fromkeys(("schedule", "dispatch", "read", "wait"), 0.0)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -282,9 +289,12 @@ class Engine:
 
     def step(self) -> list[Event]:
         """One iteration: plan and dispatch the next step, then read the previous one."""
+        clock = time.perf_counter
+        t0 = clock()
         now = self.now()
         events: list[Event] = []
         plan: Plan = self.scheduler.schedule(now)
+        t1 = clock()
         for r in plan.rejected:
             tl = self.timelines[r.id]
             # the scheduler's reason ("rejected: <why>") reaches the record and the event
@@ -292,10 +302,15 @@ class Engine:
             events.append(Event("reject", r.id, now, detail=r.finish_reason))
         swapped_out = self._swaps(plan, now, events)
         previous, current = self._inflight, None
+        t2 = t3 = clock()
         if plan.batch:
             current = self._dispatch(plan, swapped_out)
+            t2 = clock()
             for r in self.scheduler.commit(now, current.steps):
                 self._release_slot(r.id)  # ended by length: the slot's last step is queued
+            t3 = clock()
+        self.host_time["schedule"] += (t1 - t0) + (t3 - t2)
+        self.host_time["dispatch"] += t2 - t1
         if not self.overlap and current is not None:
             events += self._read(current)
             current = None
@@ -329,6 +344,14 @@ class Engine:
             self._account_swap(r.id, host.nbytes)
             events.append(Event("resume", r.id, now))
         if plan.swap_out or plan.swap_in:
+            if self.sync_swaps:
+                t = self.clock()
+                self.kv.k.block_until_ready()
+                for host in out:
+                    host.settle()
+                self.swap_wait += self.clock() - t
+                for r in plan.batch:  # every request of the batch waited for them
+                    self.timelines[r.id].stall_time += self.clock() - t
             self.swap_time += self.clock() - start
         return out
 
@@ -456,12 +479,16 @@ class Engine:
 
     def _read(self, flight: _InFlight) -> list[Event]:
         """Read a dispatched step's tokens, emit them, check stops, complete its plan."""
+        clock = time.perf_counter
+        t0 = clock()
+        first = None if flight.prefill_out is None else np.asarray(flight.prefill_out)
+        out = None if flight.decode_out is None else np.asarray(flight.decode_out)
+        t1 = clock()  # the only wait of the loop: for this step's tokens
         sampled: list[tuple[str, list[int]]] = []
-        if flight.prefill_out is not None:
-            first = np.asarray(flight.prefill_out)
+        if first is not None:
             sampled += [(r.id, [int(first[i])]) for i, r in enumerate(flight.prefill_rows)]
-        if flight.decode_out is not None:
-            toks, emitted = np.asarray(flight.decode_out)
+        if out is not None:
+            toks, emitted = out
             for i, r in enumerate(flight.decode_rows):
                 sampled.append((r.id, [int(x) for x in toks[i][emitted[i] != 0]]))
         t = self.now()
@@ -489,13 +516,18 @@ class Engine:
                     events.append(Event("finish", rid, t, detail=reason))
                     if reason == "stop":
                         stopped.add(rid)
+        t2 = clock()
         for r in self.scheduler.complete(flight.plan, t, elapsed, stopped):
             self._release_slot(r.id)
+        t3 = clock()
         for r in flight.plan.batch:
             tl = self.timelines[r.id]
             if tl.finish_time is None and r.state == State.FINISHED and not self._behind(r):
                 self._finish(r.id, t, "length")  # the scheduler's context limit
                 events.append(Event("finish", r.id, t, detail="length"))
+        self.host_time["wait"] += t1 - t0
+        self.host_time["schedule"] += t3 - t2
+        self.host_time["read"] += clock() - t1 - (t3 - t2)
         return events
 
     def _behind(self, r: Request) -> bool:

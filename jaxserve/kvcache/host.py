@@ -8,8 +8,10 @@ dispatch device work and never wait for it. Their order against the model steps 
 of data dependencies on the page arrays (every step, gather and scatter takes the pages the
 previous one returned), so a page freed by a swap-out can be handed to the next step at once:
 the step runs after the gather has read it.
-  * "pinned_host": JAX memory kinds; the gather's output is placed in pinned host memory by
-    `out_shardings`, so the copy is part of the jitted program.
+  * "pinned_host": JAX memory kinds; the pages are gathered on the device (a fast copy in
+    device memory) and the gathered block goes to pinned host memory by `jax.device_put`,
+    a transfer the runtime runs beside the compute stream; a swap-in transfers back the same
+    way before a jitted scatter.
   * "numpy": the gathered arrays are copied to host memory with `copy_to_host_async` and
     turned into numpy arrays by `HostKV.settle()` once the engine knows the copy is done (it
     calls it after it next reads tokens back). On the CPU backend "device" and "host" are the
@@ -76,8 +78,7 @@ class HostTier:
         self.mode = mode
         self.device_sharding = kv_sharding
         self.host_sharding = kv_sharding.with_memory_kind("pinned_host")
-        out = (self.host_sharding,) * 2 if mode == "pinned_host" else None
-        self._gather = jax.jit(_gather, out_shardings=out)
+        self._gather = jax.jit(_gather, out_shardings=(kv_sharding, kv_sharding))
         self._scatter = jax.jit(
             _scatter, donate_argnums=(0,), out_shardings=KVPages(kv_sharding, kv_sharding)
         )
@@ -96,6 +97,8 @@ class HostTier:
         if self.mode == "numpy":
             k.copy_to_host_async()
             v.copy_to_host_async()
+        else:
+            k, v = jax.device_put((k, v), self.host_sharding)
         return HostKV(k, v, len(pages))
 
     def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
