@@ -192,6 +192,7 @@ class Engine:
         self._slot_pages: dict[str, tuple[int, ...]] = {}  # pages the slot's record holds
         self._rows: list[int] = []  # slots the device decodes (as last sent)
         self._no_prefill = jax.device_put(np.zeros(1, np.int32))
+        self._copy_ahead = self.runner.mesh.devices.flat[0].platform != "cpu"
         self._last_prefill: tuple[jax.Array, dict[str, int]] = (self._no_prefill, {})
         self._inflight: _InFlight | None = None
         self._last_read = self.now()
@@ -373,9 +374,10 @@ class Engine:
             self._last_prefill = (prefill_out, {r.id: i for i, r in enumerate(plan.prefill)})
         else:
             self._last_prefill = (self._no_prefill, {})
-        for x in (prefill_out, decode_out):
-            if x is not None:
-                x.copy_to_host_async()
+        if self._copy_ahead:  # start the tokens' trip to the host now (not needed on CPU)
+            for x in (prefill_out, decode_out):
+                if x is not None:
+                    x.copy_to_host_async()
         return _InFlight(plan, list(plan.prefill), prefill_out, list(plan.decode), decode_out,
                          self.now(), swapped_out, steps)  # fmt: skip
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxserve.batch import DecodeBatch, PrefillBatch, sampling_arrays
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
@@ -105,13 +106,8 @@ class Generator:
         block_tables[n:] = 0  # padding rows write to the null page
         seeds = params.seed + np.arange(b, dtype=np.uint32)
         keys = np.asarray(jax.vmap(jax.random.PRNGKey)(seeds))
-        samp = {
-            "keys": keys,
-            "temperature": np.full((b,), params.temperature, np.float32),
-            "top_k": np.full((b,), params.top_k, np.int32),
-            "top_p": np.full((b,), params.top_p, np.float32),
-        }
-        batch = {"tokens": tokens, "lengths": lengths, "block_tables": block_tables, **samp}
+        samp = sampling_arrays([params] * n, keys[:n], b)
+        batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=block_tables, **samp)
         kv, first = self.runner.prefill(kv, self.runner.put_batch(batch))
 
         stop_ids = np.full((b, max(1, len(params.stop_token_ids))), -1, np.int32)
@@ -119,11 +115,15 @@ class Generator:
         first_np = np.asarray(first)
         active = np.arange(b) < n
         active &= ~np.isin(first_np, params.stop_token_ids) & (params.max_new_tokens > 1)
-        dec = {
-            "tokens": first_np, "positions": lengths.copy(), "block_tables": block_tables,
-            "active": active, "remaining": np.full((b,), params.max_new_tokens - 1, np.int32),
-            "stop_ids": stop_ids, **samp,
-        }  # fmt: skip
+        dec = DecodeBatch(
+            tokens=first_np,
+            positions=lengths.copy(),
+            block_tables=block_tables,
+            active=active,
+            remaining=np.full((b,), params.max_new_tokens - 1, np.int32),
+            stop_ids=stop_ids,
+            **samp,
+        )
         dec = self.runner.put_batch(dec)
 
         outputs = [[int(first_np[i])] for i in range(n)]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from jaxserve.batch import PrefillBatch, sampling_arrays
 from jaxserve.generate import Generator
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
@@ -103,13 +104,14 @@ class TTFTTimer:
         b = batch_size
         self.kv = runner.new_kv(1 + b * pages_per_seq, page_size)
         rng = np.random.default_rng(0)
-        self.batch = runner.put_batch({
-            "tokens": rng.integers(3, runner.config.vocab_size, (b, prompt_len)).astype(np.int32),
-            "lengths": np.full((b,), prompt_len, np.int32),
-            "block_tables": (1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1),
-            "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros((b,), np.float32),
-            "top_k": np.zeros((b,), np.int32), "top_p": np.ones((b,), np.float32),
-        })  # fmt: skip
+        self.batch = runner.put_batch(
+            PrefillBatch(
+                tokens=rng.integers(3, runner.config.vocab_size, (b, prompt_len)).astype(np.int32),
+                lengths=np.full((b,), prompt_len, np.int32),
+                block_tables=(1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1),
+                **sampling_arrays([], [], b),
+            )
+        )
         for _ in range(2):  # compile, then a first run
             self.once()
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from jaxserve import experiment
+from jaxserve.batch import DecodeBatch, sampling_arrays
 from jaxserve.config import get_preset
 from jaxserve.engine import Engine
 from jaxserve.kvcache.host import HostTier
@@ -82,18 +83,15 @@ def bare_decode(runner: ModelRunner, batch: int, prompt: int, new: int) -> dict:
     kv = runner.new_kv(1 + batch * width, 16)
     bt = (1 + np.arange(batch * width, dtype=np.int32)).reshape(batch, width)
     b = runner.put_batch(
-        {
-            "tokens": np.ones(batch, np.int32),
-            "positions": np.full(batch, prompt, np.int32),
-            "block_tables": bt,
-            "active": np.ones(batch, bool),
-            "remaining": np.full(batch, new + 1, np.int32),
-            "stop_ids": np.full((batch, 1), -1, np.int32),
-            "keys": np.zeros((batch, 2), np.uint32),
-            "temperature": np.zeros(batch, np.float32),
-            "top_k": np.zeros(batch, np.int32),
-            "top_p": np.ones(batch, np.float32),
-        }
+        DecodeBatch(
+            tokens=np.ones(batch, np.int32),
+            positions=np.full(batch, prompt, np.int32),
+            block_tables=bt,
+            active=np.ones(batch, bool),
+            remaining=np.full(batch, new + 1, np.int32),
+            stop_ids=np.full((batch, 1), -1, np.int32),
+            **sampling_arrays([], [], batch),
+        )
     )
     kv, _, toks, _ = runner.decode(kv, b, new - 1)
     toks.block_until_ready()
