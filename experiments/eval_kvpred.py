@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxserve import experiment, sharding
+from jaxserve import cli, experiment, sharding
 from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import data as kd
 from kvpred import evaluate as ev
@@ -155,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import config, generate, sharding
+from jaxserve import cli, config, generate, sharding
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint directory.")
 _PRESET = flags.DEFINE_string("preset", None, "Preset name (random weights), e.g. tiny, small.")
@@ -71,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

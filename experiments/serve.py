@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import config, serve
+from jaxserve import cli, config, serve
 
 POLICIES = ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
 
@@ -134,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

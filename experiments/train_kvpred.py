@@ -18,6 +18,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
+from jaxserve import cli
 from jaxserve.tokenizer import load_default
 from kvpred import recipes
 from kvpred.aux import parse_aux_spec
@@ -86,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

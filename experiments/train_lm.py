@@ -20,6 +20,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
+from jaxserve import cli
 from jaxserve import config as cfg
 from jaxserve.models.checkpoint import load_model
 from jaxserve.tokenizer import load_default
@@ -86,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

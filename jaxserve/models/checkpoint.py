@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from jaxserve.config import ModelConfig, RopeScaling
+from jaxserve.errors import CheckpointError
 from jaxserve.models.transformer import Decoder, abstract_model
 from jaxserve.models.weights import load_hf
 
@@ -68,9 +69,9 @@ def _read_meta(directory: str) -> dict[str, Any]:
             raise ValueError(f"format_version {meta['format_version']} is newer than this code")
         meta["config"] = config_from_dict(meta["config"])
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a valid jaxserve checkpoint config ({e})") from None
+        raise CheckpointError(f"{path}: not a valid jaxserve checkpoint config ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: bad jaxserve checkpoint config: {e}") from None
+        raise CheckpointError(f"{path}: bad jaxserve checkpoint config: {e}") from None
     return meta
 
 
@@ -115,9 +116,29 @@ def restore_checkpoint(
         var.set_value(
             jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=wanted.get(path, default))
         )
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(params, nnx.from_flat_state(flat))
+    restored = restore_orbax(params, nnx.from_flat_state(flat))
     return nnx.merge(graphdef, restored)
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, shortened (tensorstore errors run long)."""
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def restore_orbax(path: str, abstract: Any) -> Any:
+    """orbax StandardCheckpointer.restore, with a damaged or incomplete save reported as a
+    `CheckpointError` naming the directory (not pages of tensorstore errors)."""
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, abstract)
+    except (FileNotFoundError, CheckpointError):
+        raise
+    except Exception as e:  # orbax/tensorstore raise many kinds for damaged data
+        raise CheckpointError(
+            f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})"
+        ) from e
 
 
 def load_model(path: str | os.PathLike, shardings: Any = None) -> Decoder:
