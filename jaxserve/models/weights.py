@@ -207,7 +207,8 @@ def load_hf(
         if value is None or tuple(value.shape) != tuple(target.shape):
             shapes = ", ".join(f"{n}: {tuple(a.shape)}" for n, a in zip(hf_names, arrays))
             raise CheckpointError(
-                f"{path}: tensor {hf_names[0]!r} has the wrong shape for {'.'.join(map(str, ours))} "
+                f"{path}: tensor {hf_names[0]!r} has the wrong shape for "
+                f"{'.'.join(map(str, ours))} "
                 f"(expected {tuple(target.shape)} in our layout; checkpoint has {shapes})"
             )
         value = np.asarray(value).astype(target.dtype)
