@@ -107,6 +107,8 @@ def check_output_dir(path: str, what: str = "--out") -> str:
     from jaxserve.errors import InputError
 
     try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "a file is in the way")
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check"):
             pass
@@ -122,7 +124,12 @@ def check_output_file(path: str, what: str) -> str:
 
     if os.path.isdir(path):
         raise InputError(f"{what}={path}: is a directory, not a file")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), what)
+    try:
+        check_output_dir(os.path.dirname(os.path.abspath(path)), what)
+    except InputError as e:
+        raise InputError(
+            f"{what}={path}: cannot write there ({str(e).split(' (', 1)[-1]}"
+        ) from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise InputError(f"{what}={path}: the file is not writable")
     return path

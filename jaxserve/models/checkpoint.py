@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from jaxserve.config import ModelConfig, RopeScaling
+from jaxserve.config import ModelConfig, RopeScaling, from_hf_config
 from jaxserve.errors import CheckpointError
 from jaxserve.models.transformer import Decoder, abstract_model
 from jaxserve.models.weights import load_hf
@@ -139,6 +139,27 @@ def restore_orbax(path: str, abstract: Any) -> Any:
         raise CheckpointError(
             f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})"
         ) from e
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The config of a checkpoint directory of either kind, without loading its weights (to
+    check inputs before any work); the same errors as `load_model` for what it reads."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        meta = _read_meta(path)
+        params = _params_dir(path, meta.get("step"))
+        if not os.path.isdir(params):
+            raise CheckpointError(f"checkpoint {path!r} has no parameters at {params!r}")
+        return meta["config"]
+    has_st = any(name.endswith(".safetensors") for name in os.listdir(path))
+    if os.path.isfile(os.path.join(path, "config.json")) and has_st:
+        return from_hf_config(path)
+    raise FileNotFoundError(
+        f"{path!r} is not a model checkpoint: looked for {CONFIG_FILE} (jaxserve/orbax) or "
+        "config.json with *.safetensors (Hugging Face)"
+    )
 
 
 def load_model(path: str | os.PathLike, shardings: Any = None) -> Decoder:
