@@ -42,6 +42,9 @@ class TrainingFlags:
         """Usage errors for the shared flags; the mesh they ask for (None: one device)."""
         if self.warmup_steps.value > self.steps.value:
             raise app.UsageError("--warmup_steps must not exceed --steps")
+        experiment.check_output_dir(self.workdir.value, "--workdir")
+        if self.export.value:
+            experiment.check_output_dir(self.export.value, "--export")
         try:
             recipes.parse_data_spec(self.data.value)
             return sharding.make_mesh(self.mesh.value) if self.mesh.value else None

@@ -10,6 +10,7 @@ its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -29,9 +30,13 @@ def _one_line(e: BaseException) -> str:
     return msg if len(msg) <= 2000 else msg[:2000] + " ..."
 
 
+class _Failed(SystemExit):
+    """The exit of a reported wrong input."""
+
+
 def fail(message: str, status: int) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(status)
+    raise _Failed(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -66,4 +71,11 @@ def guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object
 
 
 def run(main: Callable[[list[str]], object]) -> None:
-    app.run(guarded(main), flags_parser=_parse_flags)
+    try:
+        app.run(guarded(main), flags_parser=_parse_flags)
+    except _Failed as e:
+        # exit now: a failed checkpoint read can leave library threads that would print
+        # tracebacks of their own while the interpreter shuts down, after the error line
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code)

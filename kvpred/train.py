@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve import sharding as shd
 from jaxserve.errors import CheckpointError, RunSettingsError
-from jaxserve.models.checkpoint import first_line
+from jaxserve.models.checkpoint import first_line, quiet_failed_read_noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +155,7 @@ class Trainer:
         `checkpoints_damaged/<step>` with a warning naming its step, and the next newest is
         tried; `CheckpointError` when there are checkpoints but none can be read.
         """
+        quiet_failed_read_noise()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree())
         steps = sorted(self._ckpt.all_steps(), reverse=True)
         bad: dict[int, str] = {}
@@ -324,6 +325,8 @@ def claim_workdir(
         prev = old["settings"]
         changed = {k: [prev.get(k), settings.get(k)] for k in sorted(set(prev) | set(settings))
                    if prev.get(k) != settings.get(k)}  # fmt: skip
+        if changed and not steps:  # nothing was trained (it failed or was killed early):
+            changed, old = {}, None  # a fresh start with these settings, nothing to mix
         if changed and resume != "force":
             diffs = "; ".join(f"--{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
             raise RunSettingsError(
@@ -332,6 +335,8 @@ def claim_workdir(
                 "with these (recorded in its history)"
             )
         event = "resume_forced" if changed else ("resume" if steps else "restart")
+    if old is None and event == "restart":
+        event = "start"
     history = list(old["history"]) if old else []
     history.append({
         "event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": step,

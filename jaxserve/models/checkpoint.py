@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,6 +131,7 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 def restore_orbax(path: str, abstract: Any) -> Any:
     """orbax StandardCheckpointer.restore, with a damaged or incomplete save reported as a
     `CheckpointError` naming the directory (not pages of tensorstore errors)."""
+    quiet_failed_read_noise()
     try:
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(path, abstract)
@@ -139,6 +141,24 @@ def restore_orbax(path: str, abstract: Any) -> Any:
         raise CheckpointError(
             f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})"
         ) from e
+
+
+def quiet_failed_read_noise() -> None:
+    """When an orbax read fails, its reads still in flight finish on a closed event loop and
+    report "RuntimeError: Event loop is closed" through sys.unraisablehook, one traceback each
+    (some before the failure reaches the caller); drop those (the read's own error is what
+    matters), pass anything else on. Installed once, before the first read."""
+    if getattr(sys.unraisablehook, "_drops_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
