@@ -8,7 +8,8 @@
 --aux: lp:0.25|lp:0.5|lp:0.75 (the base with layers removed, initialised from it), c:PRESET
 (random init) or c:DIR (a checkpoint). --layer_map overrides the default map. The KVP
 checkpoint is exported to --export (default WORKDIR/final); metrics go to WORKDIR/metrics.jsonl;
-re-running with the same workdir resumes.
+re-running with the same workdir resumes if the settings that define the run are the same
+(WORKDIR/run.json), and otherwise refuses unless --overwrite or --resume=force.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@
 Data: the synthetic closed-book QA knowledge base and Python standard-library code (or text
 files, `--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
 jaxserve checkpoint, usable as `--checkpoint=` / `--base=` everywhere. Re-running with the same
-workdir resumes from its latest checkpoint.
+workdir resumes from its latest checkpoint if the settings that define the run are the same
+(WORKDIR/run.json); otherwise it refuses, naming each difference, unless --overwrite (start
+over) or --resume=force (continue; recorded in run.json and summary.json).
 """
 
 from __future__ import annotations
