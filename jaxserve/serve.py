@@ -260,6 +260,7 @@ def run_serve(
                 engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
                               for r in trace])  # fmt: skip
                 wall = time.perf_counter() - start
+                report_late_rejections(engine)
                 records = [to_record(engine.timelines[r.id]) for r in trace]
                 summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
                 compiles = CompileCounter.count() - compiles_before
@@ -290,6 +291,14 @@ def run_serve(
                   f"{_s(row['p99_ttft_kvp'])} s")  # fmt: skip
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
+
+
+def report_late_rejections(engine: Engine) -> None:
+    """Run the one step that reports rejections the replay loop left unreported: a request
+    rejected on arrival when nothing else is live leaves the engine without work, so the
+    step whose plan carries the rejection to its timeline never runs."""
+    if any(not engine.timelines[r.id].rejected for r in engine.scheduler.rejected):
+        engine.step()
 
 
 def _s(x: float | None) -> str:
@@ -356,7 +365,10 @@ def _row(name: str, rate: float, s: dict) -> str:
     def f(x):
         return f"{x:9.3f}" if x is not None else f"{'-':>9}"
 
+    t = s["throughput_tokens_per_s"]  # None when nothing finished (all rejected)
+    tput = f"{t:8.1f}" if t is not None else f"{'-':>8}"
+
     return (f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
-            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {s['throughput_tokens_per_s']:8.1f} "
+            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
             f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
             f"{s['compiles_during_run']:8d}")  # fmt: skip
