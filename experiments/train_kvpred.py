@@ -23,7 +23,7 @@ from jaxserve import cli
 from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default
 from kvpred import recipes
-from kvpred.aux import parse_aux_spec
+from kvpred.aux import check_aux_spec, parse_aux_spec
 from kvpred.evaluate import qa_accuracy
 from kvpred.io import load_base
 from kvpred.losses import KV_REDUCE, KVPLossWeights
@@ -66,7 +66,10 @@ def main(argv):
             except ValueError:
                 raise ValueError(f"--layer_map: {_LAYER_MAP.value} are not integers") from None
         base = load_base(_BASE.value, _T.seed.value)
+        check_aux_spec(_AUX.value, base.config, layer_map)  # before any work or record
         weights = KVPLossWeights(_LB.value, _LA.value, _LC.value, _REDUCE.value)
+    except InputError:
+        raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     base_source = os.path.abspath(_BASE.value) if os.path.isdir(_BASE.value) else _BASE.value

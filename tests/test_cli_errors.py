@@ -246,3 +246,23 @@ def test_real_processes_exit_with_one_line_and_verbosity_adds_the_traceback(bad)
                   "--verbosity=1")  # fmt: skip
     assert r.returncode == 1 and "Traceback" in r.stderr
     assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_the_python_api_raises_typed_errors(bad):
+    from jaxserve.errors import CheckpointError, InputError
+    from jaxserve.models.checkpoint import load_model
+    from jaxserve.serve import load_profile
+    from jaxserve.workload import WorkloadError, read_trace
+    from kvpred.io import load_kvp
+
+    for name in ("hf_badjson", "hf_mamba", "hf_truncated", "hf_missing", "native_badcfg",
+                 "native_damaged"):  # fmt: skip
+        with pytest.raises(CheckpointError, match=os.path.basename(bad[name])):
+            load_model(bad[name])
+    with pytest.raises(CheckpointError, match="kvp_config.json"):
+        load_kvp(bad["kvp_bad"])
+    with pytest.raises(WorkloadError, match="notjson.jsonl:2"):
+        read_trace(bad["notjson.jsonl"])
+    with pytest.raises(InputError, match="profile.json"):
+        load_profile(bad["profile.json"])
+    assert issubclass(WorkloadError, InputError) and issubclass(CheckpointError, ValueError)
