@@ -41,7 +41,7 @@ def bad(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     model = random_model(tiny_config())
     save_hf(model, d / "hf_ok")
-    p = {}
+    p = {"hf_ok": str(d / "hf_ok")}
 
     def hf_copy(name):
         shutil.copytree(d / "hf_ok", d / name)
@@ -157,7 +157,10 @@ CASES = [
     ("train_kvpred", ["--workdir={tmp}/w2", "--base={hf_badjson}"], "config.json"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=lp:0.3"], "fraction"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=c:{hf_missing}"],
+     "vocabulary"),
+    ("train_kvpred", ["--workdir={tmp}/w4", "--base={hf_ok}", "--aux=c:{hf_missing}"],
      "layers.1.mlp.up_proj"),
+    ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=c:/no/such"], "/no/such"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--layer_map=0,x"], "--layer_map"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--loss_kv=-1"], "--loss_kv"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--kv_loss_reduce=max"],
