@@ -21,7 +21,8 @@ import time
 
 from absl import app, flags, logging
 
-from jaxserve import experiment, sharding
+from jaxserve import cli, experiment, sharding
+from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import data as kd
 from kvpred import evaluate as ev
@@ -63,6 +64,35 @@ def _task(task: str, limit: int | None):
     return data[:limit] if limit else data
 
 
+def check_variants(variants: list[tuple[str, str, str]], base_config) -> None:
+    """Resolve every variant's configs (no weights) before any is evaluated: a missing or
+    damaged checkpoint, a KV predictor trained for another base, or another vocabulary stops
+    the run at once with an `InputError` naming the variant."""
+    from jaxserve.config import PRESETS
+    from jaxserve.models.checkpoint import config_from_dict, read_config
+    from kvpred.io import read_kvp_config
+
+    for name, kind, arg in variants:
+        try:
+            if kind == "aux_only":
+                config = PRESETS[arg] if arg in PRESETS else read_config(arg)
+            elif kind == "lp_baseline" and os.path.isdir(arg):
+                config = read_config(arg)
+            elif kind == "kvp":
+                meta = read_kvp_config(arg)
+                if config_from_dict(meta["base_config"]) != base_config:
+                    raise InputError(
+                        f"its predictor was trained for base {meta['base']!r}, not this --base"
+                    )
+                config = read_config(os.path.join(arg, "aux"))
+            else:
+                continue
+        except (OSError, ValueError) as e:
+            raise InputError(f"--variants: {name!r}: {e}") from None
+        if config.vocab_size != base_config.vocab_size:
+            raise InputError(f"--variants: {name!r}: its vocabulary differs from the base's")
+
+
 def _answer(pred: dict):
     return pred.get("prediction", pred.get("completions"))
 
@@ -76,8 +106,12 @@ def main(argv):
         if min(batches) < 1:
             raise ValueError("--ttft_batch_sizes must be positive integers")
         mesh = sharding.make_mesh(_MESH.value) if _MESH.value else None
+        experiment.check_output_dir(_OUT.value, "--out")
         data = _task(_TASK.value, _LIMIT.value)
         base = load_base(_BASE.value)
+        check_variants(variants, base.config)
+    except InputError:
+        raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     try:
@@ -155,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

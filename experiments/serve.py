@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import config, serve
+from jaxserve import cli, config, serve
 
 POLICIES = ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
 
@@ -124,7 +124,6 @@ def main(argv):
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
-    print(serve.HEADER)
     serve.run_serve(
         settings, checkpoint=_CHECKPOINT.value, preset=None if _CHECKPOINT.value else model,
         out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
@@ -134,4 +133,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -99,10 +99,50 @@ def _cast(model: Decoder, dtype: str) -> Decoder:
     return new
 
 
+def check_output_dir(path: str, what: str = "--out") -> str:
+    """Create `path` if needed and check a file can be written in it, before any work is
+    done; `InputError` naming `what` (the flag) otherwise. Leaves nothing behind."""
+    import tempfile
+
+    from jaxserve.errors import InputError
+
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "a file is in the way")
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check"):
+            pass
+    except OSError as e:
+        raise InputError(f"{what}={path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def check_output_file(path: str, what: str) -> str:
+    """Check that the file `path` can be written (its directory created if needed) before any
+    work is done; `InputError` naming `what` otherwise. Leaves nothing behind."""
+    from jaxserve.errors import InputError
+
+    if os.path.isdir(path):
+        raise InputError(f"{what}={path}: is a directory, not a file")
+    try:
+        check_output_dir(os.path.dirname(os.path.abspath(path)), what)
+    except InputError as e:
+        raise InputError(
+            f"{what}={path}: cannot write there ({str(e).split(' (', 1)[-1]}"
+        ) from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"{what}={path}: the file is not writable")
+    return path
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=1, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed: leave no stray .tmp behind
+            os.remove(tmp)

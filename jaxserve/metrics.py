@@ -46,6 +46,7 @@ class RequestRecord:
     client: str = "default"
     output_ids: list[int] | None = None
     state: str = "finished"  # "finished", "rejected", or anything else for unfinished
+    finish_reason: str | None = None  # "stop", "length", "cancelled", "rejected: <why>", ...
 
 
 def _stats(name: str, values: Sequence[float]) -> dict[str, float | None]:
@@ -129,6 +130,7 @@ def summarize(
     """Summary of one run (definitions in the module docstring). Keys:
 
     num_requests, num_finished, num_rejected, num_unfinished (neither finished nor rejected);
+    rejected_reasons: {reason: count} of the rejected records (their finish_reason);
     {mean,p50,p90,p95,p99}_{jct,ttft,tbt}; mean_normalized_latency (s/token);
     duration (given, else last finish - first arrival), output_tokens (of finished requests),
     throughput_tokens_per_s = output_tokens / duration, throughput_requests_per_s =
@@ -151,6 +153,12 @@ def summarize(
         "num_rejected": sum(r.state == "rejected" for r in records),
     }
     out["num_unfinished"] = len(records) - out["num_finished"] - out["num_rejected"]
+    reasons: dict[str, int] = {}
+    for r in records:
+        if r.state == "rejected":
+            why = (r.finish_reason or "rejected").removeprefix("rejected").lstrip(": ")
+            reasons[why or "no reason given"] = reasons.get(why or "no reason given", 0) + 1
+    out["rejected_reasons"] = reasons
     out |= _stats("jct", jcts(done))
     out |= _stats("ttft", ttfts(done))
     out |= _stats("tbt", [g for r in done for g in tbts(r)])

@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxserve.errors import InputError
+
 Tokenize = Callable[[str], Sequence[Any]]
 
 
-class WorkloadError(ValueError):
+class WorkloadError(InputError):
     """A workload could not be built: bad argument, unreadable file, invalid trace line."""
 
 
