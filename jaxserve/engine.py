@@ -55,6 +55,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxserve.batch import PrefillBatch, SlotUpdates, sampling_arrays
+from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostKV, HostTier
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import CompileCounter, ModelRunner
@@ -179,7 +180,9 @@ class Engine:
         self.overlap = overlap
         self.decode_steps = decode_steps
         # the device-resident decode batch: a slot per resident request that has decoded
-        self._max_rows = _pow2(sched_config.max_batch)
+        # batch buckets: powers of two, at least the data axis (rows are split over it)
+        self._min_rows = self.runner.data_size
+        self._max_rows = _pow2(sched_config.max_batch, self._min_rows)
         self._max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
         self._num_stop = max_stop_ids
         num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
@@ -233,15 +236,17 @@ class Engine:
         params = params if params is not None else SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._tokens:
-            raise ValueError(f"request id {rid!r} already submitted")
+            raise InputError(f"request id {rid!r} already submitted")
         ids = _token_ids(rid, prompt_ids)
         if not ids:
-            raise ValueError(f"request {rid!r}: empty prompt")
+            raise InputError(f"request {rid!r}: empty prompt")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise ValueError(f"request {rid!r}: token ids {bad[:5]} outside the vocabulary")
+            raise InputError(f"request {rid!r}: token ids {bad[:5]} outside the vocabulary")
+        if params.stop_strings and self.tokenizer is None:
+            raise InputError(f"request {rid!r}: stop strings need an engine with a tokenizer")
         if stop_at_output_len and (output_len is None or output_len < 1):
-            raise ValueError(f"request {rid!r}: stop_at_output_len needs an output_len >= 1")
+            raise InputError(f"request {rid!r}: stop_at_output_len needs an output_len >= 1")
         arrival = self.now() if arrival is None else arrival
         if stop_at_output_len:
             self._stop_at[rid] = output_len
@@ -390,7 +395,7 @@ class Engine:
                 raise AssertionError(f"{r.id}: prefill of {len(seq)} known tokens, "
                                      f"context is {r.context_len}")  # fmt: skip
             seqs.append(seq)
-        b = _pow2(len(reqs))
+        b = _pow2(len(reqs), self._min_rows)
         t = _pow2(max(len(s) for s in seqs), 16)
         tokens = np.zeros((b, t), np.int32)
         lengths = np.zeros(b, np.int32)
@@ -462,7 +467,7 @@ class Engine:
             packed = self._updates.pack(rows)
             self._slots = self.runner.update_slots(self._slots, packed, prefill_out)
             self._rows = rows
-        b = _pow2(len(rows))
+        b = _pow2(len(rows), self._min_rows)
         reach = max(r.context_len + steps - 1 for r in reqs)
         width = _pow2(pages_for(reach, self.page_size))
         self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width,
@@ -568,7 +573,7 @@ class Engine:
         lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
         ps, runner, kv = self.page_size, self.runner, self.kv
-        batches = _pow2_range(self.sched_config.max_batch)
+        batches = [b for b in _pow2_range(self._max_rows) if b >= self._min_rows]
         prompt_lens = [16 * b for b in _pow2_range(max(1, math.ceil(max_prompt / 16)))]
         widths = _pow2_range(math.ceil(max_context / ps))
         steps = _pow2_range(self.decode_steps) if self.overlap else [1]
@@ -582,7 +587,7 @@ class Engine:
                 kv, first = runner.prefill(kv, batch)
             prefill_outs.append(first)
         slots = self._slots
-        for u in [0] + batches:  # the updates of up to max_batch rows
+        for u in [0] + _pow2_range(self._max_rows):  # the updates of up to max_batch rows
             for first in prefill_outs:
                 packed = self._updates.pack([], min_records=u)
                 slots = runner.update_slots(slots, packed, first)

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxserve.batch import DecodeBatch, PrefillBatch, sampling_arrays
+from jaxserve.errors import InputError
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
@@ -64,17 +65,17 @@ class Generator:
         for p in prompts:
             if isinstance(p, str):
                 if self.tokenizer is None:
-                    raise ValueError("text prompts need a tokenizer")
+                    raise InputError("text prompts need a tokenizer")
                 ids = self.tokenizer.encode(p)
                 if self.tokenizer.bos_id is not None:
                     ids = [self.tokenizer.bos_id] + ids
             else:
                 ids = [int(t) for t in p]
             if not ids:
-                raise ValueError("empty prompt")
+                raise InputError("empty prompt")
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
-                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary "
+                raise InputError(f"token ids {bad[:5]} are outside the vocabulary "
                                  f"[0, {self.config.vocab_size})")  # fmt: skip
             out.append(ids)
         return out
@@ -86,7 +87,7 @@ class Generator:
         n = len(ids)
         longest = max(len(p) for p in ids)
         if longest + params.max_new_tokens > self.config.max_seq_len:
-            raise ValueError(
+            raise InputError(
                 f"prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds "
                 f"the model's max_seq_len {self.config.max_seq_len}"
             )
@@ -186,9 +187,9 @@ def parse_ids(text: str, flag: str) -> list[int]:
     try:
         ids = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+        raise InputError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"{flag}: {text!r} must name at least one non-negative token id")
+        raise InputError(f"{flag}: {text!r} must name at least one non-negative token id")
     return ids
 
 
@@ -217,7 +218,7 @@ def run_cli(
 
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, seed, dtype)
     if prompts and tokenizer is None:
-        raise ValueError(f"{checkpoint} has no tokenizer files: pass --prompt_ids instead")
+        raise InputError(f"{checkpoint} has no tokenizer files: pass --prompt_ids instead")
     if stop_token_ids is None:
         eos = model.config.eos_token_id
         stop_token_ids = [eos] if eos is not None else []

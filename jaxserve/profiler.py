@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxserve.batch import DecodeBatch, PrefillBatch, sampling_arrays
+from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostTier
 from jaxserve.runner import ModelRunner
 
@@ -48,14 +49,19 @@ class Profile:
 
     @classmethod
     def load(cls, path: str) -> Profile:
-        with open(path) as f:
-            d = json.load(f)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the profile ({e.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a JSON profile ({e})") from None
         try:
             d["prefill"] = [tuple(x) for x in d["prefill"]]
             d["decode"] = [tuple(x) for x in d["decode"]]
             return cls(**d)
         except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a profile ({e})") from None
+            raise InputError(f"{path}: not a profile ({e})") from None
 
 
 def _interp(table: Sequence[tuple[float, float]], x: float) -> float:

@@ -249,6 +249,8 @@ class ModelRunner:
         self, state, kv, slots: SlotState, rows: int, width: int, steps: int, out_in: bool
     ):
         batch = take_rows(slots, rows, width)
+        if self.data_size > 1 and rows % self.data_size == 0:  # rows over the data axis
+            batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
         kv, batch, toks, emitted = self._decode_fn(state, kv, batch, steps, out_in=out_in)
         out = jnp.stack([toks, emitted.astype(toks.dtype)])
         return kv, put_rows(slots, rows, batch), out

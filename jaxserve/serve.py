@@ -15,7 +15,6 @@ shows in the table's rejected column, with a line per reason, and in results.jso
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -29,8 +28,7 @@ from jaxserve.errors import InputError
 from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner
 from jaxserve.sampling import SamplingParams
-from jaxserve.sched import SchedulerConfig
-from jaxserve.sched.request import pages_for
+from jaxserve.sched import SchedulerConfig, reject_reason
 
 
 def to_record(tl: Timeline) -> metrics.RequestRecord:
@@ -129,18 +127,15 @@ class PreparedTrace:
     never_runs: dict[str, str]  # request id -> why the scheduler will reject it
 
 
-def never_runs_reason(prompt_len: int, cap: int, max_seq_len: int, kv_pages: int,
-                      page_size: int) -> str | None:  # fmt: skip
-    """Why a request can never run (the scheduler will reject it), or None. The scheduler's
-    own rule (`Scheduler._reject_reason`), evaluated before the run so warm-up can skip it."""
-    if prompt_len > max_seq_len:
-        return f"prompt of {prompt_len} tokens > max_seq_len {max_seq_len}"
-    if pages_for(min(prompt_len + cap, max_seq_len), page_size) > kv_pages - 1:
-        return (
-            f"needs {pages_for(min(prompt_len + cap, max_seq_len), page_size)} pages for "
-            f"prompt + max_new_tokens, the pool has {kv_pages - 1}"
-        )
-    return None
+def never_runs_reason(
+    prompt_len: int, cap: int, max_seq_len: int, kv_pages: int, page_size: int
+) -> str | None:
+    """Why a request can never run (the scheduler will reject it), or None: the scheduler's
+    own rule, evaluated before the run so warm-up can skip it."""
+    config = SchedulerConfig(
+        max_batch=1, num_pages=kv_pages, page_size=page_size, max_seq_len=max_seq_len
+    )
+    return reject_reason(config, prompt_len, cap)
 
 
 def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
@@ -188,11 +183,11 @@ def warmup_lengths(t: PreparedTrace, max_seq_len: int) -> tuple[int, int] | None
 
 
 def load_profile(path: str) -> Profile:
-    """A saved profile.json; `InputError` naming the file when it is not one."""
+    """A saved profile.json; `InputError` naming the flag and the file when it is not one."""
     try:
         return Profile.load(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"--profile={path}: not valid JSON ({e})") from None
+    except InputError as e:
+        raise InputError(f"--profile={e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise InputError(f"--profile={path}: not a profile ({e})") from None
 
@@ -260,7 +255,6 @@ def run_serve(
                 engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
                               for r in trace])  # fmt: skip
                 wall = time.perf_counter() - start
-                report_late_rejections(engine)
                 records = [to_record(engine.timelines[r.id]) for r in trace]
                 summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
                 compiles = CompileCounter.count() - compiles_before
@@ -291,14 +285,6 @@ def run_serve(
                   f"{_s(row['p99_ttft_kvp'])} s")  # fmt: skip
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
-
-
-def report_late_rejections(engine: Engine) -> None:
-    """Run the one step that reports rejections the replay loop left unreported: a request
-    rejected on arrival when nothing else is live leaves the engine without work, so the
-    step whose plan carries the rejection to its timeline never runs."""
-    if any(not engine.timelines[r.id].rejected for r in engine.scheduler.rejected):
-        engine.step()
 
 
 def _s(x: float | None) -> str:

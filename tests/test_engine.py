@@ -272,3 +272,20 @@ def test_rejections_carry_the_schedulers_reason(model, runner):
     assert tl.rejected and tl.finish_reason == reject.detail
     engine.run_until_done(max_iterations=50)
     assert engine.timelines["ok"].finish_reason == "length"
+
+
+def test_stop_strings_need_a_tokenizer(model, runner):
+    engine = Engine(model, "fcfs", _config(20), runner=runner)
+    with pytest.raises(ValueError, match="stop strings need an engine with a tokenizer"):
+        engine.submit([1, 2], SamplingParams(4, stop_strings=("\n",)))
+
+
+def test_a_rejection_alone_is_still_reported(model, runner):
+    """A request rejected on arrival when nothing else is live keeps the engine busy until a
+    plan has carried its rejection to the event stream and its timeline."""
+    engine = Engine(model, "fcfs", _config(3), runner=runner)
+    engine.submit([1] * 20, SamplingParams(max_new_tokens=2), request_id="big")
+    assert engine.has_work
+    events = engine.step()
+    assert [e.kind for e in events] == ["reject"] and engine.timelines["big"].rejected
+    assert not engine.has_work

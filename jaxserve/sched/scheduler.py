@@ -28,7 +28,7 @@ from jaxserve.sched.config import SchedulerConfig
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.request import Request, State, pages_for
 
-__all__ = ["Scheduler", "SchedulerConfig", "StepResult", "make_scheduler"]
+__all__ = ["Scheduler", "SchedulerConfig", "StepResult", "make_scheduler", "reject_reason"]
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Scheduler:
             raise ValueError(f"{request.id}: add a fresh request (state WAITING, nothing run)")
         request.seq = request.entered_queue = self.next_seq()
         self.requests[request.id] = request
-        reason = self._reject_reason(request)
+        reason = reject_reason(self.config, request.prompt_len, request.max_new_tokens)
         if reason:
             request.state = State.REJECTED
             request.finish_reason = f"rejected: {reason}"
@@ -187,8 +187,9 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        """Nothing left: every request is FINISHED or REJECTED."""
-        return not self._live
+        """Nothing left: every request is FINISHED or REJECTED, and every rejection has been
+        reported by a plan."""
+        return not self._live and not self._rejected
 
     @property
     def live(self) -> list[Request]:
@@ -345,15 +346,15 @@ class Scheduler:
         r.finish_reason = reason
         del self._live[r.id]
 
-    def _reject_reason(self, r: Request) -> str | None:
-        if r.prompt_len > self.config.max_seq_len:
-            return f"prompt of {r.prompt_len} tokens > max_seq_len {self.config.max_seq_len}"
-        if self.max_pages(r) > self.config.usable_pages:
-            return (
-                f"needs {self.max_pages(r)} pages for prompt + max_new_tokens, "
-                f"the pool has {self.config.usable_pages}"
-            )
-        return None
+
+def reject_reason(config: SchedulerConfig, prompt_len: int, max_new_tokens: int) -> str | None:
+    """Why a request can never run under `config` (it is rejected on arrival), or None."""
+    if prompt_len > config.max_seq_len:
+        return f"prompt of {prompt_len} tokens > max_seq_len {config.max_seq_len}"
+    need = pages_for(min(prompt_len + max_new_tokens, config.max_seq_len), config.page_size)
+    if need > config.usable_pages:
+        return f"needs {need} pages for prompt + max_new_tokens, the pool has {config.usable_pages}"
+    return None
 
 
 def make_scheduler(policy_name: str, config: SchedulerConfig) -> Scheduler:
