@@ -127,9 +127,16 @@ def main(argv):
     serve.run_serve(
         settings, checkpoint=_CHECKPOINT.value, preset=None if _CHECKPOINT.value else model,
         out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
-        profile_path=_PROFILE.value,
+        profile_path=_PROFILE.value, load_prefill_model=_load_kvp,
     )  # fmt: skip
     print(f"results: {os.path.join(_OUT.value, 'results.json')}")
+
+
+def _load_kvp(directory: str, base):
+    """--prefill=kv_prediction:DIR: the KV-prediction model around the served base."""
+    from kvpred.io import load_kvp
+
+    return load_kvp(directory, base=base)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,7 @@ from jax.sharding import Mesh
 from jaxserve.batch import PrefillBatch, SlotUpdates, sampling_arrays
 from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostKV, HostTier
-from jaxserve.models.transformer import Decoder
-from jaxserve.runner import CompileCounter, ModelRunner
+from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
 from jaxserve.sched.request import pages_for
@@ -138,7 +137,7 @@ class _InFlight:
 class Engine:
     def __init__(
         self,
-        model: Decoder,
+        model: ServingModel,
         policy: str,
         sched_config: SchedulerConfig,
         tokenizer: Tokenizer | None = None,

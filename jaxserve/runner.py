@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ from jaxserve.batch import (
     put_rows,
     take_rows,
 )
+from jaxserve.config import ModelConfig
 from jaxserve.kvcache.pages import (
     KVPages,
     flush_contiguous,
@@ -58,6 +60,27 @@ from jaxserve.kvcache.pages import (
 )
 from jaxserve.models.transformer import SMALL_DECODE_BATCH, Decoder, out_in_layout
 from jaxserve.sampling import sample
+
+
+@runtime_checkable
+class ServingModel(Protocol):
+    """What the runner (and so the engine) needs of a model. `Decoder` satisfies it, and so
+    does KV prediction's model, whose prefill predicts the prompt's cache; jaxserve itself
+    never imports kvpred (an entry point resolves `--prefill` and hands the model over)."""
+
+    config: ModelConfig
+
+    def prefill_paged(
+        self, tokens: jax.Array, lengths: jax.Array, kv: KVPages, block_tables: jax.Array
+    ) -> tuple[jax.Array, KVPages]:
+        """Write the prompts' KV ([B, T] tokens, [B] lengths) into the pages; logits [B, V] of
+        each prompt's last token."""
+        ...
+
+    @property
+    def decoder(self) -> Decoder:
+        """The model that decodes on the cache."""
+        ...
 
 
 class CompileCounter:
@@ -101,7 +124,7 @@ def _projection_bytes(state: nnx.State) -> int:
 class ModelRunner:
     def __init__(
         self,
-        model: Decoder,
+        model: ServingModel,
         mesh: Mesh | None = None,
         contiguous_decode: bool | None = None,
         out_in_weights: bool | None = None,
@@ -232,9 +255,8 @@ class ModelRunner:
 
     # -- jitted bodies ------------------------------------------------------------------
 
-    def _model(self, leaves, out_in: bool = False) -> Decoder:
-        """The model rebuilt from its leaves: a `Decoder`, or any module with `config`,
-        `prefill_paged` and `decoder` (KV prediction's model prefills with its predictor)."""
+    def _model(self, leaves, out_in: bool = False) -> ServingModel:
+        """The model rebuilt from its leaves (a `ServingModel`)."""
         treedef = self._row_treedef if out_in else self._treedef
         return nnx.merge(self.graphdef, jax.tree.unflatten(treedef, leaves))
 

@@ -18,15 +18,16 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from jaxserve import experiment, metrics, plots, workload
 from jaxserve.engine import Engine, Timeline
 from jaxserve.errors import InputError
+from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
-from jaxserve.runner import CompileCounter, ModelRunner
+from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig, reject_reason
 
@@ -200,7 +201,11 @@ def run_serve(
     out_dir: str,
     flag_values: dict | None = None,
     profile_path: str | None = None,
+    load_prefill_model: Callable[[str, Decoder], ServingModel] | None = None,
 ) -> dict:
+    """Serve every rate's trace with every scheduler (module doc). `load_prefill_model(dir,
+    base)` builds the model of `settings.prefill`'s checkpoint (KV prediction: the entry point
+    passes `kvpred.io.load_kvp`; jaxserve does not import kvpred)."""
     s = settings
     experiment.check_output_dir(out_dir)
     prof = load_profile(profile_path) if profile_path else None
@@ -215,9 +220,9 @@ def run_serve(
     kvp_dir = parse_prefill(s.prefill)
     kvp_model = None
     if kvp_dir is not None:
-        from kvpred.io import load_kvp
-
-        kvp_model = load_kvp(kvp_dir, base=model)
+        if load_prefill_model is None:
+            raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
+        kvp_model = load_prefill_model(kvp_dir, model)
     runner = ModelRunner(model)
     page_bytes = config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * s.page_size
     lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]

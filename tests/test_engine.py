@@ -289,3 +289,27 @@ def test_a_rejection_alone_is_still_reported(model, runner):
     events = engine.step()
     assert [e.kind for e in events] == ["reject"] and engine.timelines["big"].rejected
     assert not engine.has_work
+
+
+def test_jaxserve_never_imports_kvpred():
+    """KV prediction's model reaches the engine as a `ServingModel` from an entry point."""
+    import ast
+    import pathlib
+
+    import jaxserve
+    from jaxserve.runner import ServingModel
+
+    root = pathlib.Path(jaxserve.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "kvpred" for n in names), path
+    from kvpred.model import KVPModel
+
+    assert isinstance(random_model(tiny_config()), ServingModel)
+    assert all(callable(getattr(KVPModel, name, None)) for name in ("prefill_paged",))
+    assert isinstance(KVPModel.decoder, property)
