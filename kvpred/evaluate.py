@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxserve.generate import Generator
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.tokenizer import Tokenizer
 from kvpred.tasks import humaneval as he
 from kvpred.tasks import triviaqa as tqa
@@ -107,8 +107,7 @@ class TTFTTimer:
             "tokens": rng.integers(3, runner.config.vocab_size, (b, prompt_len)).astype(np.int32),
             "lengths": np.full((b,), prompt_len, np.int32),
             "block_tables": (1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1),
-            "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros((b,), np.float32),
-            "top_k": np.zeros((b,), np.int32), "top_p": np.ones((b,), np.float32),
+            **sampling_arrays([], batch=b),  # greedy
         })  # fmt: skip
         for _ in range(2):  # compile, then a first run
             self.once()
