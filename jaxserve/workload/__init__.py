@@ -40,6 +40,7 @@ from jaxserve.workload.registry import (
     find_source,
     known_workloads,
     make_workload,
+    named_workloads,
     register_source,
 )
 from jaxserve.workload.request import Tokenize, TraceRequest, WorkloadError, whitespace_tokenize
@@ -68,6 +69,7 @@ __all__ = [
     "known_workloads",
     "make_workload",
     "merge_workloads",
+    "named_workloads",
     "next_turn_release",
     "poisson_arrivals",
     "read_alpaca",

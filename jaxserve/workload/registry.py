@@ -80,6 +80,11 @@ def known_workloads() -> list[str]:
     return list(SOURCES)
 
 
+def named_workloads() -> list[str]:
+    """The sources asked for by name (the others match file patterns such as "*.json")."""
+    return [name for name in SOURCES if not name.startswith("*")]
+
+
 def find_source(spec: str) -> Source | None:
     return next((s for s in SOURCES.values() if s.matches(spec)), None)
 
