@@ -2,7 +2,8 @@
 
     pow2(n, lo)          the power-of-two shape bucket of a batch, a length or a page count
     pow2_range(n)        every bucket up to pow2(n): the shapes to compile ahead of time
-    environment()        what produced a figure: versions, devices, CPU, threading variables
+    environment()        what produced a figure: versions, devices, CPU, threading variables,
+                         the command line
     atomic_open(path)    write a file under a temporary name and rename it over `path` at the
                          end, so a reader never sees half a file (nor does a killed run leave one)
     write_json(path, x)  a results file through atomic_open
@@ -62,6 +63,7 @@ def environment(packages: Sequence[str] = ()) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "env": {k: os.environ.get(k) for k in _ENV_VARS},
+        "argv": list(sys.argv),  # the command line (argv[0] is the script's path)
     }
     for name in packages:
         module = importlib.import_module(name)
