@@ -13,15 +13,16 @@ import os
 
 from absl import app, flags
 
-from jaxserve import cli, config, serve
-
-POLICIES = ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+from jaxserve import cli, config, metrics, serve, workload
+from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint dir.")
-_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {POLICIES}.")
+_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {list(POLICIES)}.")
 _WORKLOAD = flags.DEFINE_string(
-    "workload", "sharegpt_synth", "sharegpt_synth, alpaca_synth, a trace .jsonl or a dataset .json"
+    "workload",
+    "sharegpt_synth",
+    f"One of {workload.named_workloads()}, a trace .jsonl or a dataset .json.",
 )
 _RATE = flags.DEFINE_float("rate", 4.0, "Arrival rate, requests/s.")
 _RATES = flags.DEFINE_list("rates", None, "Sweep these rates (overrides --rate).")
@@ -87,7 +88,7 @@ def main(argv):
         raise app.UsageError(f"--model: unknown {model!r}; one of {sorted(config.PRESETS)}")
     bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
     if bad or not _SCHEDULERS.value:
-        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {POLICIES}")
+        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {list(POLICIES)}")
     try:
         rates = [float(r) for r in _RATES.value] if _RATES.value else [_RATE.value]
     except ValueError:
@@ -95,7 +96,7 @@ def main(argv):
     if any(r <= 0 for r in rates):
         raise app.UsageError("--rate/--rates must be positive")
     w = _WORKLOAD.value
-    if w not in ("sharegpt_synth", "alpaca_synth") and not os.path.isfile(w):
+    if w not in workload.named_workloads() and not os.path.isfile(w):
         raise app.UsageError(f"--workload: {w!r} is neither a synthetic workload nor a file")
     if _OUT_SIGMA.value is not None:
         if _OUT_SIGMA.value <= 0:
@@ -124,11 +125,16 @@ def main(argv):
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
-    serve.run_serve(
+    results = serve.run_serve(
         settings, checkpoint=_CHECKPOINT.value, preset=None if _CHECKPOINT.value else model,
         out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
         profile_path=_PROFILE.value, load_prefill_model=_load_kvp,
     )  # fmt: skip
+    for rate in rates:  # under the table: what the schedulers gain over each other
+        runs = [r for r in results["runs"] if r["rate"] == rate and r["prefill"] == "base"]
+        line = metrics.ratio_line({r["scheduler"]: r["summary"] for r in runs})
+        if line:
+            print(line if len(rates) == 1 else f"at {rate:g} req/s, {line}")
     print(f"results: {os.path.join(_OUT.value, 'results.json')}")
 
 

@@ -77,22 +77,6 @@ class SlotState:
     rows: jax.Array  # [max_rows] int32, the slots the next step decodes, in batch order
 
 
-def sampling_arrays(params: Sequence, keys: Sequence, b: int) -> dict[str, np.ndarray]:
-    """Per-row sampling arrays for `b` rows (rows past `len(params)` are greedy padding).
-
-    params: objects with temperature, top_k, top_p; keys: [2] uint32 each."""
-    out = {
-        "keys": np.zeros((b, 2), np.uint32),
-        "temperature": np.zeros(b, np.float32),
-        "top_k": np.zeros(b, np.int32),
-        "top_p": np.ones(b, np.float32),
-    }
-    for i, (p, key) in enumerate(zip(params, keys)):
-        out["keys"][i] = key
-        out["temperature"][i], out["top_k"][i], out["top_p"][i] = p.temperature, p.top_k, p.top_p
-    return out
-
-
 def init_slot_state(num_slots: int, max_rows: int, max_pages: int, num_stop: int) -> SlotState:
     """Host arrays of an empty slot state (place them with the runner's sharding)."""
     n = num_slots + 1

@@ -54,14 +54,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxserve.batch import PrefillBatch, SlotUpdates, sampling_arrays
+from jaxserve.batch import PrefillBatch, SlotUpdates
 from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostKV, HostTier
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
 from jaxserve.sched.request import pages_for
 from jaxserve.tokenizer import Tokenizer
+from jaxserve.utils import pow2, pow2_range
 
 
 @dataclasses.dataclass
@@ -109,15 +110,6 @@ def _token_ids(rid: str, prompt_ids: Sequence[int]) -> list[int]:
             )
         ids.append(int(t))
     return ids
-
-
-def _pow2(n: int, lo: int = 1) -> int:
-    return max(lo, 1 << max(0, (n - 1).bit_length()))
-
-
-def _pow2_range(n: int) -> list[int]:
-    """The power-of-two buckets up to and including the one that holds n."""
-    return [1 << i for i in range(_pow2(n).bit_length())]
 
 
 @dataclasses.dataclass
@@ -181,7 +173,7 @@ class Engine:
         # the device-resident decode batch: a slot per resident request that has decoded
         # batch buckets: powers of two, at least the data axis (rows are split over it)
         self._min_rows = self.runner.data_size
-        self._max_rows = _pow2(sched_config.max_batch, self._min_rows)
+        self._max_rows = pow2(sched_config.max_batch, self._min_rows)
         self._max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
         self._num_stop = max_stop_ids
         num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
@@ -394,8 +386,8 @@ class Engine:
                 raise AssertionError(f"{r.id}: prefill of {len(seq)} known tokens, "
                                      f"context is {r.context_len}")  # fmt: skip
             seqs.append(seq)
-        b = _pow2(len(reqs), self._min_rows)
-        t = _pow2(max(len(s) for s in seqs), 16)
+        b = pow2(len(reqs), self._min_rows)
+        t = pow2(max(len(s) for s in seqs), 16)
         tokens = np.zeros((b, t), np.int32)
         lengths = np.zeros(b, np.int32)
         for i, s in enumerate(seqs):
@@ -466,9 +458,9 @@ class Engine:
             packed = self._updates.pack(rows)
             self._slots = self.runner.update_slots(self._slots, packed, prefill_out)
             self._rows = rows
-        b = _pow2(len(rows), self._min_rows)
+        b = pow2(len(rows), self._min_rows)
         reach = max(r.context_len + steps - 1 for r in reqs)
-        width = _pow2(pages_for(reach, self.page_size))
+        width = pow2(pages_for(reach, self.page_size))
         self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width,
                                                              steps)  # fmt: skip
         self.decode_calls += 1
@@ -572,10 +564,10 @@ class Engine:
         lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
         ps, runner, kv = self.page_size, self.runner, self.kv
-        batches = [b for b in _pow2_range(self._max_rows) if b >= self._min_rows]
-        prompt_lens = [16 * b for b in _pow2_range(max(1, math.ceil(max_prompt / 16)))]
-        widths = _pow2_range(math.ceil(max_context / ps))
-        steps = _pow2_range(self.decode_steps) if self.overlap else [1]
+        batches = [b for b in pow2_range(self._max_rows) if b >= self._min_rows]
+        prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
+        widths = pow2_range(math.ceil(max_context / ps))
+        steps = pow2_range(self.decode_steps) if self.overlap else [1]
         prefill_outs = [self._no_prefill]
         for b in batches:
             samp = sampling_arrays([], [], b)
@@ -586,7 +578,7 @@ class Engine:
                 kv, first = runner.prefill(kv, batch)
             prefill_outs.append(first)
         slots = self._slots
-        for u in [0] + _pow2_range(self._max_rows):  # the updates of up to max_batch rows
+        for u in [0] + pow2_range(self._max_rows):  # the updates of up to max_batch rows
             for first in prefill_outs:
                 packed = self._updates.pack([], min_records=u)
                 slots = runner.update_slots(slots, packed, first)

@@ -18,12 +18,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxserve.batch import DecodeBatch, PrefillBatch, sampling_arrays
+from jaxserve.batch import DecodeBatch, PrefillBatch
 from jaxserve.errors import InputError
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.tokenizer import Tokenizer
+from jaxserve.utils import pow2
 
 
 @dataclasses.dataclass
@@ -32,10 +33,6 @@ class Completion:
     token_ids: list[int]  # generated tokens, including a stop token if one ended it
     text: str | None  # decoded text, cut before a stop string (None without a tokenizer)
     finish_reason: str  # "stop" (stop token or string) or "length"
-
-
-def _bucket(n: int, minimum: int) -> int:
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
 class Generator:
@@ -92,8 +89,8 @@ class Generator:
                 f"the model's max_seq_len {self.config.max_seq_len}"
             )
         data = self.runner.data_size
-        b = _bucket(n, data)
-        t = _bucket(longest, 16)
+        b = pow2(n, data)
+        t = pow2(longest, 16)
         steps = math.ceil((params.max_new_tokens - 1) / self.chunk) * self.chunk
         pages_per_seq = math.ceil((t + steps + 1) / self.page_size)
         kv = self._pages(1 + b * pages_per_seq)

@@ -242,3 +242,32 @@ def records_from_json(data: str | Sequence[Mapping[str, Any]]) -> list[RequestRe
             raise ValueError(f"record {i}: unknown fields {unknown}, missing fields {missing}")
         out.append(RequestRecord(**row))
     return out
+
+
+# The comparisons the FastServe evaluation is about: (slower, faster) pairs of policies.
+JCT_RATIOS = (("fcfs", "skip_join_mlfq"), ("vllm", "skip_join_mlfq"), ("skip_join_mlfq", "srpt"))
+
+
+def jct_ratios(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """{"a/b": {"mean": mean JCT of a / b's, "p99": ...}} for each pair of `JCT_RATIOS` whose
+    two policies are in `summaries` (policy -> a `summarize` dict)."""
+    out = {}
+    for a, b in JCT_RATIOS:
+        if a in summaries and b in summaries:
+            sa, sb = summaries[a], summaries[b]
+            out[f"{a}/{b}"] = {
+                k: sa[f"{k}_jct"] / sb[f"{k}_jct"]
+                for k in ("mean", "p99")
+                if sa.get(f"{k}_jct") is not None and sb.get(f"{k}_jct")
+            }
+    return out
+
+
+def ratio_line(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line: 'mean JCT: fcfs/skip_join_mlfq 4.06x, ... (p99 JCT: 1.10x, ...)'."""
+    ratios = {k: v for k, v in jct_ratios(summaries).items() if "mean" in v}
+    if not ratios:
+        return ""
+    means = ", ".join(f"{k} {v['mean']:.2f}x" for k, v in ratios.items())
+    p99 = ", ".join(f"{v['p99']:.2f}x" if "p99" in v else "-" for v in ratios.values())
+    return f"mean JCT: {means} (p99 JCT: {p99})"

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxserve.batch import DecodeBatch, PrefillBatch, sampling_arrays
+from jaxserve.batch import DecodeBatch, PrefillBatch
 from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostTier
 from jaxserve.runner import ModelRunner
+from jaxserve.sampling import sampling_arrays
 
 
 @dataclasses.dataclass

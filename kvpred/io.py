@@ -28,6 +28,7 @@ from jaxserve.models.checkpoint import (
     save_checkpoint,
 )
 from jaxserve.models.transformer import Decoder
+from jaxserve.utils import write_json
 from kvpred.model import KVPModel
 from kvpred.predictor import KVPredictor
 
@@ -54,10 +55,7 @@ def save_kvp(model: KVPModel, directory: str, *, base_source: str, meta: dict[st
         base_config=model.base.config.to_dict(),
         layer_map=list(model.predictor.layer_map),
     )
-    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    write_json(os.path.join(directory, CONFIG_FILE), payload)
     return directory
 
 

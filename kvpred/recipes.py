@@ -30,13 +30,13 @@ from kvpred.io import save_kvp
 from kvpred.losses import KVPLossWeights
 from kvpred.model import KVPModel, trainable_filter
 from kvpred.predictor import KVPredictor, fit_least_squares
+from kvpred.tasks.registry import DEFAULT_KB_ENTITIES  # noqa: F401 (the CLIs read it here)
 from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_loss_fn
 
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code")
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
-DEFAULT_KB_ENTITIES = 1600
 
 
 def parse_data_spec(spec: str) -> dict[str, float]:

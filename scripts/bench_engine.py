@@ -28,13 +28,13 @@ import time
 import numpy as np
 
 from jaxserve import experiment
-from jaxserve.batch import DecodeBatch, sampling_arrays
+from jaxserve.batch import DecodeBatch
 from jaxserve.config import get_preset
 from jaxserve.engine import Engine
 from jaxserve.kvcache.host import HostTier
 from jaxserve.models.transformer import init_model
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.sched import SchedulerConfig
 
 VARIANTS = {  # name -> Engine keyword arguments (decode_steps filled in from the flag)

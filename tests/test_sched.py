@@ -687,9 +687,9 @@ def test_sim_policies_script_compares_every_policy_on_one_trace():
     rows = {
         line.split()[0]: float(line.split()[1])
         for line in r.stdout.splitlines()
-        if line.split() and line.split()[0] in ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+        if line.split() and line.split()[0] in POLICIES
     }
-    assert set(rows) == {"fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"}
+    assert set(rows) == set(POLICIES)
     assert rows["fcfs"] == max(rows.values())
     assert rows["srpt"] < min(rows["mlfq"], rows["skip_join_mlfq"], rows["vllm"])
     assert "fcfs/skip_join_mlfq" in r.stdout and "skip_join_mlfq/srpt" in r.stdout

@@ -11,10 +11,10 @@ from conftest import random_model, tiny_config
 from jax.sharding import PartitionSpec as P
 
 from jaxserve import sharding as shd
-from jaxserve.batch import DecodeBatch, sampling_arrays
+from jaxserve.batch import DecodeBatch
 from jaxserve.generate import Generator
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 
 
 def test_parse_mesh_and_errors():

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxserve.kvcache.pages import NULL_PAGE, KVPages
+from jaxserve.utils import pow2
 
 
 @dataclasses.dataclass
@@ -49,10 +50,6 @@ class HostKV:
     def nbytes(self) -> int:
         per_page = self.k.nbytes // self.k.shape[1]
         return 2 * per_page * self.num_pages
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _gather(kv: KVPages, idx: jax.Array):
@@ -84,7 +81,7 @@ class HostTier:
         )
 
     def _index(self, pages: Sequence[int]) -> np.ndarray:
-        idx = np.full(_bucket(len(pages)), NULL_PAGE, np.int32)
+        idx = np.full(pow2(len(pages)), NULL_PAGE, np.int32)
         idx[: len(pages)] = pages
         return idx
 

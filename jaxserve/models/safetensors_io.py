@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxserve.errors import CheckpointError
+from jaxserve.utils import atomic_open
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -94,10 +95,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None =
         header["__metadata__"] = metadata
     data = json.dumps(header, separators=(",", ":")).encode()
     data += b" " * (-len(data) % 8)  # keep tensor data aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(struct.pack("<Q", len(data)))
         f.write(data)
         for blob in blobs:
             f.write(blob)
-    os.replace(tmp, path)
