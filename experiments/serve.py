@@ -42,6 +42,11 @@ _KV_PAGES = flags.DEFINE_integer("kv_pages", 512, "Device KV pages (incl. the nu
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_bound=1)
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
 _HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
+_DECODE_STEPS = flags.DEFINE_integer(
+    "decode_steps", 4,
+    "Most decode steps one device call runs when nothing can change meanwhile (a power of "
+    "two; 1: one step per call).",
+)  # fmt: skip
 _HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
 _Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
 _Q0_IT = flags.DEFINE_float(
@@ -72,7 +77,7 @@ _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
 _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
         _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION,
-        _HOST_PAGES, _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE, _STARVE, _RESERVE,
+        _HOST_PAGES, _HOST_MODE, _DECODE_STEPS, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE, _STARVE, _RESERVE,
         _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
 
 
@@ -105,6 +110,9 @@ def main(argv):
             raise app.UsageError(
                 "--output_sigma applies to --workload=sharegpt_synth only (lognormal outputs)"
             )
+    steps = _DECODE_STEPS.value
+    if steps < 1 or steps & (steps - 1):
+        raise app.UsageError(f"--decode_steps must be a power of two >= 1, got {steps}")
     if _KV_PAGES.value < 2:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
@@ -123,6 +131,7 @@ def main(argv):
         quantum_charge=_CHARGE.value, promote_every=_PROMOTE.value,
         starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
+        decode_steps=_DECODE_STEPS.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
     results = serve.run_serve(

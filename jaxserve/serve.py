@@ -86,6 +86,7 @@ class ServeSettings:
     prefetch: int = 2
     host_pages: int | None = None  # default: 4x the device pool
     host_mode: str = "auto"
+    decode_steps: int = 4  # most decode steps in one device call (a power of two)
     slo_ttft: float | None = None
     slo_tbt: float | None = None
     prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
@@ -252,7 +253,7 @@ def run_serve(
                 label = name + tag
                 sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes)
                 engine = Engine(model, name, sc, tokenizer, runner=run_runner,
-                                host_mode=s.host_mode)  # fmt: skip
+                                host_mode=s.host_mode, decode_steps=s.decode_steps)  # fmt: skip
                 # only the buckets a request that can run reaches (none when none can)
                 warm = engine.warmup(*reach) if reach is not None else 0
                 compiles_before = CompileCounter.count()

@@ -130,6 +130,7 @@ CASES = [
     ("serve", ["--schedulers=fcfs,lottery"], "--schedulers"),
     ("serve", ["--rates=1,x"], "--rates"),
     ("serve", ["--kv_pages=1"], "--kv_pages"),
+    ("serve", ["--decode_steps=3"], "--decode_steps"),
     ("serve", ["--page_size=0"], "--page_size"),
     ("serve", ["--num_requests=0"], "--num_requests"),
     ("serve", ["--model=huge"], "--model"),
