@@ -21,20 +21,18 @@ import time
 
 from absl import app, flags, logging
 
-from jaxserve import experiment, sharding
+from jaxserve import cli, experiment, sharding
+from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default, load_tokenizer
-from kvpred import data as kd
 from kvpred import evaluate as ev
-from kvpred import recipes, report
+from kvpred import recipes, report, tasks
 from kvpred.io import load_base
-from kvpred.tasks import humaneval as he
-from kvpred.tasks import triviaqa as tqa
 
 _BASE = flags.DEFINE_string(
     "base", None, "Base model: checkpoint directory or preset.", required=True
 )
 _VARIANTS = flags.DEFINE_string("variants", "base,kvp_identity", "Comma-separated variants.")
-_TASK = flags.DEFINE_string("task", "synthetic_qa", "synthetic_qa | triviaqa:PATH | humaneval")
+_TASK = flags.DEFINE_string("task", "synthetic_qa", " | ".join(tasks.task_specs()))
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N examples only.", lower_bound=1)
 _SAMPLES = flags.DEFINE_integer("samples", 1, "HumanEval samples per problem.", lower_bound=1)
 _KB_ENTITIES = flags.DEFINE_integer(
@@ -51,16 +49,39 @@ _MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2 (default: 1 
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 
 
-def _task(task: str, limit: int | None):
-    if task == "synthetic_qa":
-        data = kd.KnowledgeBase(_KB_ENTITIES.value, _KB_SEED.value).qa_examples("eval")
-    elif task.startswith("triviaqa:"):
-        data = tqa.load_triviaqa(task.partition(":")[2])
-    elif task == "humaneval":
-        data = he.load_humaneval()
-    else:
-        raise ValueError(f"--task: unknown {task!r}; synthetic_qa, triviaqa:PATH or humaneval")
-    return data[:limit] if limit else data
+def _task(spec: str, limit: int | None):
+    options = tasks.TaskOptions(_KB_ENTITIES.value, _KB_SEED.value, _SAMPLES.value)
+    task = tasks.make_task(spec, options)
+    return task, task.load(limit)
+
+
+def check_variants(variants: list[tuple[str, str, str]], base_config) -> None:
+    """Resolve every variant's configs (no weights) before any is evaluated: a missing or
+    damaged checkpoint, a KV predictor trained for another base, or another vocabulary stops
+    the run at once with an `InputError` naming the variant."""
+    from jaxserve.config import PRESETS
+    from jaxserve.models.checkpoint import config_from_dict, read_config
+    from kvpred.io import read_kvp_config
+
+    for name, kind, arg in variants:
+        try:
+            if kind == "aux_only":
+                config = PRESETS[arg] if arg in PRESETS else read_config(arg)
+            elif kind == "lp_baseline" and os.path.isdir(arg):
+                config = read_config(arg)
+            elif kind == "kvp":
+                meta = read_kvp_config(arg)
+                if config_from_dict(meta["base_config"]) != base_config:
+                    raise InputError(
+                        f"its predictor was trained for base {meta['base']!r}, not this --base"
+                    )
+                config = read_config(os.path.join(arg, "aux"))
+            else:
+                continue
+        except (OSError, ValueError) as e:
+            raise InputError(f"--variants: {name!r}: {e}") from None
+        if config.vocab_size != base_config.vocab_size:
+            raise InputError(f"--variants: {name!r}: its vocabulary differs from the base's")
 
 
 def _answer(pred: dict):
@@ -76,30 +97,28 @@ def main(argv):
         if min(batches) < 1:
             raise ValueError("--ttft_batch_sizes must be positive integers")
         mesh = sharding.make_mesh(_MESH.value) if _MESH.value else None
-        data = _task(_TASK.value, _LIMIT.value)
+        experiment.check_output_dir(_OUT.value, "--out")
+        task, data = _task(_TASK.value, _LIMIT.value)
         base = load_base(_BASE.value)
+        check_variants(variants, base.config)
+    except InputError:
+        raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     try:
         tokenizer = load_tokenizer(_BASE.value) if os.path.isdir(_BASE.value) else load_default()
     except FileNotFoundError:
         tokenizer = load_default()
-    if _TASK.value == "humaneval":
-        lengths = [len(tokenizer.encode(p["prompt"])) + 1 for p in data]
-    else:
-        shot = ev.default_shot(data)
-        lengths = [len(tokenizer.encode(tqa.one_shot_prompt(ex.question, shot))) + 1 for ex in data]
+    lengths = [len(tokenizer.encode(p)) + 1 for p in task.prompts(data)]
     n = round(statistics.mean(lengths))
     os.makedirs(_OUT.value, exist_ok=True)
-    if _TASK.value == "synthetic_qa":  # the set in TriviaQA's layout: --task=triviaqa:THIS
-        tqa.write_triviaqa(data, os.path.join(_OUT.value, "synthetic_qa.json"))
+    task.write_extras(data, _OUT.value)  # synthetic_qa: the set in TriviaQA's layout
     ttft_len = _TTFT_LEN.value or n
     results, base_row, base_timers = {}, None, {}
     for name, kind, arg in variants:
         v = report.build_variant(name, kind, arg, base, ttft_len)
         t0 = time.perf_counter()
-        metric, metric_name, preds = report.run_task(v, _TASK.value, tokenizer, data,
-                                                     samples=_SAMPLES.value)  # fmt: skip
+        metric, metric_name, preds = report.run_task(v, task, tokenizer, data)
         eval_s = time.perf_counter() - t0
         # timed in turn with the base, rep by rep: the speedup is a ratio taken in one run
         paired = {}
@@ -155,4 +174,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

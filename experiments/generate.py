@@ -11,7 +11,8 @@ import os
 
 from absl import app, flags
 
-from jaxserve import config, generate, sharding
+from jaxserve import cli, config, experiment, generate, sharding
+from jaxserve.errors import InputError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint directory.")
 _PRESET = flags.DEFINE_string("preset", None, "Preset name (random weights), e.g. tiny, small.")
@@ -51,6 +52,8 @@ def main(argv):
         raise app.UsageError(
             f"--preset: unknown {_PRESET.value!r}; one of {sorted(config.PRESETS)}"
         )
+    if _OUTPUT.value:  # before any work: a path that cannot be written fails now
+        experiment.check_output_file(_OUTPUT.value, "--output_json")
     try:
         prompt_ids = [generate.parse_ids(s, "--prompt_ids") for s in _PROMPT_IDS.value]
         stop_ids = None
@@ -58,17 +61,24 @@ def main(argv):
             stop_ids = generate.parse_ids(",".join(_STOP_IDS.value), "--stop_token_ids")
         if _MESH.value:
             sharding.make_mesh(_MESH.value)
+    except InputError:
+        raise
     except ValueError as e:
         name = "--mesh" if _MESH.value and "mesh" in str(e) else ""
         raise app.UsageError(f"{name}{': ' if name else ''}{e}") from None
-    generate.run_cli(
-        checkpoint=_CHECKPOINT.value, preset=_PRESET.value, prompts=_PROMPT.value,
-        prompt_ids=prompt_ids, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-        top_k=_TOP_K.value, top_p=_TOP_P.value, stop=_STOP.value, stop_token_ids=stop_ids,
-        seed=_SEED.value, mesh=_MESH.value, dtype=_DTYPE.value, output_json=_OUTPUT.value,
-        flag_values={h.name: h.value for h in _ALL},
-    )  # fmt: skip
+    try:
+        generate.run_cli(
+            checkpoint=_CHECKPOINT.value, preset=_PRESET.value, prompts=_PROMPT.value,
+            prompt_ids=prompt_ids, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
+            top_k=_TOP_K.value, top_p=_TOP_P.value, stop=_STOP.value, stop_token_ids=stop_ids,
+            seed=_SEED.value, mesh=_MESH.value, dtype=_DTYPE.value, output_json=_OUTPUT.value,
+            flag_values={h.name: h.value for h in _ALL},
+        )  # fmt: skip
+    except InputError:
+        raise
+    except ValueError as e:  # what the model cannot take (token ids, lengths, a mesh)
+        raise InputError(str(e)) from e
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

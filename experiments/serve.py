@@ -13,15 +13,16 @@ import os
 
 from absl import app, flags
 
-from jaxserve import config, serve
-
-POLICIES = ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+from jaxserve import cli, config, metrics, serve, workload
+from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint dir.")
-_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {POLICIES}.")
+_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {list(POLICIES)}.")
 _WORKLOAD = flags.DEFINE_string(
-    "workload", "sharegpt_synth", "sharegpt_synth, alpaca_synth, a trace .jsonl or a dataset .json"
+    "workload",
+    "sharegpt_synth",
+    f"One of {workload.named_workloads()}, a trace .jsonl or a dataset .json.",
 )
 _RATE = flags.DEFINE_float("rate", 4.0, "Arrival rate, requests/s.")
 _RATES = flags.DEFINE_list("rates", None, "Sweep these rates (overrides --rate).")
@@ -41,6 +42,11 @@ _KV_PAGES = flags.DEFINE_integer("kv_pages", 512, "Device KV pages (incl. the nu
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_bound=1)
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
 _HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
+_DECODE_STEPS = flags.DEFINE_integer(
+    "decode_steps", 4,
+    "Most decode steps one device call runs when nothing can change meanwhile (a power of "
+    "two; 1: one step per call).",
+)  # fmt: skip
 _HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
 _Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
 _Q0_IT = flags.DEFINE_float(
@@ -71,8 +77,9 @@ _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
 _ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
         _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION,
-        _HOST_PAGES, _HOST_MODE, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE, _STARVE, _RESERVE,
-        _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL, _OUT)  # fmt: skip
+        _HOST_PAGES, _HOST_MODE, _DECODE_STEPS, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE,
+        _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL,
+        _OUT)  # fmt: skip
 
 
 # Flags that describe the requests rather than the engine: experiments.load takes these,
@@ -105,7 +112,7 @@ def check_rates() -> list[float]:
 
 def check_workload_flags() -> None:
     w = _WORKLOAD.value
-    if w not in ("sharegpt_synth", "alpaca_synth") and not os.path.isfile(w):
+    if w not in workload.named_workloads() and not os.path.isfile(w):
         raise app.UsageError(f"--workload: {w!r} is neither a synthetic workload nor a file")
     if _OUT_SIGMA.value is not None:
         if _OUT_SIGMA.value <= 0:
@@ -117,6 +124,9 @@ def check_workload_flags() -> None:
 
 
 def check_engine_flags() -> None:
+    steps = _DECODE_STEPS.value
+    if steps < 1 or steps & (steps - 1):
+        raise app.UsageError(f"--decode_steps must be a power of two >= 1, got {steps}")
     if _KV_PAGES.value < 2:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
@@ -138,6 +148,7 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         quantum_charge=_CHARGE.value, promote_every=_PROMOTE.value,
         starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
+        decode_steps=_DECODE_STEPS.value,
         slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
     )  # fmt: skip
 
@@ -148,19 +159,30 @@ def main(argv):
     preset = check_model_flags()
     bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
     if bad or not _SCHEDULERS.value:
-        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {POLICIES}")
+        raise app.UsageError(f"--schedulers: unknown {bad}; choose from {list(POLICIES)}")
     rates = check_rates()
     check_workload_flags()
     check_engine_flags()
     settings = settings_from_flags(_SCHEDULERS.value, rates)
-    print(serve.HEADER)
-    serve.run_serve(
+    results = serve.run_serve(
         settings, checkpoint=_CHECKPOINT.value, preset=preset,
         out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
-        profile_path=_PROFILE.value,
+        profile_path=_PROFILE.value, load_prefill_model=load_kvp,
     )  # fmt: skip
+    for rate in rates:  # under the table: what the schedulers gain over each other
+        runs = [r for r in results["runs"] if r["rate"] == rate and r["prefill"] == "base"]
+        line = metrics.ratio_line({r["scheduler"]: r["summary"] for r in runs})
+        if line:
+            print(line if len(rates) == 1 else f"at {rate:g} req/s, {line}")
     print(f"results: {os.path.join(_OUT.value, 'results.json')}")
 
 
+def load_kvp(directory: str, base):
+    """--prefill=kv_prediction:DIR: the KV-prediction model around the served base."""
+    from kvpred.io import load_kvp
+
+    return load_kvp(directory, base=base)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -64,7 +64,7 @@ def main(argv):
     checkpoint = flags.FLAGS.checkpoint
     engine, tokenizer, source = make_engine(
         settings, _SCHEDULER.value, checkpoint=checkpoint, preset=preset,
-        profile_path=flags.FLAGS.profile,
+        profile_path=flags.FLAGS.profile, load_prefill_model=serve_cli.load_kvp,
     )  # fmt: skip
     name = _NAME.value or preset or os.path.basename(os.path.normpath(checkpoint))
     app_, _ = build_app(

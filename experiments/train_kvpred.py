@@ -8,7 +8,8 @@
 --aux: lp:0.25|lp:0.5|lp:0.75 (the base with layers removed, initialised from it), c:PRESET
 (random init) or c:DIR (a checkpoint). --layer_map overrides the default map. The KVP
 checkpoint is exported to --export (default WORKDIR/final); metrics go to WORKDIR/metrics.jsonl;
-re-running with the same workdir resumes.
+re-running with the same workdir resumes if the settings that define the run are the same
+(WORKDIR/run.json), and otherwise refuses unless --overwrite or --resume=force.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
+from jaxserve import cli
+from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default
 from kvpred import recipes
-from kvpred.aux import parse_aux_spec
+from kvpred.aux import check_aux_spec, parse_aux_spec
 from kvpred.evaluate import qa_accuracy
 from kvpred.io import load_base
 from kvpred.losses import KV_REDUCE, KVPLossWeights
@@ -63,27 +66,40 @@ def main(argv):
             except ValueError:
                 raise ValueError(f"--layer_map: {_LAYER_MAP.value} are not integers") from None
         base = load_base(_BASE.value, _T.seed.value)
+        check_aux_spec(_AUX.value, base.config, layer_map)  # before any work or record
         weights = KVPLossWeights(_LB.value, _LA.value, _LC.value, _REDUCE.value)
+    except InputError:
+        raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     base_source = os.path.abspath(_BASE.value) if os.path.isdir(_BASE.value) else _BASE.value
+    aux_kind, _, aux_arg = _AUX.value.partition(":")
+    aux = f"c:{os.path.abspath(aux_arg)}" if aux_kind == "c" and os.path.isdir(aux_arg) else None
+    run = _T.claim_workdir({
+        "base": base_source, "aux": aux or _AUX.value, "layer_map": layer_map,
+        "kv_loss_reduce": _REDUCE.value, "loss_base": _LB.value, "loss_aux": _LA.value,
+        "loss_kv": _LC.value, "predictor_init": _PRED_INIT.value,
+        "init_batches": _INIT_BATCHES.value,
+    })  # fmt: skip
     tokenizer = load_default()
     kb, batch_at = _T.stream(tokenizer)
     try:
         model, history = recipes.train_kvpred(
             base, base_source, _AUX.value, batch_at, _T.train_config(), _T.workdir.value,
             weights, layer_map, mesh, _T.seed.value, _T.export.value, _PRED_INIT.value,
-            _INIT_BATCHES.value,
+            _INIT_BATCHES.value, extra_meta={"run_history": run["history"]},
         )  # fmt: skip
+    except InputError:
+        raise
     except ValueError as e:  # a bad --aux / --layer_map found while building the model
         raise app.UsageError(str(e)) from None
     acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"))
-    final = history[-1] if history else {}
+    final = _T.final_metrics(history)
     msg = f"final loss {final.get('loss', float('nan')):.4f}; synthetic QA exact match {acc:.3f}"
     logging.info(msg)
     print(msg)
-    _T.write_summary(__name__, final, acc)
+    _T.write_summary(__name__, final, acc, run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

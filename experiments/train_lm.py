@@ -10,7 +10,9 @@
 Data: the synthetic closed-book QA knowledge base and Python standard-library code (or text
 files, `--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
 jaxserve checkpoint, usable as `--checkpoint=` / `--base=` everywhere. Re-running with the same
-workdir resumes from its latest checkpoint.
+workdir resumes from its latest checkpoint if the settings that define the run are the same
+(WORKDIR/run.json); otherwise it refuses, naming each difference, unless --overwrite (start
+over) or --resume=force (continue; recorded in run.json and summary.json).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
+from jaxserve import cli
 from jaxserve import config as cfg
 from jaxserve.models.checkpoint import load_model
 from jaxserve.tokenizer import load_default
@@ -74,16 +77,26 @@ def main(argv):
             raise app.UsageError(f"--lp_from: directory {_LP_FROM.value!r} does not exist")
         init, _ = make_lp(load_model(_LP_FROM.value), float(_LP_FRACTION.value))
         config = init.config
+    start = (
+        {"lp_from": os.path.abspath(_LP_FROM.value), "lp_fraction": _LP_FRACTION.value}
+        if _LP_FROM.value is not None
+        else {"init_from": os.path.abspath(_INIT_FROM.value)}
+        if _INIT_FROM.value is not None
+        else {"model": _MODEL.value}
+    )
+    run = _T.claim_workdir(start)
     kb, batch_at = _T.stream(tokenizer)
     model, history = recipes.train_lm(
         config, batch_at, _T.train_config(), _T.workdir.value, mesh, _T.seed.value,
         _T.export.value, init,
     )  # fmt: skip
     acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"))
-    logging.info("final loss %.4f; synthetic QA exact match %.3f", history[-1]["loss"], acc)
-    print(f"final loss {history[-1]['loss']:.4f}; synthetic QA exact match {acc:.3f}")
-    _T.write_summary(__name__, history[-1], acc)
+    final = _T.final_metrics(history)
+    msg = f"final loss {final.get('loss', float('nan')):.4f}; synthetic QA exact match {acc:.3f}"
+    logging.info(msg)
+    print(msg)
+    _T.write_summary(__name__, final, acc, run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

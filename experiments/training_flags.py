@@ -15,7 +15,7 @@ from absl import app, flags
 
 from jaxserve import experiment, sharding
 from kvpred import data as kd
-from kvpred import recipes
+from kvpred import recipes, train
 from kvpred.train import TrainConfig
 
 
@@ -35,16 +35,46 @@ class TrainingFlags:
     export: flags.FlagHolder
     log_every: flags.FlagHolder
     checkpoint_every: flags.FlagHolder
+    overwrite: flags.FlagHolder
+    resume: flags.FlagHolder
 
     def check(self):
         """Usage errors for the shared flags; the mesh they ask for (None: one device)."""
         if self.warmup_steps.value > self.steps.value:
             raise app.UsageError("--warmup_steps must not exceed --steps")
+        experiment.check_output_dir(self.workdir.value, "--workdir")
+        if self.export.value:
+            experiment.check_output_dir(self.export.value, "--export")
         try:
             recipes.parse_data_spec(self.data.value)
             return sharding.make_mesh(self.mesh.value) if self.mesh.value else None
         except ValueError as e:
             raise app.UsageError(str(e)) from None
+
+    # the shared flags that define a run (the rest say where output goes and how often)
+    DEFINING = ("data", "steps", "batch_size", "seq_len", "lr", "warmup_steps", "kb_entities",
+                "kb_seed", "seed", "mesh")  # fmt: skip
+
+    def claim_workdir(self, own: dict) -> dict:
+        """Refuse (RunSettingsError) a workdir made with other settings unless --overwrite or
+        --resume=force; record this run in WORKDIR/run.json. `own`: the command's defining
+        settings (model or base, auxiliary model, loss weights, ...)."""
+        settings = {name: getattr(self, name).value for name in self.DEFINING}
+        settings.update(own)
+        return train.claim_workdir(
+            self.workdir.value, settings, resume=self.resume.value,
+            overwrite=self.overwrite.value,
+            outputs=() if self.export.value else ("final",),
+        )  # fmt: skip
+
+    def final_metrics(self, history: list[dict]) -> dict:
+        """The last logged metrics: of this process, else (nothing left to train) the log's."""
+        if history:
+            return history[-1]
+        if os.path.exists(os.path.join(self.workdir.value, "metrics.jsonl")):
+            logged = train.read_metrics(self.workdir.value)
+            return logged[-1] if logged else {}
+        return {}
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -61,14 +91,16 @@ class TrainingFlags:
         )  # fmt: skip
         return kb, batch_at
 
-    def write_summary(self, module: str, final: dict, qa_exact_match: float) -> None:
+    def write_summary(self, module: str, final: dict, qa_exact_match: float, run: dict) -> None:
         """WORKDIR/summary.json: every flag of `module` (shared ones included), the
-        environment, the last logged metrics and the final exact match."""
+        environment, the last logged metrics, the final exact match and the run's history
+        (`claim_workdir`: starts, resumes, forced resumes with what changed)."""
         experiment.write_json(
             os.path.join(self.workdir.value, "summary.json"),
             {"flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module)},
              "environment": experiment.environment(), "final": final,
-             "qa_exact_match": qa_exact_match},
+             "qa_exact_match": qa_exact_match,
+             "run_history": run["history"]},
         )  # fmt: skip
 
 
@@ -101,6 +133,16 @@ def define(
         checkpoint_every=flags.DEFINE_integer(
             "checkpoint_every", checkpoint_every, "Checkpoint every N steps.", lower_bound=1
         ),
+        overwrite=flags.DEFINE_bool(
+            "overwrite", False, "Start over: remove what an earlier run left in --workdir."
+        ),
+        resume=flags.DEFINE_enum(
+            "resume",
+            "auto",
+            list(train.RESUME_MODES),
+            "auto: resume a workdir only if it was made with the same settings (else refuse); "
+            "force: resume even with other settings (recorded in WORKDIR/run.json).",
+        ),  # fmt: skip
     )
     flags.register_validator("lr", lambda v: v > 0, message="--lr must be > 0")
     return holder

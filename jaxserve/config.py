@@ -15,6 +15,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from jaxserve.errors import CheckpointError
+
 ARCHITECTURES = ("llama", "qwen2", "openelm")
 
 
@@ -285,12 +287,19 @@ def from_hf_config(path: str | os.PathLike) -> ModelConfig:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path!r} has no config.json (not an HF-format checkpoint)")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     try:
         return from_hf_dict(cfg, name=os.path.basename(os.path.normpath(path)))
     except KeyError as e:
-        raise ValueError(f"{cfg_path}: missing field {e.args[0]!r}") from None
+        raise CheckpointError(f"{cfg_path}: missing field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
 
 
 def rope_inv_freq(config: ModelConfig) -> list[float]:

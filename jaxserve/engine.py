@@ -1,25 +1,44 @@
 """The serving loop: the scheduler decides, the engine carries out its plan on a real model.
 
-    submit() -> Scheduler.schedule(now) -> Plan
-                   swap_out (device -> host)  ->  drop  ->  swap_in (host -> new pages)
-                   -> jitted prefill [B, T] and/or decode [B] (sampling on device)
-                   -> tokens to host -> stop checks -> events -> Scheduler.update(...)
+    step():  plan N+1 = Scheduler.schedule(now)        (while step N runs on the device)
+             dispatch: swap_out (gather) -> swap_in (scatter) -> prefill [B, T]
+                       -> slot updates (one packed int32 array) -> decode over the slots
+             Scheduler.commit(N+1)                      (its tokens now count, in flight)
+             read step N's tokens -> stop checks -> events -> Scheduler.complete(N)
+
+The device never waits for the host. Nothing in the loop blocks except reading the tokens of
+the step dispatched one iteration earlier, and by then the device is busy with the next one:
+
+* Device-resident batch. The decode batch lives on the device as a `SlotState` (see
+  `jaxserve.batch`): one record per slot (last token, position, block-table row, sampling
+  parameters, RNG key, budget, stop ids). A request takes a slot when it first decodes and
+  keeps it while its KV is resident; each step's decode reads its input tokens from the slots
+  the previous step wrote. The host sends only what changed (rows inserted, pages grown, the
+  set of slots to decode), packed in one array, and nothing at all when nothing changed.
+  A prompt's first token goes from the prefill's output into its slot on the device too.
+* One step ahead. The scheduler counts dispatched tokens at once (`commit`), so page needs
+  and length limits are exact while they are in flight; stops and measured times arrive with
+  `complete` one iteration later. A request that stops on a stop token or string has at most
+  one more step computed (multi-step: the rest of its chunk, where the device has already
+  deactivated it); those tokens are never emitted. Its pages are freed by the scheduler at
+  once, which is safe: every later use of a page comes after that step in device order (all
+  KV work takes the pages the previous call returned).
+* Multi-step decode. When nothing can change for k steps (decode-only plan, every live
+  request in it, no page boundary, no finish by length, no stop string, no arrival due), one
+  device call runs k steps with stop checks on the device (`decode_steps`).
+* Asynchronous swaps. Swap-outs and swap-ins are dispatched, never waited for (see
+  `kvcache/host.py`); a page freed by a swap-out can be reused by the next step at once.
+
+`overlap=False` reads each step's tokens right after dispatching it (the scheduler then sees
+every result before the next plan, as in a synchronous loop); outputs are the same either way.
 
 Jobs are preempted between tokens: a job the plan leaves out simply does not run this
 iteration; its KV stays in its pages unless the plan swaps it out or drops it. Shapes are
-bucketed (batch, prompt length and block-table width to powers of two), so after the buckets
-have been seen once an iteration compiles nothing (`CompileCounter`).
+bucketed (batch, prompt length, block-table width, update count and decode steps to powers of
+two), so after `warmup` an iteration compiles nothing (`CompileCounter`).
 
 A request's sampled token at position p depends only on its seed and p (see sampling.py), and
 swapped KV comes back bit-exact, so greedy and seeded outputs do not depend on preemption.
-
-Look-ahead decode. When every live request is in a decode batch and none can end by length or
-needs a new page at its next token, the engine dispatches that next decode step before it
-reads this one's tokens, feeding it the device-side tokens: the device never waits for the
-host's bookkeeping. If the next plan runs exactly that set of requests at those positions, it
-takes the tokens already computed; otherwise they are dropped. Dropping is safe: the step only
-wrote KV past each request's written length, into pages it still owned at dispatch, and every
-later use of those pages comes after it in device order.
 """
 
 from __future__ import annotations
@@ -35,12 +54,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxserve.batch import PrefillBatch, SlotUpdates
+from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostKV, HostTier
-from jaxserve.models.transformer import Decoder
-from jaxserve.runner import CompileCounter, ModelRunner
-from jaxserve.sampling import SamplingParams
-from jaxserve.sched import Plan, Request, SchedulerConfig, State, StepResult, make_scheduler
+from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
+from jaxserve.sampling import SamplingParams, sampling_arrays
+from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
+from jaxserve.sched.request import pages_for
 from jaxserve.tokenizer import Tokenizer
+from jaxserve.utils import pow2, pow2_range
 
 
 @dataclasses.dataclass
@@ -71,17 +93,6 @@ class Timeline:
     rejected: bool = False
 
 
-@dataclasses.dataclass
-class _Ahead:
-    """A decode step dispatched before the plan that will use it."""
-
-    rows: list[Request]  # the batch rows, in order
-    lengths: list[int]  # each row's token count (prompt + generated) it expects at use
-    pages: list[tuple[int, ...]]  # each row's pages at dispatch
-    batch: dict  # the device batch after the step (tokens and positions advanced)
-    toks: jax.Array  # [B, 1] the step's tokens
-
-
 class UnknownRequestError(KeyError):
     """An id the engine was never given (`cancel`, `stream`, `output`)."""
 
@@ -101,19 +112,24 @@ def _token_ids(rid: str, prompt_ids: Sequence[int]) -> list[int]:
     return ids
 
 
-def _pow2(n: int, lo: int = 1) -> int:
-    return max(lo, 1 << max(0, (n - 1).bit_length()))
+@dataclasses.dataclass
+class _InFlight:
+    """A dispatched iteration whose tokens the host has not read yet."""
 
-
-def _pow2_range(n: int) -> list[int]:
-    """The power-of-two buckets up to and including the one that holds n."""
-    return [1 << i for i in range(_pow2(n).bit_length())]
+    plan: Plan
+    prefill_rows: list[Request]  # rows of `prefill_out`
+    prefill_out: jax.Array | None  # [Bp] first tokens
+    decode_rows: list[Request]  # rows of `decode_out`, batch order
+    decode_out: jax.Array | None  # [2, b, k]: tokens, emitted
+    dispatched: float  # engine clock at dispatch
+    swapped_out: list[HostKV]  # host copies to settle once this step is read
+    steps: int = 1  # decode steps in the call
 
 
 class Engine:
     def __init__(
         self,
-        model: Decoder,
+        model: ServingModel,
         policy: str,
         sched_config: SchedulerConfig,
         tokenizer: Tokenizer | None = None,
@@ -121,10 +137,20 @@ class Engine:
         host_mode: str = "auto",
         clock: Callable[[], float] = time.perf_counter,
         runner: ModelRunner | None = None,
-        lookahead: bool = True,
+        overlap: bool = True,
+        decode_steps: int = 4,
+        max_stop_ids: int = 4,
+        sync_swaps: bool = False,
     ):
         """`runner` may be shared between engines (one set of compiled programs).
-        `lookahead`: dispatch the next decode step before reading this one (module doc)."""
+        `overlap`: plan and dispatch the next step before reading this one (module doc).
+        `decode_steps`: the most decode steps one device call may run (a power of two).
+        `max_stop_ids`: stop token ids checked on the device per request (the host checks
+        all of them; a request with more never runs multi-step).
+        `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
+        baseline that measurements compare against)."""
+        if decode_steps < 1 or decode_steps & (decode_steps - 1):
+            raise ValueError(f"decode_steps must be a power of two >= 1, got {decode_steps}")
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
         self.config = model.config
         self.sched_config = sched_config
@@ -137,19 +163,45 @@ class Engine:
         self.clock = clock
         self._t0 = clock()
         self._ids = itertools.count()
-        self._tokens: dict[str, list[int]] = {}  # prompt + generated
+        self._tokens: dict[str, list[int]] = {}  # prompt + generated tokens read so far
         self._params: dict[str, SamplingParams] = {}
         self._keys: dict[str, np.ndarray] = {}
         self._host_kv: dict[str, HostKV] = {}
         self._stop_at: dict[str, int] = {}  # trace replay: emulated EOS after this many tokens
-        self.lookahead = lookahead
-        self._ahead: _Ahead | None = None
-        self.lookahead_used = 0  # decode steps taken from a look-ahead dispatch
-        self.lookahead_dropped = 0  # look-ahead steps the next plan did not use
+        self.overlap = overlap
+        self.decode_steps = decode_steps
+        # the device-resident decode batch: a slot per resident request that has decoded
+        # batch buckets: powers of two, at least the data axis (rows are split over it)
+        self._min_rows = self.runner.data_size
+        self._max_rows = pow2(sched_config.max_batch, self._min_rows)
+        self._max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
+        self._num_stop = max_stop_ids
+        num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
+        self._slots = self.runner.new_slots(
+            num_slots, self._max_rows, self._max_pages, self._num_stop
+        )
+        self._updates = SlotUpdates(num_slots, self._max_rows, self._max_pages, self._num_stop)
+        self._free_slots = list(range(num_slots - 1, -1, -1))  # pop() gives the lowest
+        self._slot: dict[str, int] = {}  # request -> its slot
+        self._slot_pages: dict[str, tuple[int, ...]] = {}  # pages the slot's record holds
+        self._rows: list[int] = []  # slots the device decodes (as last sent)
+        self._no_prefill = jax.device_put(np.zeros(1, np.int32))
+        self._copy_ahead = self.runner.mesh.devices.flat[0].platform != "cpu"
+        self._last_prefill: tuple[jax.Array, dict[str, int]] = (self._no_prefill, {})
+        self._inflight: _InFlight | None = None
+        self._last_read = self.now()
+        self._step_time = 0.0  # running estimate of one decode step, seconds
+        self.next_arrival: float | None = None  # engine clock; multi-step stays before it
         self.timelines: dict[str, Timeline] = {}
         self.iterations = 0
-        self.busy_time = 0.0  # seconds spent in model steps
-        self.swap_time = 0.0
+        self.decode_calls = 0  # decode device calls (an iteration may run several steps)
+        self.busy_time = 0.0  # seconds between reads of consecutive steps
+        self.swap_time = 0.0  # host seconds spent dispatching swaps
+        self.swap_wait = 0.0  # host seconds spent waiting for swaps (only with sync_swaps)
+        self.sync_swaps = sync_swaps
+        # host seconds by phase: schedule (plan, commit, complete), dispatch (swaps, batch
+        # and slot updates, device calls), read (emit, stop checks), wait (for tokens)
+        self.host_time = dict.fromkeys(("schedule", "dispatch", "read", "wait"), 0.0)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -175,15 +227,17 @@ class Engine:
         params = params if params is not None else SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._tokens:
-            raise ValueError(f"request id {rid!r} already submitted")
+            raise InputError(f"request id {rid!r} already submitted")
         ids = _token_ids(rid, prompt_ids)
         if not ids:
-            raise ValueError(f"request {rid!r}: empty prompt")
+            raise InputError(f"request {rid!r}: empty prompt")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise ValueError(f"request {rid!r}: token ids {bad[:5]} outside the vocabulary")
+            raise InputError(f"request {rid!r}: token ids {bad[:5]} outside the vocabulary")
+        if params.stop_strings and self.tokenizer is None:
+            raise InputError(f"request {rid!r}: stop strings need an engine with a tokenizer")
         if stop_at_output_len and (output_len is None or output_len < 1):
-            raise ValueError(f"request {rid!r}: stop_at_output_len needs an output_len >= 1")
+            raise InputError(f"request {rid!r}: stop_at_output_len needs an output_len >= 1")
         arrival = self.now() if arrival is None else arrival
         if stop_at_output_len:
             self._stop_at[rid] = output_len
@@ -206,11 +260,12 @@ class Engine:
         return tl
 
     def cancel(self, request_id: str) -> None:
-        """Stop a request now; every page it holds (device or host) is freed."""
-        self._timeline(request_id)
+        """Stop a request now; every page it holds (device or host) is freed. Tokens of it
+        still in flight are dropped when they arrive."""
+        tl = self._timeline(request_id)
         self.scheduler.cancel(request_id)
         self._host_kv.pop(request_id, None)
-        tl = self.timelines[request_id]
+        self._release_slot(request_id)
         if tl.finish_time is None:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
 
@@ -219,64 +274,60 @@ class Engine:
 
     @property
     def has_work(self) -> bool:
-        return not self.scheduler.done
+        """Requests not yet ended, or tokens in flight for a request that has not ended."""
+        if not self.scheduler.done:
+            return True
+        flight = self._inflight
+        return flight is not None and any(
+            self.timelines[r.id].finish_time is None for r in flight.plan.batch
+        )
 
     # -- the loop -------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """One iteration: plan, swaps, compute, emit."""
+        """One iteration: plan and dispatch the next step, then read the previous one."""
+        clock = time.perf_counter
+        t0 = clock()
         now = self.now()
-        plan: Plan = self.scheduler.schedule(now)
         events: list[Event] = []
+        plan: Plan = self.scheduler.schedule(now)
+        t1 = clock()
         for r in plan.rejected:
             tl = self.timelines[r.id]
             # the scheduler's reason ("rejected: <why>") reaches the record and the event
             tl.rejected, tl.finish_time, tl.finish_reason = True, now, r.finish_reason
             events.append(Event("reject", r.id, now, detail=r.finish_reason))
-        self._swaps(plan, now, events)
-        if not plan.batch:
-            return events
-        start = self.clock()
-        # dispatch both programs before reading either result, so they queue back to back
-        pending = []
-        if plan.prefill:
-            pending.append((plan.prefill, self._prefill(plan.prefill)))
-        if plan.decode:
-            pending.append(self._decode(plan.decode))
-        elif self._ahead is not None:
-            self._drop_ahead()
-        sampled: dict[str, int] = {}
-        for reqs, toks in pending:
-            toks = np.asarray(toks).reshape(-1)
-            sampled.update((r.id, int(toks[i])) for i, r in enumerate(reqs))
-        elapsed = self.clock() - start
-        self.busy_time += elapsed
-        self.iterations += 1
-        t = self.now()
-        finished = set()
-        for rid, tok in sampled.items():
-            reason = self._emit(rid, tok, t)
-            events.append(Event("token", rid, t, token=tok))
-            if reason:
-                finished.add(rid)
-                events.append(Event("finish", rid, t, detail=reason))
-        self.scheduler.update(t, StepResult(elapsed, {rid: 1 for rid in sampled}, finished))
-        for rid in list(sampled):
-            if self.timelines[rid].finish_time is None and self._sched_finished(rid):
-                self._finish(rid, t, "length")
-                events.append(Event("finish", rid, t, detail="length"))
+        swapped_out = self._swaps(plan, now, events)
+        previous, current = self._inflight, None
+        t2 = t3 = clock()
+        if plan.batch:
+            current = self._dispatch(plan, swapped_out)
+            t2 = clock()
+            for r in self.scheduler.commit(now, current.steps):
+                self._release_slot(r.id)  # ended by length: the slot's last step is queued
+            t3 = clock()
+        self.host_time["schedule"] += (t1 - t0) + (t3 - t2)
+        self.host_time["dispatch"] += t2 - t1
+        if not self.overlap and current is not None:
+            events += self._read(current)
+            current = None
+        if previous is not None:
+            events += self._read(previous)
+        self._inflight = current
         return events
 
-    def _sched_finished(self, rid: str) -> bool:
-        return self.scheduler.requests[rid].state == State.FINISHED
-
-    def _swaps(self, plan: Plan, now: float, events: list[Event]) -> None:
+    def _swaps(self, plan: Plan, now: float, events: list[Event]) -> list[HostKV]:
+        """Dispatch the plan's swaps (no waiting) and emit preempt / resume events."""
         start = self.clock()
+        out = []
         for r, pages in plan.swap_out:
+            self._release_slot(r.id)
             host = self.host.swap_out(self.kv, pages)
             self._host_kv[r.id] = host
-            self.timelines[r.id].swapped_bytes += host.nbytes
+            out.append(host)
+            self._account_swap(r.id, host.nbytes)
         for r in plan.drop:
+            self._release_slot(r.id)
             self._host_kv.pop(r.id, None)
         dropped = {r.id for r in plan.drop}
         swapped = {r.id for r, _ in plan.swap_out}
@@ -287,126 +338,199 @@ class Engine:
         for r, pages in plan.swap_in:
             host = self._host_kv.pop(r.id)
             self.kv = self.host.swap_in(self.kv, host, pages)
-            self.timelines[r.id].swapped_bytes += host.nbytes
+            self._account_swap(r.id, host.nbytes)
             events.append(Event("resume", r.id, now))
         if plan.swap_out or plan.swap_in:
-            self.kv.k.block_until_ready()
-            spent = self.clock() - start
-            self.swap_time += spent
-            moved = {r.id for r, _ in plan.swap_out} | {r.id for r, _ in plan.swap_in}
-            for rid in moved:
-                self.timelines[rid].swap_time += spent / len(moved)
-            # swaps are synchronous: every request in this iteration's batch waited for them
-            for r in plan.batch:
-                self.timelines[r.id].stall_time += spent
+            if self.sync_swaps:
+                t = self.clock()
+                self.kv.k.block_until_ready()
+                for host in out:
+                    host.settle()
+                self.swap_wait += self.clock() - t
+                for r in plan.batch:  # every request of the batch waited for them
+                    self.timelines[r.id].stall_time += self.clock() - t
+            self.swap_time += self.clock() - start
+        return out
 
-    def _sampling(self, reqs: Sequence[Request], b: int) -> dict:
-        keys = np.zeros((b, 2), np.uint32)
-        temp = np.zeros(b, np.float32)
-        top_k = np.zeros(b, np.int32)
-        top_p = np.ones(b, np.float32)
-        for i, r in enumerate(reqs):
-            p = self._params[r.id]
-            keys[i], temp[i], top_k[i], top_p[i] = self._keys[r.id], p.temperature, p.top_k, p.top_p
-        return {"keys": keys, "temperature": temp, "top_k": top_k, "top_p": top_p}
+    def _account_swap(self, rid: str, nbytes: int) -> None:
+        tl = self.timelines[rid]
+        tl.swapped_bytes += nbytes
+        # the copy runs on the device, ordered by data dependencies: its expected duration
+        tl.swap_time += nbytes / self.sched_config.swap_bandwidth
 
-    def _block_tables(self, reqs: Sequence[Request], b: int, width: int) -> np.ndarray:
-        bt = np.zeros((b, width), np.int32)
-        for i, r in enumerate(reqs):
-            pages = r.pages[:width]
-            bt[i, : len(pages)] = pages
-        return bt
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, plan: Plan, swapped_out: list[HostKV]) -> _InFlight:
+        prefill_out = self._prefill(plan.prefill) if plan.prefill else None
+        decode_out, steps = None, 1
+        if plan.decode:
+            steps = self._num_steps(plan)
+            decode_out = self._decode(plan.decode, steps)
+        if plan.prefill:  # the next step's inserts may read these first tokens
+            self._last_prefill = (prefill_out, {r.id: i for i, r in enumerate(plan.prefill)})
+        else:
+            self._last_prefill = (self._no_prefill, {})
+        if self._copy_ahead:  # start the tokens' trip to the host now (not needed on CPU)
+            for x in (prefill_out, decode_out):
+                if x is not None:
+                    x.copy_to_host_async()
+        return _InFlight(plan, list(plan.prefill), prefill_out, list(plan.decode), decode_out,
+                         self.now(), swapped_out, steps)  # fmt: skip
 
     def _prefill(self, reqs: Sequence[Request]) -> jax.Array:
         """Prefill (or recompute) each request's known tokens; their next tokens [B]."""
-        seqs = [self._tokens[r.id] for r in reqs]
-        b = _pow2(len(reqs))
-        t = _pow2(max(len(s) for s in seqs), 16)
+        seqs = []
+        for r in reqs:
+            seq = self._tokens[r.id]
+            if len(seq) != r.context_len:
+                raise AssertionError(f"{r.id}: prefill of {len(seq)} known tokens, "
+                                     f"context is {r.context_len}")  # fmt: skip
+            seqs.append(seq)
+        b = pow2(len(reqs), self._min_rows)
+        t = pow2(max(len(s) for s in seqs), 16)
         tokens = np.zeros((b, t), np.int32)
         lengths = np.zeros(b, np.int32)
         for i, s in enumerate(seqs):
             tokens[i, : len(s)] = s
             lengths[i] = len(s)
-        width = math.ceil(t / self.page_size)
-        bt = self._block_tables(reqs, b, width)
-        batch = {
-            "tokens": tokens,
-            "lengths": lengths,
-            "block_tables": bt,
-            **self._sampling(reqs, b),
-        }
+        bt = np.zeros((b, math.ceil(t / self.page_size)), np.int32)
+        for i, r in enumerate(reqs):
+            pages = r.pages[: bt.shape[1]]
+            bt[i, : len(pages)] = pages
+        samp = sampling_arrays([self._params[r.id] for r in reqs],
+                               [self._keys[r.id] for r in reqs], b)  # fmt: skip
+        batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
         self.kv, first = self.runner.prefill(self.kv, batch)
         return first
 
-    def _decode(self, reqs: Sequence[Request]) -> tuple[list[Request], jax.Array]:
-        """One decode step for each request: (rows in batch order, their tokens [B, 1])."""
-        ahead = self._take_ahead(reqs)
-        if ahead is not None:
-            rows, batch, toks = ahead.rows, ahead.batch, ahead.toks
-        else:
-            rows = list(reqs)
-            b = _pow2(len(rows))
-            positions = np.zeros(b, np.int32)
-            tokens = np.zeros(b, np.int32)
-            for i, r in enumerate(rows):
-                seq = self._tokens[r.id]
-                tokens[i], positions[i] = seq[-1], len(seq) - 1
-            pages = max(math.ceil((p + 1) / self.page_size) for p in positions[: len(rows)])
-            width = _pow2(pages)
-            host_batch = {
-                "tokens": tokens, "positions": positions,
-                "block_tables": self._block_tables(rows, b, width),
-                "active": np.arange(b) < len(rows),
-                # stops are checked on the host; `remaining` only has to outlast look-aheads
-                "remaining": np.full(b, 1 << 30, np.int32),
-                "stop_ids": np.full((b, 1), -1, np.int32), **self._sampling(rows, b),
-            }  # fmt: skip
-            self.kv, batch, toks, _ = self.runner.decode(self.kv, host_batch, 1)
-        if self.lookahead and self._can_look_ahead(rows, batch["block_tables"].shape[1]):
-            self.kv, nxt, nxt_toks, _ = self.runner.decode(self.kv, batch, 1)
-            self._ahead = _Ahead(
-                rows, [len(self._tokens[r.id]) + 1 for r in rows],
-                [tuple(r.pages) for r in rows], nxt, nxt_toks,
-            )  # fmt: skip
-        return rows, toks
-
-    def _take_ahead(self, reqs: Sequence[Request]) -> _Ahead | None:
-        """The look-ahead step, if this plan runs exactly its rows at its positions."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return None
-        if {r.id for r in reqs} == {r.id for r in ahead.rows} and all(
-            len(self._tokens[r.id]) == n and tuple(r.pages) == pages
-            for r, n, pages in zip(ahead.rows, ahead.lengths, ahead.pages)
-        ):
-            self.lookahead_used += 1
-            return ahead
-        self.lookahead_dropped += 1
-        return None
-
-    def _drop_ahead(self) -> None:
-        self._ahead = None
-        self.lookahead_dropped += 1
-
-    def _can_look_ahead(self, rows: Sequence[Request], width: int) -> bool:
-        """Will the next plan (most likely) decode exactly `rows` with the pages they own?
-        Every live request is a row, and none ends by length or needs a page at its next
-        token. (A stop token or a new arrival can still change the plan: then it is dropped.)
-        """
+    def _num_steps(self, plan: Plan) -> int:
+        """Decode steps for this plan's one device call: 1, or up to `decode_steps` when
+        nothing can change meanwhile (module doc)."""
+        k = self.decode_steps
+        if k == 1 or not self.overlap or plan.prefill or plan.swap_in or plan.swap_out:
+            return 1
         sched = self.scheduler
-        if sched.num_live != len(rows):
-            return False
+        if sched.num_live != len(plan.decode):
+            return 1
+        if self.next_arrival is not None and self._step_time > 0:
+            k = min(k, int((self.next_arrival - self.now()) / self._step_time))
         limit = sched.config.max_seq_len
-        for r in rows:
-            stop_at = self._stop_at.get(r.id)
-            if (
-                r.num_generated + 2 > r.max_new_tokens
-                or (stop_at is not None and r.num_generated + 2 > stop_at)
-                or r.context_len + 1 > limit
-                or r.pages_needed(self.page_size, 1) > min(len(r.pages), width)
-            ):
-                return False
-        return True
+        for r in plan.decode:
+            p = self._params[r.id]
+            if p.stop_strings or len(p.stop_token_ids) > self._num_stop:
+                return 1
+            stop_at = self._stop_at.get(r.id, r.max_new_tokens)
+            # no finish by length before the chunk's last token; no page boundary
+            room = len(r.pages) * self.page_size - r.context_len + 1
+            k = min(k, r.max_new_tokens - r.num_generated, stop_at - r.num_generated,
+                    limit - r.context_len + 1, room)  # fmt: skip
+            if k <= 1:
+                return 1
+        return 1 << (k.bit_length() - 1)  # a power of two: few programs
+
+    def _decode(self, reqs: Sequence[Request], steps: int) -> jax.Array:
+        """Bring the slots up to date (one packed transfer if anything changed), then decode
+        `steps` tokens for `reqs` on the device; returns [2, b, steps] (tokens, emitted)."""
+        prefill_out, prefill_row = self._last_prefill
+        for r in reqs:
+            pages = tuple(r.pages)
+            slot = self._slot.get(r.id)
+            if slot is None:
+                slot = self._slot[r.id] = self._free_slots.pop()
+                self._slot_pages[r.id] = pages
+                seq = self._tokens[r.id]
+                known = len(seq) == r.context_len
+                if not known and r.id not in prefill_row:
+                    raise AssertionError(f"{r.id}: last token neither read nor in the last prefill")
+                p = self._params[r.id]
+                stop_at = self._stop_at.get(r.id, r.max_new_tokens)
+                remaining = min(r.max_new_tokens, stop_at) - r.num_generated
+                self._updates.insert(
+                    slot, pages, r.context_len - 1, remaining, self._keys[r.id], p,
+                    p.stop_token_ids, token=seq[-1] if known else None,
+                    prefill_row=None if known else prefill_row[r.id],
+                )  # fmt: skip
+            elif pages != self._slot_pages[r.id]:
+                self._slot_pages[r.id] = pages
+                self._updates.grow(slot, pages)
+        rows = [self._slot[r.id] for r in reqs]
+        if len(self._updates) or rows != self._rows:
+            packed = self._updates.pack(rows)
+            self._slots = self.runner.update_slots(self._slots, packed, prefill_out)
+            self._rows = rows
+        b = pow2(len(rows), self._min_rows)
+        reach = max(r.context_len + steps - 1 for r in reqs)
+        width = pow2(pages_for(reach, self.page_size))
+        self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width,
+                                                             steps)  # fmt: skip
+        self.decode_calls += 1
+        return out
+
+    def _release_slot(self, rid: str) -> None:
+        slot = self._slot.pop(rid, None)
+        if slot is not None:
+            self._slot_pages.pop(rid)
+            self._free_slots.append(slot)
+            self._free_slots.sort(reverse=True)
+
+    # -- read back ------------------------------------------------------------------------
+
+    def _read(self, flight: _InFlight) -> list[Event]:
+        """Read a dispatched step's tokens, emit them, check stops, complete its plan."""
+        clock = time.perf_counter
+        t0 = clock()
+        first = None if flight.prefill_out is None else np.asarray(flight.prefill_out)
+        out = None if flight.decode_out is None else np.asarray(flight.decode_out)
+        t1 = clock()  # the only wait of the loop: for this step's tokens
+        sampled: list[tuple[str, list[int]]] = []
+        if first is not None:
+            sampled += [(r.id, [int(first[i])]) for i, r in enumerate(flight.prefill_rows)]
+        if out is not None:
+            toks, emitted = out
+            for i, r in enumerate(flight.decode_rows):
+                sampled.append((r.id, [int(x) for x in toks[i][emitted[i] != 0]]))
+        t = self.now()
+        elapsed = t - max(self._last_read, flight.dispatched)
+        self._last_read = t
+        self.busy_time += elapsed
+        self.iterations += 1
+        if flight.decode_out is not None and flight.prefill_out is None and not flight.plan.swap_in:
+            per_step = elapsed / flight.steps
+            self._step_time = (
+                per_step if not self._step_time else 0.8 * self._step_time + 0.2 * per_step
+            )
+        for host in flight.swapped_out:
+            host.settle()
+        events: list[Event] = []
+        stopped = set()
+        for rid, toks in sampled:
+            tl = self.timelines[rid]
+            for tok in toks:
+                if tl.finish_time is not None:
+                    break  # ended meanwhile (stop, cancel): later tokens are never emitted
+                reason = self._emit(rid, tok, t)
+                events.append(Event("token", rid, t, token=tok))
+                if reason:
+                    events.append(Event("finish", rid, t, detail=reason))
+                    if reason == "stop":
+                        stopped.add(rid)
+        t2 = clock()
+        for r in self.scheduler.complete(flight.plan, t, elapsed, stopped):
+            self._release_slot(r.id)
+        t3 = clock()
+        for r in flight.plan.batch:
+            tl = self.timelines[r.id]
+            if tl.finish_time is None and r.state == State.FINISHED and not self._behind(r):
+                self._finish(r.id, t, "length")  # the scheduler's context limit
+                events.append(Event("finish", r.id, t, detail="length"))
+        self.host_time["wait"] += t1 - t0
+        self.host_time["schedule"] += t3 - t2
+        self.host_time["read"] += clock() - t1 - (t3 - t2)
+        return events
+
+    def _behind(self, r: Request) -> bool:
+        """Tokens of `r` still in flight (committed but not read)?"""
+        return len(self._tokens[r.id]) < r.context_len
 
     def _emit(self, rid: str, token: int, t: float) -> str | None:
         """Record a token; returns a finish reason when it ends the request."""
@@ -436,35 +560,36 @@ class Engine:
         self._host_kv.pop(rid, None)
 
     def warmup(self, max_prompt: int, max_context: int) -> int:
-        """Compile every prefill, decode and swap bucket a run up to these lengths can hit.
-
-        Returns the number of compilations it caused (0 when the runner is already warm).
-        """
+        """Compile every prefill, decode, slot-update and swap bucket a run up to these
+        lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
         ps, runner, kv = self.page_size, self.runner, self.kv
-        batches = _pow2_range(self.sched_config.max_batch)
-        lengths = [16 * b for b in _pow2_range(max(1, math.ceil(max_prompt / 16)))]
-        widths = _pow2_range(math.ceil(max_context / ps))
+        batches = [b for b in pow2_range(self._max_rows) if b >= self._min_rows]
+        prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
+        widths = pow2_range(math.ceil(max_context / ps))
+        steps = pow2_range(self.decode_steps) if self.overlap else [1]
+        prefill_outs = [self._no_prefill]
         for b in batches:
-            samp = self._sampling([], b)
-            for t in lengths:
+            samp = sampling_arrays([], [], b)
+            for t in prompt_lens:
                 bt = np.zeros((b, math.ceil(t / ps)), np.int32)
-                batch = {"tokens": np.zeros((b, t), np.int32), "lengths": np.zeros(b, np.int32),
-                         "block_tables": bt, **samp}  # fmt: skip
-                kv, _ = runner.prefill(kv, batch)
+                tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
+                batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
+                kv, first = runner.prefill(kv, batch)
+            prefill_outs.append(first)
+        slots = self._slots
+        for u in [0] + pow2_range(self._max_rows):  # the updates of up to max_batch rows
+            for first in prefill_outs:
+                packed = self._updates.pack([], min_records=u)
+                slots = runner.update_slots(slots, packed, first)
+        for b in batches:
             for w in widths:
-                batch = {
-                    "tokens": np.zeros(b, np.int32), "positions": np.zeros(b, np.int32),
-                    "block_tables": np.zeros((b, w), np.int32), "active": np.zeros(b, bool),
-                    "remaining": np.ones(b, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
-                    **samp,
-                }  # fmt: skip
-                kv, out, _, _ = runner.decode(kv, batch, 1)
-                kv, _, _, _ = runner.decode(kv, out, 1)  # a look-ahead: device-side inputs
+                for k in steps:
+                    kv, slots, _ = runner.decode_slots(kv, slots, b, w, k)
         for w in widths:  # swaps move one request's pages: up to a full block table
             kv = self.host.swap_in(kv, self.host.swap_out(kv, [0] * w), [0] * w)
         kv.k.block_until_ready()
-        self.kv = kv
+        self.kv, self._slots = kv, slots
         return CompileCounter.count() - before
 
     # -- driving ------------------------------------------------------------------------
@@ -496,6 +621,7 @@ class Engine:
         arrivals: (arrival offset, submit(arrival time on the engine clock)) sorted by time;
         a request is submitted at the first iteration boundary after it arrives, and its
         latency counts from the arrival. When the engine is idle it sleeps until the next.
+        Multi-step decode chunks end before the next arrival is due.
         """
         pending = list(arrivals)
         base = self.now()
@@ -505,7 +631,9 @@ class Engine:
             while i < len(pending) and pending[i][0] <= now:
                 pending[i][1](base + pending[i][0])
                 i += 1
+            self.next_arrival = base + pending[i][0] if i < len(pending) else None
             if self.has_work:
                 self.step()
             elif i < len(pending):
                 time.sleep(max(0.0, pending[i][0] - (self.now() - base)))
+        self.next_arrival = None

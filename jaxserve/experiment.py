@@ -1,4 +1,5 @@
-"""What every experiment entry point shares: model resolution, environment record, JSON out.
+"""What every experiment entry point shares: model resolution, environment record, JSON out
+(the last two live in `jaxserve.utils` and are re-exported here).
 
 Each experiment writes its flags, its environment and its results to one JSON file, so any
 figure can be traced back to the run (model, data, device) that made it.
@@ -6,33 +7,16 @@ figure can be traced back to the run (model, data, device) that made it.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
-from typing import Any
 
 import jax
 
 from jaxserve import config as cfg
 from jaxserve.models.transformer import Decoder, init_model
 from jaxserve.tokenizer import Tokenizer, load_default, load_tokenizer
+from jaxserve.utils import environment, write_json
 
-
-def environment() -> dict[str, Any]:
-    import flax
-
-    devices = jax.devices()
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in devices],
-        "device_kind": devices[0].device_kind if devices else None,
-        "cpu_count": os.cpu_count(),
-    }
+__all__ = ["embedded_checkpoint", "environment", "resolve_model", "write_json"]
 
 
 def embedded_checkpoint(preset: str) -> str | None:
@@ -99,10 +83,37 @@ def _cast(model: Decoder, dtype: str) -> Decoder:
     return new
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    os.replace(tmp, path)
+def check_output_dir(path: str, what: str = "--out") -> str:
+    """Create `path` if needed and check a file can be written in it, before any work is
+    done; `InputError` naming `what` (the flag) otherwise. Leaves nothing behind."""
+    import tempfile
+
+    from jaxserve.errors import InputError
+
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "a file is in the way")
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check"):
+            pass
+    except OSError as e:
+        raise InputError(f"{what}={path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def check_output_file(path: str, what: str) -> str:
+    """Check that the file `path` can be written (its directory created if needed) before any
+    work is done; `InputError` naming `what` otherwise. Leaves nothing behind."""
+    from jaxserve.errors import InputError
+
+    if os.path.isdir(path):
+        raise InputError(f"{what}={path}: is a directory, not a file")
+    try:
+        check_output_dir(os.path.dirname(os.path.abspath(path)), what)
+    except InputError as e:
+        raise InputError(
+            f"{what}={path}: cannot write there ({str(e).split(' (', 1)[-1]}"
+        ) from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"{what}={path}: the file is not writable")
+    return path

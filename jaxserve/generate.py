@@ -18,10 +18,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxserve.batch import DecodeBatch, PrefillBatch
+from jaxserve.errors import InputError
 from jaxserve.models.transformer import Decoder
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.tokenizer import Tokenizer
+from jaxserve.utils import pow2
 
 
 @dataclasses.dataclass
@@ -30,10 +33,6 @@ class Completion:
     token_ids: list[int]  # generated tokens, including a stop token if one ended it
     text: str | None  # decoded text, cut before a stop string (None without a tokenizer)
     finish_reason: str  # "stop" (stop token or string) or "length"
-
-
-def _bucket(n: int, minimum: int) -> int:
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
 class Generator:
@@ -63,17 +62,17 @@ class Generator:
         for p in prompts:
             if isinstance(p, str):
                 if self.tokenizer is None:
-                    raise ValueError("text prompts need a tokenizer")
+                    raise InputError("text prompts need a tokenizer")
                 ids = self.tokenizer.encode(p)
                 if self.tokenizer.bos_id is not None:
                     ids = [self.tokenizer.bos_id] + ids
             else:
                 ids = [int(t) for t in p]
             if not ids:
-                raise ValueError("empty prompt")
+                raise InputError("empty prompt")
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
-                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary "
+                raise InputError(f"token ids {bad[:5]} are outside the vocabulary "
                                  f"[0, {self.config.vocab_size})")  # fmt: skip
             out.append(ids)
         return out
@@ -85,13 +84,13 @@ class Generator:
         n = len(ids)
         longest = max(len(p) for p in ids)
         if longest + params.max_new_tokens > self.config.max_seq_len:
-            raise ValueError(
+            raise InputError(
                 f"prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds "
                 f"the model's max_seq_len {self.config.max_seq_len}"
             )
         data = self.runner.data_size
-        b = _bucket(n, data)
-        t = _bucket(longest, 16)
+        b = pow2(n, data)
+        t = pow2(longest, 16)
         steps = math.ceil((params.max_new_tokens - 1) / self.chunk) * self.chunk
         pages_per_seq = math.ceil((t + steps + 1) / self.page_size)
         kv = self._pages(1 + b * pages_per_seq)
@@ -105,13 +104,8 @@ class Generator:
         block_tables[n:] = 0  # padding rows write to the null page
         seeds = params.seed + np.arange(b, dtype=np.uint32)
         keys = np.asarray(jax.vmap(jax.random.PRNGKey)(seeds))
-        samp = {
-            "keys": keys,
-            "temperature": np.full((b,), params.temperature, np.float32),
-            "top_k": np.full((b,), params.top_k, np.int32),
-            "top_p": np.full((b,), params.top_p, np.float32),
-        }
-        batch = {"tokens": tokens, "lengths": lengths, "block_tables": block_tables, **samp}
+        samp = sampling_arrays([params] * n, keys[:n], b)
+        batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=block_tables, **samp)
         kv, first = self.runner.prefill(kv, self.runner.put_batch(batch))
 
         stop_ids = np.full((b, max(1, len(params.stop_token_ids))), -1, np.int32)
@@ -119,11 +113,15 @@ class Generator:
         first_np = np.asarray(first)
         active = np.arange(b) < n
         active &= ~np.isin(first_np, params.stop_token_ids) & (params.max_new_tokens > 1)
-        dec = {
-            "tokens": first_np, "positions": lengths.copy(), "block_tables": block_tables,
-            "active": active, "remaining": np.full((b,), params.max_new_tokens - 1, np.int32),
-            "stop_ids": stop_ids, **samp,
-        }  # fmt: skip
+        dec = DecodeBatch(
+            tokens=first_np,
+            positions=lengths.copy(),
+            block_tables=block_tables,
+            active=active,
+            remaining=np.full((b,), params.max_new_tokens - 1, np.int32),
+            stop_ids=stop_ids,
+            **samp,
+        )
         dec = self.runner.put_batch(dec)
 
         outputs = [[int(first_np[i])] for i in range(n)]
@@ -186,9 +184,9 @@ def parse_ids(text: str, flag: str) -> list[int]:
     try:
         ids = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+        raise InputError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"{flag}: {text!r} must name at least one non-negative token id")
+        raise InputError(f"{flag}: {text!r} must name at least one non-negative token id")
     return ids
 
 
@@ -217,7 +215,7 @@ def run_cli(
 
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, seed, dtype)
     if prompts and tokenizer is None:
-        raise ValueError(f"{checkpoint} has no tokenizer files: pass --prompt_ids instead")
+        raise InputError(f"{checkpoint} has no tokenizer files: pass --prompt_ids instead")
     if stop_token_ids is None:
         eos = model.config.eos_token_id
         stop_token_ids = [eos] if eos is not None else []

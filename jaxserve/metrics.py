@@ -46,6 +46,7 @@ class RequestRecord:
     client: str = "default"
     output_ids: list[int] | None = None
     state: str = "finished"  # "finished", "rejected", or anything else for unfinished
+    finish_reason: str | None = None  # "stop", "length", "cancelled", "rejected: <why>", ...
 
 
 def _stats(name: str, values: Sequence[float]) -> dict[str, float | None]:
@@ -129,6 +130,7 @@ def summarize(
     """Summary of one run (definitions in the module docstring). Keys:
 
     num_requests, num_finished, num_rejected, num_unfinished (neither finished nor rejected);
+    rejected_reasons: {reason: count} of the rejected records (their finish_reason);
     {mean,p50,p90,p95,p99}_{jct,ttft,tbt}; mean_normalized_latency (s/token);
     duration (given, else last finish - first arrival), output_tokens (of finished requests),
     throughput_tokens_per_s = output_tokens / duration, throughput_requests_per_s =
@@ -151,6 +153,12 @@ def summarize(
         "num_rejected": sum(r.state == "rejected" for r in records),
     }
     out["num_unfinished"] = len(records) - out["num_finished"] - out["num_rejected"]
+    reasons: dict[str, int] = {}
+    for r in records:
+        if r.state == "rejected":
+            why = (r.finish_reason or "rejected").removeprefix("rejected").lstrip(": ")
+            reasons[why or "no reason given"] = reasons.get(why or "no reason given", 0) + 1
+    out["rejected_reasons"] = reasons
     out |= _stats("jct", jcts(done))
     out |= _stats("ttft", ttfts(done))
     out |= _stats("tbt", [g for r in done for g in tbts(r)])
@@ -234,3 +242,32 @@ def records_from_json(data: str | Sequence[Mapping[str, Any]]) -> list[RequestRe
             raise ValueError(f"record {i}: unknown fields {unknown}, missing fields {missing}")
         out.append(RequestRecord(**row))
     return out
+
+
+# The comparisons the FastServe evaluation is about: (slower, faster) pairs of policies.
+JCT_RATIOS = (("fcfs", "skip_join_mlfq"), ("vllm", "skip_join_mlfq"), ("skip_join_mlfq", "srpt"))
+
+
+def jct_ratios(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """{"a/b": {"mean": mean JCT of a / b's, "p99": ...}} for each pair of `JCT_RATIOS` whose
+    two policies are in `summaries` (policy -> a `summarize` dict)."""
+    out = {}
+    for a, b in JCT_RATIOS:
+        if a in summaries and b in summaries:
+            sa, sb = summaries[a], summaries[b]
+            out[f"{a}/{b}"] = {
+                k: sa[f"{k}_jct"] / sb[f"{k}_jct"]
+                for k in ("mean", "p99")
+                if sa.get(f"{k}_jct") is not None and sb.get(f"{k}_jct")
+            }
+    return out
+
+
+def ratio_line(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line: 'mean JCT: fcfs/skip_join_mlfq 4.06x, ... (p99 JCT: 1.10x, ...)'."""
+    ratios = {k: v for k, v in jct_ratios(summaries).items() if "mean" in v}
+    if not ratios:
+        return ""
+    means = ", ".join(f"{k} {v['mean']:.2f}x" for k, v in ratios.items())
+    p99 = ", ".join(f"{v['p99']:.2f}x" if "p99" in v else "-" for v in ratios.values())
+    return f"mean JCT: {means} (p99 JCT: {p99})"

@@ -21,8 +21,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from jaxserve.batch import DecodeBatch, PrefillBatch
+from jaxserve.errors import InputError
 from jaxserve.kvcache.host import HostTier
 from jaxserve.runner import ModelRunner
+from jaxserve.sampling import sampling_arrays
 
 
 @dataclasses.dataclass
@@ -47,14 +50,19 @@ class Profile:
 
     @classmethod
     def load(cls, path: str) -> Profile:
-        with open(path) as f:
-            d = json.load(f)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the profile ({e.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a JSON profile ({e})") from None
         try:
             d["prefill"] = [tuple(x) for x in d["prefill"]]
             d["decode"] = [tuple(x) for x in d["decode"]]
             return cls(**d)
         except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a profile ({e})") from None
+            raise InputError(f"{path}: not a profile ({e})") from None
 
 
 def _interp(table: Sequence[tuple[float, float]], x: float) -> float:
@@ -77,13 +85,6 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def _sampling(b: int) -> dict:
-    return {
-        "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros(b, np.float32),
-        "top_k": np.zeros(b, np.int32), "top_p": np.ones(b, np.float32),
-    }  # fmt: skip
-
-
 def profile(
     runner: ModelRunner,
     page_size: int = 16,
@@ -101,11 +102,12 @@ def profile(
     state = {"kv": kv}
 
     def prefill(n: int):
-        batch = {
-            "tokens": np.ones((1, n), np.int32), "lengths": np.array([n], np.int32),
-            "block_tables": np.arange(1, 1 + math.ceil(n / page_size), dtype=np.int32)[None],
-            **_sampling(1),
-        }  # fmt: skip
+        batch = PrefillBatch(
+            tokens=np.ones((1, n), np.int32),
+            lengths=np.array([n], np.int32),
+            block_tables=np.arange(1, 1 + math.ceil(n / page_size), dtype=np.int32)[None],
+            **sampling_arrays([], [], 1),
+        )
         batch = runner.put_batch(batch)
 
         def run():
@@ -116,11 +118,17 @@ def profile(
 
     def decode(b: int):
         bt = (1 + np.arange(b * width, dtype=np.int32)).reshape(b, width)
-        batch = runner.put_batch({
-            "tokens": np.ones(b, np.int32), "positions": np.full(b, max_len // 2, np.int32),
-            "block_tables": bt, "active": np.ones(b, bool), "remaining": np.full(b, 2, np.int32),
-            "stop_ids": np.full((b, 1), -1, np.int32), **_sampling(b),
-        })  # fmt: skip
+        batch = runner.put_batch(
+            DecodeBatch(
+                tokens=np.ones(b, np.int32),
+                positions=np.full(b, max_len // 2, np.int32),
+                block_tables=bt,
+                active=np.ones(b, bool),
+                remaining=np.full(b, 2, np.int32),
+                stop_ids=np.full((b, 1), -1, np.int32),
+                **sampling_arrays([], [], b),
+            )
+        )
 
         def run():
             state["kv"], _, toks, _ = runner.decode(state["kv"], batch, 1)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve import sharding as shd
+from jaxserve.batch import (
+    DecodeBatch,
+    PrefillBatch,
+    SlotState,
+    apply_slot_updates,
+    init_slot_state,
+    put_rows,
+    take_rows,
+)
+from jaxserve.config import ModelConfig
 from jaxserve.kvcache.pages import (
     KVPages,
     flush_contiguous,
@@ -49,6 +60,27 @@ from jaxserve.kvcache.pages import (
 )
 from jaxserve.models.transformer import SMALL_DECODE_BATCH, Decoder, out_in_layout
 from jaxserve.sampling import sample
+
+
+@runtime_checkable
+class ServingModel(Protocol):
+    """What the runner (and so the engine) needs of a model. `Decoder` satisfies it, and so
+    does KV prediction's model, whose prefill predicts the prompt's cache; jaxserve itself
+    never imports kvpred (an entry point resolves `--prefill` and hands the model over)."""
+
+    config: ModelConfig
+
+    def prefill_paged(
+        self, tokens: jax.Array, lengths: jax.Array, kv: KVPages, block_tables: jax.Array
+    ) -> tuple[jax.Array, KVPages]:
+        """Write the prompts' KV ([B, T] tokens, [B] lengths) into the pages; logits [B, V] of
+        each prompt's last token."""
+        ...
+
+    @property
+    def decoder(self) -> Decoder:
+        """The model that decodes on the cache."""
+        ...
 
 
 class CompileCounter:
@@ -92,7 +124,7 @@ def _projection_bytes(state: nnx.State) -> int:
 class ModelRunner:
     def __init__(
         self,
-        model: Decoder,
+        model: ServingModel,
         mesh: Mesh | None = None,
         contiguous_decode: bool | None = None,
         out_in_weights: bool | None = None,
@@ -129,6 +161,12 @@ class ModelRunner:
             donate_argnums=(1,),
         )
         self._decode = self._jit_decode(leaf_shardings, out_in=False)
+        # the engine's device-resident batch (`SlotState`): replicated, donated every step
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._apply_updates = jax.jit(
+            apply_slot_updates, out_shardings=self._replicated, donate_argnums=(0,)
+        )
+        self._decode_slots = self._jit_decode_slots(leaf_shardings, out_in=False)
         # batch-1 decode: the same leaves but for the projection weights, stored [out, in]
         if out_in_weights is None:
             out_in_weights = single_cpu and _projection_bytes(self.state) <= OUT_IN_MAX_BYTES
@@ -138,6 +176,7 @@ class ModelRunner:
             self._row_leaves, self._row_treedef = jax.tree.flatten(row_state)
             row_shardings = jax.tree.leaves(shd.state_shardings(row_state, self.mesh))
             self._decode_row = self._jit_decode(row_shardings, out_in=True)
+            self._decode_slots_row = self._jit_decode_slots(row_shardings, out_in=True)
 
     def _jit_decode(self, leaf_shardings, out_in: bool):
         return jax.jit(
@@ -148,18 +187,28 @@ class ModelRunner:
             donate_argnums=(1,),
         )
 
+    def _jit_decode_slots(self, leaf_shardings, out_in: bool):
+        return jax.jit(
+            functools.partial(self._decode_slots_fn, out_in=out_in),
+            static_argnums=(3, 4, 5),
+            in_shardings=(leaf_shardings, self.kv_sharding, self._replicated),
+            out_shardings=(self.kv_sharding, self._replicated, self._replicated),
+            donate_argnums=(1, 2),
+        )
+
     # -- public -------------------------------------------------------------------------
 
     def new_kv(self, num_pages: int, page_size: int) -> KVPages:
         return init_pages(self.config, num_pages, page_size, sharding=self.kv_sharding)
 
-    def put_batch(self, batch: dict) -> dict:
+    def put_batch(self, batch):
         """Check and place host arrays on the mesh (batch axis over "data").
 
         Passing numpy arrays straight to `prefill` / `decode` also works (the jitted call
         places them by its in_shardings) and saves a dispatch per step.
         """
-        for name, x in batch.items():
+        items = batch.items() if isinstance(batch, dict) else vars(batch).items()
+        for name, x in items:
             if x.shape[0] % self.data_size:
                 raise ValueError(
                     f"batch array {name!r} has {x.shape[0]} rows, not a multiple of the "
@@ -167,44 +216,73 @@ class ModelRunner:
                 )
         return jax.device_put(batch, self.batch_sharding)
 
-    def prefill(self, kv: KVPages, batch: dict) -> tuple[KVPages, jax.Array]:
-        """batch: tokens [B, T], lengths [B], block_tables [B, P], keys [B, 2], temperature,
-        top_k, top_p [B]. Writes the prompts' KV; returns the first sampled token of each row.
-        """
+    def prefill(self, kv: KVPages, batch: PrefillBatch | dict) -> tuple[KVPages, jax.Array]:
+        """Writes the prompts' KV; returns the first sampled token of each row [B].
+        (A dict with `PrefillBatch`'s fields is accepted too.)"""
+        if isinstance(batch, dict):
+            batch = PrefillBatch(**batch)
         return self._prefill(self.leaves, kv, batch)
 
-    def decode(self, kv: KVPages, batch: dict, num_steps: int):
-        """batch: tokens [B] (last token), positions [B] (its position), block_tables,
-        active [B] bool, remaining [B] int, stop_ids [B, S] (-1 padded), keys, temperature,
-        top_k, top_p. Rows stop on a stop id or when `remaining` reaches 0.
-        """
-        if self.out_in_weights and batch["tokens"].shape[0] == 1:
+    def decode(self, kv: KVPages, batch: DecodeBatch | dict, num_steps: int):
+        """`num_steps` tokens for each row in one call; rows stop on a stop id or when
+        `remaining` reaches 0. Returns kv, the batch advanced (a `DecodeBatch`), tokens
+        [B, n] and emitted [B, n] (False once a row has stopped)."""
+        if isinstance(batch, dict):
+            batch = DecodeBatch(**batch)
+        if self.out_in_weights and batch.tokens.shape[0] == 1:
             return self._decode_row(self._row_leaves, kv, batch, num_steps)
         return self._decode(self.leaves, kv, batch, num_steps)
 
+    # -- the engine's device-resident batch -----------------------------------------------
+
+    def new_slots(self, num_slots: int, max_rows: int, max_pages: int, num_stop: int):
+        """An empty `SlotState` on the device (see `jaxserve.batch`)."""
+        state = init_slot_state(num_slots, max_rows, max_pages, num_stop)
+        return jax.device_put(state, self._replicated)
+
+    def update_slots(self, state: SlotState, packed, prefill_tokens) -> SlotState:
+        """Apply one step's packed `SlotUpdates` (one host->device transfer)."""
+        return self._apply_updates(state, packed, prefill_tokens)
+
+    def decode_slots(self, kv: KVPages, state: SlotState, rows: int, width: int, steps: int):
+        """Decode the first `rows` entries of `state.rows` for `steps` tokens, block tables
+        cut to `width` pages. No host input: tokens come from the state. Returns kv, state,
+        tokens [rows, steps], emitted [rows, steps] (the last two stacked as [2, rows, steps]
+        int32, so the host reads one array)."""
+        if self.out_in_weights and rows == 1:
+            return self._decode_slots_row(self._row_leaves, kv, state, rows, width, steps)
+        return self._decode_slots(self.leaves, kv, state, rows, width, steps)
+
     # -- jitted bodies ------------------------------------------------------------------
 
-    def _model(self, leaves, out_in: bool = False) -> Decoder:
-        """The model rebuilt from its leaves: a `Decoder`, or any module with `config`,
-        `prefill_paged` and `decoder` (KV prediction's model prefills with its predictor)."""
+    def _model(self, leaves, out_in: bool = False) -> ServingModel:
+        """The model rebuilt from its leaves (a `ServingModel`)."""
         treedef = self._row_treedef if out_in else self._treedef
         return nnx.merge(self.graphdef, jax.tree.unflatten(treedef, leaves))
 
-    def _prefill_fn(self, state, kv: KVPages, batch: dict):
+    def _prefill_fn(self, state, kv: KVPages, batch: PrefillBatch):
         model = self._model(state)
-        lengths = batch["lengths"]
-        logits, kv = model.prefill_paged(batch["tokens"], lengths, kv, batch["block_tables"])
-        first = sample(
-            logits, batch["keys"], lengths, batch["temperature"], batch["top_k"], batch["top_p"]
-        )
+        lengths = batch.lengths
+        logits, kv = model.prefill_paged(batch.tokens, lengths, kv, batch.block_tables)
+        first = sample(logits, batch.keys, lengths, batch.temperature, batch.top_k, batch.top_p)
         return kv, first
 
-    def _decode_fn(self, state, kv: KVPages, batch: dict, num_steps: int, out_in: bool):
+    def _decode_slots_fn(
+        self, state, kv, slots: SlotState, rows: int, width: int, steps: int, out_in: bool
+    ):
+        batch = take_rows(slots, rows, width)
+        if self.data_size > 1 and rows % self.data_size == 0:  # rows over the data axis
+            batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
+        kv, batch, toks, emitted = self._decode_fn(state, kv, batch, steps, out_in=out_in)
+        out = jnp.stack([toks, emitted.astype(toks.dtype)])
+        return kv, put_rows(slots, rows, batch), out
+
+    def _decode_fn(self, state, kv: KVPages, batch: DecodeBatch, num_steps: int, out_in: bool):
         model = self._model(state, out_in).decoder
-        bt, stop_ids = batch["block_tables"], batch["stop_ids"]
-        params = (batch["temperature"], batch["top_k"], batch["top_p"])
-        zeros = jnp.zeros_like(batch["positions"])
-        rows = batch["tokens"].shape[0]
+        bt, stop_ids = batch.block_tables, batch.stop_ids
+        params = (batch.temperature, batch.top_k, batch.top_p)
+        zeros = jnp.zeros_like(batch.positions)
+        rows = batch.tokens.shape[0]
         contiguous = self.contiguous_decode and num_steps > 1 and rows < SMALL_DECODE_BATCH
         # what the steps carry: the pages, or the rows' contiguous copy of them
         cache = (
@@ -221,7 +299,7 @@ class ModelRunner:
             logits, cache = model(
                 tok[:, None], pos[:, None], seq_lens=seq_lens, logits_index=zeros, **on
             )
-            nxt = sample(logits, batch["keys"], new_pos, *params)
+            nxt = sample(logits, batch.keys, new_pos, *params)
             nxt = jnp.where(active, nxt, tok)
             emitted = active
             remaining = remaining - active.astype(remaining.dtype)
@@ -230,16 +308,16 @@ class ModelRunner:
             pos = jnp.where(emitted, new_pos, pos)
             return (cache, nxt, pos, active, remaining), (nxt, emitted)
 
-        init = (cache, batch["tokens"], batch["positions"], batch["active"], batch["remaining"])
+        init = (cache, batch.tokens, batch.positions, batch.active, batch.remaining)
         (cache, tok, pos, active, remaining), (toks, emitted) = jax.lax.scan(
             step, init, None, length=num_steps
         )
         # a step writes the cache of the token it is fed (at `pos`), so the chunk wrote
         # positions [start, pos) of each row
         kv = (
-            flush_contiguous(kv, bt, cache, batch["positions"], pos, num_steps)
+            flush_contiguous(kv, bt, cache, batch.positions, pos, num_steps)
             if contiguous
             else cache
         )
-        new_batch = dict(batch, tokens=tok, positions=pos, active=active, remaining=remaining)
+        new_batch = batch.replace(tokens=tok, positions=pos, active=active, remaining=remaining)
         return kv, new_batch, toks.T, emitted.T

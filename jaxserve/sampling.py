@@ -9,9 +9,11 @@ sort over the vocabulary is skipped (`lax.cond` runs one branch).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,30 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         object.__setattr__(self, "stop_strings", tuple(s for s in self.stop_strings if s))
+
+
+def sampling_arrays(
+    params: Sequence[SamplingParams], keys=None, batch: int | None = None
+) -> dict[str, np.ndarray]:
+    """The per-row sampling inputs of a jitted step, as numpy arrays: keys [B, 2] uint32,
+    temperature [B] float32, top_k [B] int32, top_p [B] float32. Row i follows params[i] and
+    keys[i] (zero keys without `keys`); rows past len(params), up to `batch`, are greedy."""
+    n = len(params)
+    b = n if batch is None else batch
+    out = {
+        "keys": np.zeros((b, 2), np.uint32),
+        "temperature": np.zeros(b, np.float32),
+        "top_k": np.zeros(b, np.int32),
+        "top_p": np.ones(b, np.float32),
+    }
+    if keys is not None:
+        keys = np.asarray(keys, np.uint32).reshape(-1, 2)
+        out["keys"][: len(keys)] = keys
+    if n:
+        out["temperature"][:n] = [p.temperature for p in params]
+        out["top_k"][:n] = [p.top_k for p in params]
+        out["top_p"][:n] = [p.top_p for p in params]
+    return out
 
 
 def row_keys(seeds: jax.Array) -> jax.Array:

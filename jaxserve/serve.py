@@ -5,8 +5,11 @@
         for each scheduler: Engine(shared runner).replay(trace) -> timelines -> summary
     -> table on stdout, DIR/results.json, DIR/latency_cdf*.png, DIR/jct_vs_rate.png
 
-One ModelRunner is shared by all engines, and every shape bucket is compiled before the first
-measured request, so no scheduler pays for compilation.
+The whole input (every rate's trace, the output directory, a saved profile) is checked before
+any profiling. One ModelRunner is shared by all engines, and every shape bucket that a request
+able to run can reach is compiled before the first measured request, so no scheduler pays for
+compilation; a request that can never run (the scheduler rejects it) compiles nothing and
+shows in the table's rejected column, with a line per reason, and in results.json.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from jaxserve import experiment, metrics, plots, workload
 from jaxserve.engine import Engine, Timeline
+from jaxserve.errors import InputError
+from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
-from jaxserve.runner import CompileCounter, ModelRunner
+from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
-from jaxserve.sched import SchedulerConfig
+from jaxserve.sched import SchedulerConfig, reject_reason
 
 
 def to_record(tl: Timeline) -> metrics.RequestRecord:
@@ -41,7 +46,7 @@ def to_record(tl: Timeline) -> metrics.RequestRecord:
         token_times=list(tl.token_times), preemptions=tl.preemptions,
         swapped_bytes=tl.swapped_bytes, swap_time=tl.swap_time, stall_time=tl.stall_time,
         client=tl.client,
-        output_ids=list(tl.output_ids), state=state,
+        output_ids=list(tl.output_ids), state=state, finish_reason=tl.finish_reason,
     )  # fmt: skip
 
 
@@ -81,6 +86,7 @@ class ServeSettings:
     prefetch: int = 2
     host_pages: int | None = None  # default: 4x the device pool
     host_mode: str = "auto"
+    decode_steps: int = 4  # most decode steps in one device call (a power of two)
     slo_ttft: float | None = None
     slo_tbt: float | None = None
     prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
@@ -127,11 +133,80 @@ def profile_runner(runner: ModelRunner, s: ServeSettings, save_to: str | None = 
     return prof
 
 
-def kvp_model_runner(kvp_dir: str, base) -> ModelRunner:
-    """A runner whose prefill is KV prediction's (checkpoint `kvp_dir`, base model `base`)."""
-    from kvpred.io import load_kvp
+@dataclasses.dataclass
+class PreparedTrace:
+    """One rate's trace, read and checked before any model work."""
 
-    return ModelRunner(load_kvp(kvp_dir, base=base))
+    rate: float
+    requests: list[workload.TraceRequest]
+    prompts: dict[str, list[int]]  # request id -> prompt token ids
+    caps: dict[str, int]  # request id -> max_new_tokens it is replayed with
+    never_runs: dict[str, str]  # request id -> why the scheduler will reject it
+
+
+def never_runs_reason(
+    prompt_len: int, cap: int, max_seq_len: int, kv_pages: int, page_size: int
+) -> str | None:
+    """Why a request can never run (the scheduler will reject it), or None: the scheduler's
+    own rule, evaluated before the run so warm-up can skip it."""
+    config = SchedulerConfig(
+        max_batch=1, num_pages=kv_pages, page_size=page_size, max_seq_len=max_seq_len
+    )
+    return reject_reason(config, prompt_len, cap)
+
+
+def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
+    """Every rate's trace, read and validated in full (`WorkloadError` naming the file and the
+    request: empty, malformed, token ids outside the vocabulary) before any profiling."""
+    out = []
+    for rate in s.rates:
+        trace = workload.make_workload(
+            s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
+            max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
+            tokenize=tokenizer.encode if tokenizer is not None else None,
+            length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
+        )  # fmt: skip
+        if not trace:
+            raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
+        rng = np.random.default_rng(s.seed)
+        prompts, caps, never = {}, {}, {}
+        for r in trace:
+            ids = prompt_ids_for(r, tokenizer, config.vocab_size, rng)
+            bad = [t for t in ids if not 0 <= t < config.vocab_size]
+            if bad:
+                raise workload.WorkloadError(
+                    f"--workload={s.workload}: request {r.id!r} has token ids {bad[:3]} outside "
+                    f"the model's vocabulary of {config.vocab_size}"
+                )
+            prompts[r.id] = ids
+            caps[r.id] = replay_cap(len(ids), r.output_len, s.max_output_len, config.max_seq_len)
+            why = never_runs_reason(len(ids), caps[r.id], config.max_seq_len, s.kv_pages,
+                                    s.page_size)  # fmt: skip
+            if why is not None:
+                never[r.id] = why
+        out.append(PreparedTrace(rate, trace, prompts, caps, never))
+    return out
+
+
+def warmup_lengths(t: PreparedTrace, max_seq_len: int) -> tuple[int, int] | None:
+    """(max_prompt, max_context) over the requests that can run: what warm-up must cover.
+    None when no request can run (nothing to compile)."""
+    ok = [r.id for r in t.requests if r.id not in t.never_runs]
+    if not ok:
+        return None
+    max_prompt = max(len(t.prompts[i]) for i in ok)
+    max_context = min(max_seq_len, max(len(t.prompts[i]) + t.caps[i] for i in ok))
+    return max_prompt, max_context
+
+
+def load_profile(path: str) -> Profile:
+    """A saved profile.json; `InputError` naming the flag and the file when it is not one."""
+    try:
+        return Profile.load(path)
+    except InputError as e:
+        raise InputError(f"--profile={e}") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"--profile={path}: not a profile ({e})") from None
 
 
 def run_serve(
@@ -142,49 +217,58 @@ def run_serve(
     out_dir: str,
     flag_values: dict | None = None,
     profile_path: str | None = None,
+    load_prefill_model: Callable[[str, Decoder], ServingModel] | None = None,
 ) -> dict:
+    """Serve every rate's trace with every scheduler (module doc). `load_prefill_model(dir,
+    base)` builds the model of `settings.prefill`'s checkpoint (KV prediction: the entry point
+    passes `kvpred.io.load_kvp`; jaxserve does not import kvpred)."""
     s = settings
-    os.makedirs(out_dir, exist_ok=True)
+    experiment.check_output_dir(out_dir)
+    prof = load_profile(profile_path) if profile_path else None
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
     config = model.config
+    traces = prepare_traces(s, tokenizer, config)  # the whole input, checked before any work
+    for t in traces:
+        if t.never_runs:
+            print(f"note: at rate {t.rate:g}, {len(t.never_runs)} of {len(t.requests)} requests "
+                  f"can never run and will be rejected "
+                  f"(first: {next(iter(t.never_runs.values()))})", flush=True)  # fmt: skip
+    kvp_dir = parse_prefill(s.prefill)
+    kvp_model = None
+    if kvp_dir is not None:
+        if load_prefill_model is None:
+            raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
+        kvp_model = load_prefill_model(kvp_dir, model)
     runner = ModelRunner(model)
     page_bytes = page_nbytes(config, s.page_size)
-    if profile_path:
-        prof = Profile.load(profile_path)
-    else:
+    if prof is None:
         prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"))
     # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
     variants = [("", runner, prof)]
-    kvp_dir = parse_prefill(s.prefill)
-    if kvp_dir is not None:
-        kvp_runner = kvp_model_runner(kvp_dir, model)
-        kvp_prof = profile_runner(kvp_runner, s,
-                                  os.path.join(out_dir, "profile_kv_prediction.json"))  # fmt: skip
+    if kvp_model is not None:
+        kvp_runner = ModelRunner(kvp_model)
+        kvp_prof = profile_runner(
+            kvp_runner, s, os.path.join(out_dir, "profile_kv_prediction.json")
+        )
         variants.append(("+kvp", kvp_runner, kvp_prof))
     results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
                      "model": {"source": source, "config": config.to_dict()},
                      "profile": dataclasses.asdict(prof), "runs": []}  # fmt: skip
+    print(HEADER, flush=True)
     labels = [name + suffix for name in s.schedulers for suffix, _, _ in variants]
     sweep: dict[str, list] = {label: [] for label in labels}
-    for rate in s.rates:
-        trace = workload.make_workload(
-            s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
-            max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
-            tokenize=tokenizer.encode if tokenizer is not None else None,
-            length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-        )  # fmt: skip
-        rng = np.random.default_rng(s.seed)
-        prompts = {r.id: prompt_ids_for(r, tokenizer, config.vocab_size, rng) for r in trace}
-        max_context = min(config.max_seq_len, max(
-            len(prompts[r.id]) + max(s.max_output_len, r.output_len) for r in trace))  # fmt: skip
+    for t in traces:
+        rate, trace, prompts = t.rate, t.requests, t.prompts
+        reach = warmup_lengths(t, config.max_seq_len)
         by_sched = {}
         for name in s.schedulers:
             for tag, run_runner, run_prof in variants:
                 label = name + tag
                 sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes)
                 engine = Engine(model, name, sc, tokenizer, runner=run_runner,
-                                host_mode=s.host_mode)  # fmt: skip
-                warm = engine.warmup(max(len(p) for p in prompts.values()), max_context)
+                                host_mode=s.host_mode, decode_steps=s.decode_steps)  # fmt: skip
+                # only the buckets a request that can run reaches (none when none can)
+                warm = engine.warmup(*reach) if reach is not None else 0
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
                 engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
@@ -204,6 +288,8 @@ def run_serve(
                     "requests": metrics.records_to_json(records),
                 })  # fmt: skip
                 print(_row(label, rate, summary), flush=True)
+                for line in rejection_lines(summary):
+                    print(line, flush=True)
         suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
         plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
     if len(s.rates) > 1:
@@ -213,11 +299,28 @@ def run_serve(
                                     "ttft": ttft_comparison(results["runs"])}  # fmt: skip
         for row in results["kv_prediction"]["ttft"]:
             print(f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
-                  f"{row['mean_ttft_base']:.4f} -> {row['mean_ttft_kvp']:.4f} s "
-                  f"({row['mean_ttft_speedup']:.2f}x), p99 {row['p99_ttft_base']:.4f} -> "
-                  f"{row['p99_ttft_kvp']:.4f} s")  # fmt: skip
+                  f"{_s(row['mean_ttft_base'])} -> {_s(row['mean_ttft_kvp'])} s "
+                  f"({_x(row['mean_ttft_speedup'])}), p99 {_s(row['p99_ttft_base'])} -> "
+                  f"{_s(row['p99_ttft_kvp'])} s")  # fmt: skip
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def rejection_lines(summary: dict, limit: int = 5) -> list[str]:
+    """One indented line per rejection reason (the most frequent first), for the table."""
+    reasons = sorted(summary.get("rejected_reasons", {}).items(), key=lambda kv: -kv[1])
+    lines = [f"{'':>18} rejected {n}: {why}" for why, n in reasons[:limit]]
+    if len(reasons) > limit:
+        lines.append(f"{'':>18} ... and {len(reasons) - limit} more reasons (results.json)")
+    return lines
 
 
 def ttft_comparison(runs: list[dict]) -> list[dict]:
@@ -228,10 +331,12 @@ def ttft_comparison(runs: list[dict]) -> list[dict]:
         if r["prefill"] != "kv_prediction":
             continue
         b, k = base[(r["scheduler"], r["rate"])], r["summary"]
+        speedup = (b["mean_ttft"] / k["mean_ttft"]
+                   if b["mean_ttft"] is not None and k["mean_ttft"] else None)  # fmt: skip
         out.append({
             "scheduler": r["scheduler"], "rate": r["rate"],
             "mean_ttft_base": b["mean_ttft"], "mean_ttft_kvp": k["mean_ttft"],
-            "mean_ttft_speedup": b["mean_ttft"] / k["mean_ttft"],
+            "mean_ttft_speedup": speedup,
             "p99_ttft_base": b["p99_ttft"], "p99_ttft_kvp": k["p99_ttft"],
         })  # fmt: skip
     return out
@@ -257,7 +362,7 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_o
 
 
 HEADER = (f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
-          f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} "
+          f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'rejected':>8} "
           f"{'compiles':>8}")  # fmt: skip
 
 
@@ -265,6 +370,10 @@ def _row(name: str, rate: float, s: dict) -> str:
     def f(x):
         return f"{x:9.3f}" if x is not None else f"{'-':>9}"
 
+    t = s["throughput_tokens_per_s"]  # None when nothing finished (all rejected)
+    tput = f"{t:8.1f}" if t is not None else f"{'-':>8}"
+
     return (f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
-            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {s['throughput_tokens_per_s']:8.1f} "
-            f"{s['total_preemptions']:7d} {s['compiles_during_run']:8d}")  # fmt: skip
+            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
+            f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
+            f"{s['compiles_during_run']:8d}")  # fmt: skip

@@ -68,6 +68,43 @@ def parse_aux_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
+def check_aux_spec(spec: str, base: ModelConfig, layer_map: Sequence[int] | None = None) -> None:
+    """What `build_aux` would refuse, found from configs alone (no weights loaded): an LP
+    fraction that is not one of LP_FRACTIONS, a C model that is neither a preset nor a
+    readable checkpoint, another vocabulary, more layers than the base, a bad layer map."""
+    kind, arg = parse_aux_spec(spec)
+    nb = base.num_layers
+    if kind == "lp":
+        try:
+            fraction = float(arg)
+        except ValueError:
+            fraction = None
+        if fraction not in LP_FRACTIONS:
+            raise ValueError(f"auxiliary model {spec!r}: the LP fraction must be one of "
+                             f"{', '.join(map(str, LP_FRACTIONS))}")  # fmt: skip
+        if layer_map is not None:
+            check_layer_map(layer_map, nb, len(lp_kept_layers(nb, fraction)))
+        return
+    if arg in PRESETS:
+        cfg = PRESETS[arg]
+    elif os.path.isdir(arg):
+        from jaxserve.models.checkpoint import read_config
+
+        cfg = read_config(arg)
+    else:
+        raise ValueError(
+            f"auxiliary model {spec!r}: {arg!r} is neither a preset ({', '.join(PRESETS)}) "
+            "nor a directory"
+        )
+    check_compatible(base, cfg, f"auxiliary model {spec!r}")
+    if cfg.num_layers > nb:
+        raise ValueError(
+            f"auxiliary model {spec!r} has {cfg.num_layers} layers, more than the base's {nb}"
+        )
+    if layer_map is not None:
+        check_layer_map(layer_map, nb, cfg.num_layers)
+
+
 def check_compatible(base: ModelConfig, aux: ModelConfig, what: str) -> None:
     """A C auxiliary model reads the same tokens as the base: same vocabulary."""
     if aux.vocab_size != base.vocab_size:

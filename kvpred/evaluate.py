@@ -1,5 +1,7 @@
 """Evaluate variants (base, auxiliary alone, layer-pruned baseline, KV prediction) on a task.
 
+    run_task(model, tokenizer, task, examples)      any registered task: generate, then score
+    generate_texts(model, tokenizer, prompts, generation)   the one generation path
     qa_predictions(model, tokenizer, examples)      1-shot greedy answers and exact match
     humaneval_completions(model, tokenizer, problems, n)
     measure_ttft(model, batch_size, prompt_len)     warm wall-clock prefill + first token
@@ -13,6 +15,7 @@ code path and timed the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,19 +23,40 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from jaxserve.batch import PrefillBatch
 from jaxserve.generate import Generator
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.tokenizer import Tokenizer
 from kvpred.tasks import humaneval as he
 from kvpred.tasks import triviaqa as tqa
+from kvpred.tasks.humaneval_task import HUMANEVAL_BATCH_SIZE, HUMANEVAL_MAX_NEW_TOKENS
+from kvpred.tasks.qa_tasks import QA_BATCH_SIZE, QA_MAX_NEW_TOKENS, default_shot, qa_records
+from kvpred.tasks.registry import Generation, Task
 
 
-def default_shot(examples: Sequence[tqa.QAExample]) -> tuple[str, str]:
-    """The worked example in front of every question: the task's first example (it is then
-    scored like the rest, as a user of the 1-shot format would)."""
-    ex = examples[0]
-    return ex.question, ex.answers[0]
+def generate_texts(
+    model, tokenizer: Tokenizer, prompts: Sequence[str], generation: Generation, mesh=None
+) -> list[list[str]]:
+    """generation.samples texts per prompt, in chunks of generation.batch_size generations;
+    the chunk that starts at generation i samples with seed params.seed + i."""
+    gen = Generator(model, tokenizer, mesh)
+    jobs = [i for i in range(len(prompts)) for _ in range(generation.samples)]
+    out: list[list[str]] = [[] for _ in prompts]
+    for start in range(0, len(jobs), generation.batch_size):
+        chunk = jobs[start : start + generation.batch_size]
+        params = dataclasses.replace(generation.params, seed=generation.params.seed + start)
+        for i, comp in zip(chunk, gen.generate([prompts[i] for i in chunk], params)):
+            out[i].append(comp.text or "")
+    return out
+
+
+def run_task(model, tokenizer: Tokenizer, task: Task, examples: Sequence, mesh=None):
+    """Any registered task on any model the runner accepts -> (metric value, records)."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    texts = generate_texts(model, tokenizer, task.prompts(examples), task.generation(), mesh)
+    return task.score(examples, texts)
 
 
 def qa_predictions(
@@ -40,27 +64,18 @@ def qa_predictions(
     tokenizer: Tokenizer,
     examples: Sequence[tqa.QAExample],
     shot: tuple[str, str] | None = None,
-    batch_size: int = 64,
-    max_new_tokens: int = 16,
+    batch_size: int = QA_BATCH_SIZE,
+    max_new_tokens: int = QA_MAX_NEW_TOKENS,
     mesh=None,
 ) -> list[dict]:
     """Greedy 1-shot answers, cut at newline / "." / ","; one record per example."""
     if not examples:
         raise ValueError("no examples to evaluate")
     shot = shot or default_shot(examples)
-    gen = Generator(model, tokenizer, mesh)
+    prompts = [tqa.one_shot_prompt(ex.question, shot) for ex in examples]
     params = SamplingParams(max_new_tokens=max_new_tokens, stop_strings=tqa.STOP_STRINGS)
-    out = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        prompts = [tqa.one_shot_prompt(ex.question, shot) for ex in chunk]
-        for ex, comp in zip(chunk, gen.generate(prompts, params)):
-            answer = tqa.cut_answer(comp.text or "")
-            out.append({
-                "qid": ex.qid, "question": ex.question, "prediction": answer,
-                "answers": list(ex.answers), "correct": tqa.exact_match(answer, ex),
-            })  # fmt: skip
-    return out
+    texts = generate_texts(model, tokenizer, prompts, Generation(params, batch_size), mesh)
+    return qa_records(examples, [t[0] for t in texts])
 
 
 def qa_accuracy(model, tokenizer: Tokenizer, examples: Sequence[tqa.QAExample], **kw) -> float:
@@ -74,23 +89,21 @@ def humaneval_completions(
     problems: Sequence[dict],
     num_samples: int = 1,
     temperature: float = 0.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
+    max_new_tokens: int = HUMANEVAL_MAX_NEW_TOKENS,
+    batch_size: int = HUMANEVAL_BATCH_SIZE,
     seed: int = 0,
     mesh=None,
 ) -> dict[str, list[str]]:
-    gen = Generator(model, tokenizer, mesh)
-    out: dict[str, list[str]] = {p["task_id"]: [] for p in problems}
-    jobs = [p for p in problems for _ in range(num_samples)]
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature,
-            stop_strings=he.STOP_STRINGS, seed=seed + i,
-        )  # fmt: skip
-        for p, comp in zip(chunk, gen.generate([p["prompt"] for p in chunk], params)):
-            out[p["task_id"]].append(he.cut_completion(comp.text or ""))
-    return out
+    """num_samples completions per problem, cut at the next top-level statement."""
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature,
+        stop_strings=he.STOP_STRINGS, seed=seed,
+    )  # fmt: skip
+    prompts = [p["prompt"] for p in problems]
+    texts = generate_texts(
+        model, tokenizer, prompts, Generation(params, batch_size, num_samples), mesh
+    )
+    return {p["task_id"]: [he.cut_completion(t) for t in ts] for p, ts in zip(problems, texts)}
 
 
 class TTFTTimer:
@@ -103,13 +116,14 @@ class TTFTTimer:
         b = batch_size
         self.kv = runner.new_kv(1 + b * pages_per_seq, page_size)
         rng = np.random.default_rng(0)
-        self.batch = runner.put_batch({
-            "tokens": rng.integers(3, runner.config.vocab_size, (b, prompt_len)).astype(np.int32),
-            "lengths": np.full((b,), prompt_len, np.int32),
-            "block_tables": (1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1),
-            "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros((b,), np.float32),
-            "top_k": np.zeros((b,), np.int32), "top_p": np.ones((b,), np.float32),
-        })  # fmt: skip
+        self.batch = runner.put_batch(
+            PrefillBatch(
+                tokens=rng.integers(3, runner.config.vocab_size, (b, prompt_len)).astype(np.int32),
+                lengths=np.full((b,), prompt_len, np.int32),
+                block_tables=(1 + np.arange(b * pages_per_seq, dtype=np.int32)).reshape(b, -1),
+                **sampling_arrays([], batch=b),
+            )
+        )
         for _ in range(2):  # compile, then a first run
             self.once()
 

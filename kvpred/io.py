@@ -20,8 +20,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxserve.config import PRESETS
-from jaxserve.models.checkpoint import config_from_dict, load_model, save_checkpoint
+from jaxserve.errors import CheckpointError, InputError
+from jaxserve.models.checkpoint import (
+    config_from_dict,
+    load_model,
+    restore_orbax,
+    save_checkpoint,
+)
 from jaxserve.models.transformer import Decoder
+from jaxserve.utils import write_json
 from kvpred.model import KVPModel
 from kvpred.predictor import KVPredictor
 
@@ -48,10 +55,7 @@ def save_kvp(model: KVPModel, directory: str, *, base_source: str, meta: dict[st
         base_config=model.base.config.to_dict(),
         layer_map=list(model.predictor.layer_map),
     )
-    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    write_json(os.path.join(directory, CONFIG_FILE), payload)
     return directory
 
 
@@ -63,13 +67,20 @@ def read_kvp_config(directory: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{directory!r} is not a KV prediction checkpoint (no {CONFIG_FILE})"
         )
-    with open(path) as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta['format_version']} is newer than this code")
+        raise CheckpointError(
+            f"{path}: format_version {meta['format_version']} is newer than this code"
+        )
+    missing = [k for k in ("base", "base_config", "layer_map") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {missing}")
     return meta
 
 
@@ -82,17 +93,20 @@ def load_base(source: str, seed: int = 0) -> Decoder:
         return resolve_model(None, source, seed)[0]
     if os.path.isdir(source):
         return load_model(source)
-    raise ValueError(f"base {source!r} is neither a preset ({', '.join(PRESETS)}) nor a directory")
+    raise InputError(f"base {source!r} is neither a preset ({', '.join(PRESETS)}) nor a directory")
 
 
 def load_kvp(directory: str, base: Decoder | None = None) -> KVPModel:
     meta = read_kvp_config(directory)
-    want = config_from_dict(meta["base_config"])
+    try:
+        want = config_from_dict(meta["base_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}/{CONFIG_FILE}: bad base_config ({e})") from None
     if base is None:
         base = load_base(meta["base"])
     if base.config != want:
         diff = sorted(k for k, v in want.to_dict().items() if base.config.to_dict().get(k) != v)
-        raise ValueError(
+        raise InputError(
             f"{directory}: the predictor was trained for base {meta['base']!r}; the base given "
             f"differs in {diff}"
         )
@@ -100,7 +114,6 @@ def load_kvp(directory: str, base: Decoder | None = None) -> KVPModel:
     pred = KVPredictor(aux.config, base.config, meta["layer_map"], rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(pred)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(os.path.abspath(directory), "predictor"), abstract)
+    restored = restore_orbax(os.path.join(os.path.abspath(directory), "predictor"), abstract)
     pred = nnx.merge(graphdef, restored)
     return KVPModel(base, aux, pred)

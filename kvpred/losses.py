@@ -67,6 +67,9 @@ class KVPLossWeights:
     def __post_init__(self):
         if self.kv_reduce not in KV_REDUCE:
             raise ValueError(f"kv_loss_reduce must be one of {KV_REDUCE}, not {self.kv_reduce!r}")
+        for flag, w in (("loss_base", self.base), ("loss_aux", self.aux), ("loss_kv", self.kv)):
+            if not 0 <= w < float("inf"):
+                raise ValueError(f"--{flag} must be a finite weight >= 0, not {w}")
 
 
 def kvp_loss(out: dict, batch: dict, w: KVPLossWeights) -> tuple[jax.Array, dict]:

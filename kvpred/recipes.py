@@ -30,13 +30,13 @@ from kvpred.io import save_kvp
 from kvpred.losses import KVPLossWeights
 from kvpred.model import KVPModel, trainable_filter
 from kvpred.predictor import KVPredictor, fit_least_squares
+from kvpred.tasks.registry import DEFAULT_KB_ENTITIES  # noqa: F401 (the CLIs read it here)
 from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_loss_fn
 
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code")
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
-DEFAULT_KB_ENTITIES = 1600
 
 
 def parse_data_spec(spec: str) -> dict[str, float]:
@@ -155,6 +155,7 @@ def train_kvpred(
     export: str | None = None,
     predictor_init: str = "auto",
     init_batches: int = 8,
+    extra_meta: dict | None = None,
 ) -> tuple[KVPModel, list[dict]]:
     """Train an auxiliary model and predictor for a frozen base; export a KVP checkpoint.
 
@@ -163,6 +164,7 @@ def train_kvpred(
     the least-squares map from the auxiliary model's cache to the base's, fitted on
     `init_batches` batches drawn after the training steps' (`predictor.fit_least_squares`).
     "auto": "lstsq" for a C auxiliary model, whose widths differ, "identity" for LP.
+    extra_meta: more fields for kvp_config.json (the command line adds the run's history).
     """
     if predictor_init not in PREDICTOR_INITS:
         raise ValueError(f"predictor_init must be one of {PREDICTOR_INITS}, not {predictor_init!r}")
@@ -188,7 +190,7 @@ def train_kvpred(
     meta = {
         "aux_spec": aux_spec, "aux_kind": aux.kind, "kept_layers": aux.kept_layers,
         "step": trainer.step, "loss_weights": dataclasses.asdict(weights),
-        "predictor_init": predictor_init,
+        "predictor_init": predictor_init, **(extra_meta or {}),
     }  # fmt: skip
     save_kvp(model, export or os.path.join(workdir, "final"), base_source=base_source, meta=meta)
     return model, history

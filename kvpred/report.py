@@ -7,7 +7,7 @@ Variants (comma-separated):
                             0.75 pruned as is, or a checkpoint directory of a tuned one)
     kvp:CKPT                KV prediction from a checkpoint of `experiments.train_kvpred`
     kvp_identity            A = B with an identity predictor: must reproduce the base exactly
-Tasks: synthetic_qa | triviaqa:PATH | humaneval.
+Tasks: any registered in `kvpred.tasks` (synthetic_qa | triviaqa:PATH | humaneval).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from kvpred.io import load_base, load_kvp
 from kvpred.layer_map import LP_FRACTIONS
 from kvpred.model import KVPModel
 from kvpred.predictor import KVPredictor
+from kvpred.tasks.registry import Task
 
 VARIANT_KINDS = ("base", "aux_only", "lp_baseline", "kvp", "kvp_identity")
 
@@ -111,19 +112,11 @@ def build_variant(name: str, kind: str, arg: str, base: Decoder, n: int) -> Vari
 
 
 def run_task(
-    variant: Variant, task: str, tokenizer: Tokenizer, task_data: Any, *, samples: int = 1
+    variant: Variant, task: Task, tokenizer: Tokenizer, task_data: Any
 ) -> tuple[float, str, list[dict]]:
     """(metric value, metric name, per-example records)."""
-    if task == "humaneval":
-        from kvpred.tasks import humaneval as he
-
-        comps = ev.humaneval_completions(variant.model, tokenizer, task_data, samples)
-        res = he.evaluate(task_data, comps, ks=(1,))
-        preds = [{"task_id": t, "completions": comps[t], **{k: r[k] for k in ("correct", "n")}}
-                 for t, r in res["per_task"].items()]  # fmt: skip
-        return res["pass_at_k"]["pass@1"], "pass@1", preds
-    preds = ev.qa_predictions(variant.model, tokenizer, task_data)
-    return sum(p["correct"] for p in preds) / len(preds), "exact_match", preds
+    metric, records = ev.run_task(variant.model, tokenizer, task, task_data)
+    return metric, task.metric, records
 
 
 def format_table(results: dict[str, dict]) -> str:

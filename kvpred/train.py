@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -34,6 +35,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve import sharding as shd
+from jaxserve.errors import CheckpointError, RunSettingsError
+from jaxserve.models.checkpoint import first_line, quiet_failed_read_noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,23 +149,57 @@ class Trainer:
         self._ckpt.wait_until_finished()
 
     def restore(self) -> bool:
-        """Restore the latest checkpoint in the workdir; False when there is none."""
-        latest = self._ckpt.latest_step()
-        if latest is None:
-            return False
+        """Restore the newest readable checkpoint in the workdir; False when there is none.
+
+        A checkpoint that cannot be read (damaged data files) is moved aside to
+        `checkpoints_damaged/<step>` with a warning naming its step, and the next newest is
+        tried; `CheckpointError` when there are checkpoints but none can be read.
+        """
+        quiet_failed_read_noise()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree())
-        tree = self._ckpt.restore(latest, args=ocp.args.StandardRestore(abstract))
-        self.params, self.opt_state, self.step = tree["params"], tree["opt_state"], latest
-        self._truncate_metrics(latest)
-        return True
+        steps = sorted(self._ckpt.all_steps(), reverse=True)
+        bad: dict[int, str] = {}
+        for step in steps:
+            try:
+                tree = self._ckpt.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as e:  # orbax/tensorstore raise many kinds for damaged data
+                bad[step] = f"{type(e).__name__}: {first_line(e)}"
+                logging.warning(
+                    "checkpoint step %d in %s cannot be read (%s); trying an older one",
+                    step, self._ckpt.directory, bad[step],
+                )  # fmt: skip
+                continue
+            for b in bad:  # newer than `step`: the run will write these steps again
+                self._set_aside(b)
+            self.params, self.opt_state, self.step = tree["params"], tree["opt_state"], step
+            self._truncate_metrics(step)
+            return True
+        if steps:  # none readable: the model differs, or all are damaged; nothing is moved
+            newest = steps[0]
+            raise CheckpointError(
+                f"{self.workdir}/checkpoints: no checkpoint can be read (steps "
+                f"{sorted(steps)}; step {newest}: {bad[newest]}); use --overwrite to start over"
+            )
+        self._truncate_metrics(0)  # lines of a run killed before its first checkpoint
+        return False
+
+    def _set_aside(self, step: int) -> None:
+        """Move a damaged checkpoint out of the manager's way (a later save reuses its step)."""
+        src = os.path.join(os.fspath(self._ckpt.directory), str(step))
+        dst = os.path.join(self.workdir, "checkpoints_damaged", str(step))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        shutil.move(src, dst)
+        self._ckpt.reload()
 
     def _truncate_metrics(self, step: int) -> None:
+        """Keep the metric lines up to `step` (a torn last line, cut by a kill, is dropped)."""
         if not os.path.exists(self.metrics_path):
             return
-        with open(self.metrics_path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        keep = [rec for rec in read_metrics(self.workdir) if rec["step"] <= step]
         with open(self.metrics_path, "w") as f:
-            f.writelines(keep)
+            f.writelines(json.dumps(rec) + "\n" for rec in keep)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -179,6 +216,8 @@ class Trainer:
         c = self.config
         if resume and self.restore():
             logging.info("resumed from step %d of %s", self.step, self.workdir)
+        elif not resume:
+            self._truncate_metrics(0)
         history: list[dict] = []
         os.makedirs(self.workdir, exist_ok=True)
         t_last, tokens_since = time.perf_counter(), 0
@@ -214,6 +253,108 @@ class Trainer:
         self._ckpt.close()
 
 
+RUN_FILE = "run.json"
+RESUME_MODES = ("auto", "force")
+# what --overwrite removes from a workdir (with the command's own outputs, e.g. final/)
+RUN_OUTPUTS = ("checkpoints", "checkpoints_damaged", "metrics.jsonl", "summary.json", RUN_FILE)
+
+
+def _jsonable(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))
+
+
+def read_run(workdir: str) -> dict | None:
+    """WORKDIR/run.json: {"settings": ..., "history": [...]}, or None when there is none."""
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+        if not isinstance(run.get("settings"), dict) or not isinstance(run.get("history"), list):
+            raise ValueError("needs 'settings' and 'history'")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a run record ({first_line(e)})") from None
+    return run
+
+
+def claim_workdir(
+    workdir: str,
+    settings: dict,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    outputs: tuple[str, ...] = (),
+) -> dict:
+    """Check that `workdir` is empty or holds a run with the same `settings`; record this one.
+
+    settings: what defines the run (model, data, optimiser and schedule, loss weights, seed,
+      mesh), as JSON-able values keyed by flag name.
+    resume: "auto" refuses a workdir made with other settings (`RunSettingsError` naming each
+      difference and both values); "force" continues anyway and records the differences in
+      the run's history (and removes the stale summary.json).
+    overwrite: remove what an earlier run left (`RUN_OUTPUTS` and `outputs`) and start over.
+    Returns the run record written to WORKDIR/run.json.
+    """
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {RESUME_MODES}, not {resume!r}")
+    settings = _jsonable(settings)
+    workdir = os.path.abspath(workdir)
+    if overwrite:
+        for name in RUN_OUTPUTS + tuple(outputs):
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    old = read_run(workdir)
+    ckpt = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+    step = steps[-1] if steps else 0
+    changed: dict[str, list] = {}
+    if old is None and steps:
+        if resume != "force":
+            raise RunSettingsError(
+                f"--workdir={workdir} holds checkpoints but no record of the settings that made "
+                f"them ({RUN_FILE}); pass --overwrite to start over or --resume=force to continue"
+            )
+        event = "resume_forced"
+    elif old is None:
+        event = "overwrite" if overwrite else "start"
+    else:
+        prev = old["settings"]
+        changed = {k: [prev.get(k), settings.get(k)] for k in sorted(set(prev) | set(settings))
+                   if prev.get(k) != settings.get(k)}  # fmt: skip
+        if changed and not steps:  # nothing was trained (it failed or was killed early):
+            changed, old = {}, None  # a fresh start with these settings, nothing to mix
+        if changed and resume != "force":
+            diffs = "; ".join(f"--{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise RunSettingsError(
+                f"--workdir={workdir} holds a run with other settings ({diffs}); rerun with "
+                "its settings, or pass --overwrite to start over or --resume=force to continue "
+                "with these (recorded in its history)"
+            )
+        event = "resume_forced" if changed else ("resume" if steps else "restart")
+    if old is None and event == "restart":
+        event = "start"
+    history = list(old["history"]) if old else []
+    history.append({
+        "event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": step,
+        **({"changed": changed} if changed else {}),
+    })  # fmt: skip
+    run = {"settings": settings, "history": history}
+    if event == "resume_forced":  # it described the run before the change
+        summary = os.path.join(workdir, "summary.json")
+        if os.path.exists(summary):
+            os.remove(summary)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, RUN_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(run, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, RUN_FILE))
+    return run
+
+
 def has_checkpoint(workdir: str) -> bool:
     """Whether a `Trainer` on `workdir` would resume (a finished checkpoint step is there)."""
     path = os.path.join(workdir, "checkpoints")
@@ -221,8 +362,24 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of `workdir/metrics.jsonl`. A torn last line (the process was killed while
+    writing it) is dropped with a warning; a bad line before it is a `CheckpointError`."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                raise ValueError("a record needs an integer 'step'")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                logging.warning("%s:%d: dropping a torn last line (%s)", path, n, first_line(e))
+                break
+            raise CheckpointError(f"{path}:{n}: not a metrics record ({first_line(e)})") from None
+        out.append(rec)
+    return out
 
 
 def lm_loss_fn(z_weight: float = 1e-4) -> LossFn:

@@ -1,13 +1,22 @@
-"""Engine overhead and swap bandwidth, as ratios measured in one run.
+"""Engine overhead against a bare jitted decode loop, host time per step, and swap stalls.
 
-    python scripts/bench_engine.py --model=small --batch=8 --out=bench_engine.json
+    python scripts/bench_engine.py --models=tiny,small --batches=1,8 --rounds=5 \
+        --out=bench_engine.json
 
-1. Decode throughput of the serving engine (scheduler, batch assembly, per-token host sync,
-   events) divided by a bare jitted decode loop at the same batch and context: the runner's
-   `lax.scan` over the same number of steps in one call, with no scheduling at all. The
-   engine runs as it serves (look-ahead decode on) and, for reference, with look-ahead off.
-2. Host-tier swap bandwidth (out and back in, bytes/s) divided by numpy's copy bandwidth
-   (`np.copyto` into a preallocated buffer) of the same number of bytes.
+1. Decode throughput of the serving engine (scheduler, slot updates, token reads, events)
+   divided by a bare decode loop at the same batch, prompts and context: the runner's
+   `lax.scan` over the whole generation in ONE jitted call, with no host round trip. The
+   engine runs as it serves (one step ahead, `--decode_steps` per call when nothing can
+   change), one step ahead with one step per call, and synchronously (each step read before
+   the next is planned). Rounds are interleaved so machine noise hits every variant; the
+   median and the range over rounds are printed.
+2. Host time per decode step: wall time per step of the engine less that of the bare loop,
+   and the engine's own split (`Engine.host_time`: scheduling, dispatch of batch updates and
+   device calls, reading tokens and emitting them; waiting for tokens is not host work).
+3. Swaps on a swap-heavy trace (a tight page pool): the same requests served with swaps
+   dispatched and never waited for, and with every swap waited for (`sync_swaps`, what a
+   synchronous engine does). "Stall" is the time the loop spent blocked on swaps; "swap time"
+   is what the same transfers take run on their own, timed here after the run.
 """
 
 from __future__ import annotations
@@ -19,119 +28,234 @@ import time
 import numpy as np
 
 from jaxserve import experiment
+from jaxserve.batch import DecodeBatch
 from jaxserve.config import get_preset
 from jaxserve.engine import Engine
 from jaxserve.kvcache.host import HostTier
 from jaxserve.models.transformer import init_model
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.sched import SchedulerConfig
 
+VARIANTS = {  # name -> Engine keyword arguments (decode_steps filled in from the flag)
+    "engine": {"overlap": True},
+    "engine_1step": {"overlap": True, "decode_steps": 1},
+    "engine_sync": {"overlap": False, "decode_steps": 1},
+}
 
-def engine_decode(model, runner, batch: int, prompt: int, new: int, lookahead: bool) -> float:
-    """Decode tokens/s of the engine: time of the decode-only iterations."""
+
+def _prompts(vocab: int, batch: int, prompt: int) -> list[list[int]]:
+    rs = np.random.RandomState(0)
+    return [[int(t) for t in rs.randint(3, vocab, prompt)] for _ in range(batch)]
+
+
+def engine_decode(model, runner, batch: int, prompt: int, new: int, **kw) -> dict:
+    """Decode tokens/s of the engine, from the first read of every prompt's first token."""
     pages = 1 + batch * ((prompt + new) // 16 + 2)
     cfg = SchedulerConfig(max_batch=batch, num_pages=pages, page_size=16, max_seq_len=2048)
-    engine = Engine(model, "fcfs", cfg, runner=runner, lookahead=lookahead)
+    engine = Engine(model, "fcfs", cfg, runner=runner, **kw)
     engine.warmup(prompt, prompt + new)
-    rs = np.random.RandomState(0)
-    for i in range(batch):
-        ids = [int(t) for t in rs.randint(3, model.config.vocab_size, prompt)]
+    for i, ids in enumerate(_prompts(model.config.vocab_size, batch, prompt)):
         engine.submit(ids, SamplingParams(max_new_tokens=new), request_id=f"r{i}")
-    engine.step()  # the prefill iteration
+    while any(not t.output_ids for t in engine.timelines.values()):
+        engine.step()
+    before = sum(len(t.output_ids) for t in engine.timelines.values())
+    host0 = dict(engine.host_time)
+    calls0 = engine.decode_calls
     start = time.perf_counter()
-    steps = 0
     while engine.has_work:
         engine.step()
-        steps += 1
-    return batch * steps / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(t.output_ids) for t in engine.timelines.values()) - before
+    steps = tokens / batch
+    host = {k: (engine.host_time[k] - host0[k]) / steps for k in host0}
+    return {
+        "tok_s": tokens / elapsed,
+        "step_s": elapsed / steps,
+        "host_s_per_step": host,
+        "decode_calls": engine.decode_calls - calls0,
+        "steps": steps,
+    }
 
 
-def bare_decode(runner: ModelRunner, batch: int, prompt: int, new: int) -> float:
+def bare_decode(runner: ModelRunner, batch: int, prompt: int, new: int) -> dict:
     width = (prompt + new) // 16 + 2
     kv = runner.new_kv(1 + batch * width, 16)
     bt = (1 + np.arange(batch * width, dtype=np.int32)).reshape(batch, width)
-    b = runner.put_batch({
-        "tokens": np.ones(batch, np.int32), "positions": np.full(batch, prompt, np.int32),
-        "block_tables": bt, "active": np.ones(batch, bool),
-        "remaining": np.full(batch, new + 1, np.int32),
-        "stop_ids": np.full((batch, 1), -1, np.int32),
-        "keys": np.zeros((batch, 2), np.uint32), "temperature": np.zeros(batch, np.float32),
-        "top_k": np.zeros(batch, np.int32), "top_p": np.ones(batch, np.float32),
-    })  # fmt: skip
+    b = runner.put_batch(
+        DecodeBatch(
+            tokens=np.ones(batch, np.int32),
+            positions=np.full(batch, prompt, np.int32),
+            block_tables=bt,
+            active=np.ones(batch, bool),
+            remaining=np.full(batch, new + 1, np.int32),
+            stop_ids=np.full((batch, 1), -1, np.int32),
+            **sampling_arrays([], [], batch),
+        )
+    )
     kv, _, toks, _ = runner.decode(kv, b, new - 1)
     toks.block_until_ready()
     start = time.perf_counter()
     kv, _, toks, _ = runner.decode(kv, b, new - 1)
     toks.block_until_ready()
-    return batch * (new - 1) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return {"tok_s": batch * (new - 1) / elapsed, "step_s": elapsed / (new - 1)}
 
 
-def swap_vs_copy(runner: ModelRunner, num_pages: int, reps: int) -> dict:
-    kv = runner.new_kv(2 * num_pages + 1, 16)
+def _spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
+
+def decode_overhead(name: str, batch: int, args) -> dict:
+    model = init_model(get_preset(name))
+    runner = ModelRunner(model)
+    shape = (batch, args.prompt_len, args.new_tokens)
+    runs = {v: [] for v in VARIANTS} | {"bare": []}
+    for _ in range(args.rounds):  # interleaved
+        for v, kw in VARIANTS.items():
+            kw = {"decode_steps": args.decode_steps, **kw}
+            runs[v].append(engine_decode(model, runner, *shape, **kw))
+        runs["bare"].append(bare_decode(runner, *shape))
+    out = {"model": name, "batch": batch}
+    for v in VARIANTS:
+        ratios = [e["tok_s"] / b["tok_s"] for e, b in zip(runs[v], runs["bare"])]
+        extra = [e["step_s"] - b["step_s"] for e, b in zip(runs[v], runs["bare"])]
+        host = {
+            k: statistics.median(r["host_s_per_step"][k] for r in runs[v])
+            for k in runs[v][0]["host_s_per_step"]
+        }
+        out[v] = {
+            "over_bare": _spread(ratios),
+            "extra_s_per_step": _spread(extra),
+            "host_s_per_step": host,
+            "tok_s": _spread([r["tok_s"] for r in runs[v]]),
+            "decode_calls": runs[v][-1]["decode_calls"],
+        }
+    out["bare_tok_s"] = _spread([r["tok_s"] for r in runs["bare"]])
+    return out
+
+
+def _swap_trace(engine: Engine, n: int, vocab: int) -> None:
+    rs = np.random.RandomState(1)
+    for i in range(n):
+        ids = [int(t) for t in rs.randint(3, vocab, int(rs.randint(48, 96)))]
+        engine.submit(ids, SamplingParams(max_new_tokens=int(rs.randint(32, 96))), f"s{i}")
+
+
+def swap_stalls(args) -> dict:
+    """The swap-heavy trace with async and with synchronous swaps, interleaved."""
+    model = init_model(get_preset(args.swap_model))
+    runner = ModelRunner(model)
+    cfg = SchedulerConfig(
+        max_batch=8,
+        num_pages=40,
+        page_size=16,
+        max_seq_len=2048,
+        preemption="swap",
+        q0=1e-4,
+        host_pages=100000,
+    )
+    runs = {"async": [], "sync": []}
+    moved = []
+    for _ in range(args.rounds):
+        for mode in runs:
+            engine = Engine(model, "skip_join_mlfq", cfg, runner=runner, sync_swaps=mode == "sync")
+            engine.warmup(96, 96 + 96)
+            _swap_trace(engine, args.swap_requests, model.config.vocab_size)
+            start = time.perf_counter()
+            engine.run_until_done()
+            wall = time.perf_counter() - start
+            nbytes = sum(t.swapped_bytes for t in engine.timelines.values())
+            runs[mode].append(
+                {
+                    "wall_s": wall,
+                    "wait_s": engine.swap_wait,
+                    "dispatch_s": engine.swap_time,
+                    "bytes": nbytes,
+                    "preemptions": sum(t.preemptions for t in engine.timelines.values()),
+                }
+            )
+        moved.append(runs["async"][-1]["bytes"])
+    # what those bytes take to move on their own: a page group out and back, timed alone
     tier = HostTier(runner.kv_sharding)
-    src = list(range(1, num_pages + 1))
-    dst = list(range(num_pages + 1, 2 * num_pages + 1))
-    kv = tier.swap_in(kv, tier.swap_out(kv, src), dst)  # compile
-    swap, copy = [], []
-    host = tier.swap_out(kv, src)
-    a = np.asarray(host.k).copy()
-    buf = np.empty_like(a)
-    for _ in range(reps):  # interleaved
+    kv = runner.new_kv(65, 16)
+    pages = list(range(1, 33))
+    host = tier.swap_out(kv, pages)
+    kv = tier.swap_in(kv, host, pages)
+    times = []
+    for _ in range(10):
         t = time.perf_counter()
-        host = tier.swap_out(kv, src)
-        kv = tier.swap_in(kv, host, dst)
+        host = tier.swap_out(kv, pages)
+        host.settle()
+        kv = tier.swap_in(kv, host, pages)
         kv.k.block_until_ready()
-        swap.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        np.copyto(buf, a)  # k and v: the same bytes as one direction of the swap
-        np.copyto(buf, a)
-        copy.append(time.perf_counter() - t)
-    moved = 2 * host.nbytes  # out and back in
-    swap_bw = moved / statistics.median(swap)
-    copy_bw = 2 * a.nbytes / statistics.median(copy)
-    return {"pages": num_pages, "bytes_round_trip": moved, "mode": tier.mode,
-            "swap_GBps": swap_bw / 1e9, "numpy_copy_GBps": copy_bw / 1e9,
-            "swap_over_numpy": swap_bw / copy_bw}  # fmt: skip
+        times.append(time.perf_counter() - t)
+    bw = 2 * host.nbytes / statistics.median(times)
+    out = {"model": args.swap_model, "mode": tier.mode, "alone_GBps": bw / 1e9}
+    for mode, rs in runs.items():
+        swap_s = [r["bytes"] / bw for r in rs]
+        out[mode] = {
+            "stall_over_swap_time": _spread([r["wait_s"] / s for r, s in zip(rs, swap_s)]),
+            "wall_s": _spread([r["wall_s"] for r in rs]),
+            "swap_time_s": statistics.median(swap_s),
+            "dispatch_s": statistics.median(r["dispatch_s"] for r in rs),
+            "bytes": rs[-1]["bytes"],
+            "preemptions": rs[-1]["preemptions"],
+        }
+    out["sync_wall_over_async"] = _spread(
+        [s["wall_s"] / a["wall_s"] for s, a in zip(runs["sync"], runs["async"])]
+    )
+    return out
+
+
+def _fmt(s: dict, f: str = ".3f") -> str:
+    return f"{s['median']:{f}} [{s['min']:{f}}, {s['max']:{f}}]"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--models", default="tiny,small")
+    p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt_len", type=int, default=64)
     p.add_argument("--new_tokens", type=int, default=128)
-    p.add_argument("--swap_pages", type=int, default=64)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--decode_steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--swap_model", default="tiny")
+    p.add_argument("--swap_requests", type=int, default=24)
+    p.add_argument("--skip_swaps", action="store_true")
     p.add_argument("--out", default="bench_engine.json")
     args = p.parse_args()
-    model = init_model(get_preset(args.model))
-    runner = ModelRunner(model)
-    eng, step, bare = [], [], []
-    shape = (args.batch, args.prompt_len, args.new_tokens)
-    for _ in range(args.reps):  # interleave them so machine noise hits all three
-        eng.append(engine_decode(model, runner, *shape, lookahead=True))
-        step.append(engine_decode(model, runner, *shape, lookahead=False))
-        bare.append(bare_decode(runner, *shape))
-    swap = swap_vs_copy(runner, args.swap_pages, 10)
-    res = {
-        "engine_decode_tok_s": statistics.median(eng), "bare_decode_tok_s": statistics.median(bare),
-        "engine_over_bare": statistics.median(eng) / statistics.median(bare),
-        "engine_no_lookahead_tok_s": statistics.median(step),
-        "engine_no_lookahead_over_bare": statistics.median(step) / statistics.median(bare),
-        "swap": swap,
-    }  # fmt: skip
-    print(f"model {args.model}, batch {args.batch}, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens")  # fmt: skip
-    print(f"engine decode  {res['engine_decode_tok_s']:8.1f} tok/s")
-    print(f"bare jit loop  {res['bare_decode_tok_s']:8.1f} tok/s")
-    print(f"engine / bare  {res['engine_over_bare']:8.3f}")
-    print(f"engine without look-ahead {res['engine_no_lookahead_tok_s']:8.1f} tok/s, / bare "
-          f"{res['engine_no_lookahead_over_bare']:.3f}")  # fmt: skip
-    print(f"swap ({swap['mode']}, {swap['pages']} pages) {swap['swap_GBps']:.2f} GB/s; numpy copy "
-          f"{swap['numpy_copy_GBps']:.2f} GB/s; ratio {swap['swap_over_numpy']:.3f}")  # fmt: skip
-    experiment.write_json(args.out, {"flags": vars(args), "environment": experiment.environment(),
-                                     "results": res})  # fmt: skip
+    results = {"decode": [], "swaps": None}
+    print("engine / bare decode loop: median [min, max] over rounds; host us per step")
+    for name in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            r = decode_overhead(name, batch, args)
+            results["decode"].append(r)
+            print(f"{name:6} batch {batch:2}  bare {r['bare_tok_s']['median']:8.0f} tok/s")
+            for v in VARIANTS:
+                h = r[v]["host_s_per_step"]
+                split = " ".join(f"{k} {1e6 * x:5.0f}" for k, x in h.items())
+                print(
+                    f"    {v:13} {_fmt(r[v]['over_bare'])}  extra/step "
+                    f"{1e6 * r[v]['extra_s_per_step']['median']:6.0f} us  ({split})"
+                )
+    if not args.skip_swaps:
+        s = swap_stalls(args)
+        results["swaps"] = s
+        print(
+            f"swaps ({s['model']}, {s['mode']}, {s['async']['preemptions']} preemptions, "
+            f"{s['async']['bytes'] / 1e6:.1f} MB moved; alone {s['alone_GBps']:.2f} GB/s)"
+        )
+        for mode in ("async", "sync"):
+            m = s[mode]
+            print(
+                f"    {mode:5} stall / swap time {_fmt(m['stall_over_swap_time'])}  "
+                f"wall {_fmt(m['wall_s'], '.2f')} s  dispatch {m['dispatch_s'] * 1e3:.1f} ms"
+            )
+        print(f"    sync wall / async wall {_fmt(s['sync_wall_over_async'])}")
+    experiment.write_json(
+        args.out, {"flags": vars(args), "environment": experiment.environment(), "results": results}
+    )
 
 
 if __name__ == "__main__":

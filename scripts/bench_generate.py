@@ -10,37 +10,23 @@ interleaved rounds after warm-up, the same method as `bench_decode.py` (which al
 with PyTorch on CPU). Weight bandwidth is the bytes of every parameter a step reads (the input
 embedding table left out unless tied) per step time. The device's own bandwidth is measured
 in the same run as a jitted `x + 1` over 1 GiB (bytes read and written per second), and each
-step's weight bandwidth is also given as a fraction of it.
+step's weight bandwidth is also given as a fraction of it. Rounds, their foreign-CPU record and
+quiet-round selection come from `jaxserve.bench`; each row prints its spread over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxserve.bench import Rounds, device_bandwidth, fmt_spread, median, save_report, spread, timed
 from jaxserve.config import get_preset
 from jaxserve.generate import Generator
 from jaxserve.models.transformer import init_model
 from jaxserve.sampling import SamplingParams
-
-
-def device_bandwidth(reps: int = 10) -> float:
-    x = jnp.ones((256 * 1024 * 1024,), jnp.float32)
-    add = jax.jit(lambda a: a + 1)
-    add(x).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        add(x).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * x.nbytes / statistics.median(times)
 
 
 def bench(preset: str, dtype: str, batches, prompt_len: int, new: int, reps: int, bw: float):
@@ -57,22 +43,39 @@ def bench(preset: str, dtype: str, batches, prompt_len: int, new: int, reps: int
     for b in batches:
         high = min(config.vocab_size, 30000)
         prompts = [[int(t) for t in rng.integers(3, high, prompt_len)] for _ in range(b)]
-        times = {1: [], new: []}
-        for n in times:  # warm-up: compiles both lengths
+        for n in (1, new):  # warm-up: compiles both lengths
             gen.generate(prompts, SamplingParams(max_new_tokens=n))
-        for _ in range(reps):
-            for n in times:
-                t = time.perf_counter()
-                gen.generate(prompts, SamplingParams(max_new_tokens=n))
-                times[n].append(time.perf_counter() - t)
-        step = (statistics.median(times[new]) - statistics.median(times[1])) / (new - 1)
+        rounds = Rounds(reps)
+        while rounds.more():
+            with rounds.round() as r:
+                for n in (1, new):
+                    r[n] = timed(
+                        lambda n=n, p=prompts: gen.generate(p, SamplingParams(max_new_tokens=n))
+                    )[0]
+        used, which = rounds.selected()
+        step = (median([r[new] for r in used]) - median([r[1] for r in used])) / (new - 1)
         weight_bps = weight_bytes / step
         row = {
-            "preset": preset, "dtype": config.dtype, "batch": b, "ms_per_step": step * 1e3,
-            "decode_tok_s": b / step, "prefill_ms": statistics.median(times[1]) * 1e3,
-            "weight_GBps": weight_bps / 1e9, "of_device_bandwidth": weight_bps / bw,
-        }  # fmt: skip
-        print(json.dumps(row), flush=True)
+            "preset": preset,
+            "dtype": config.dtype,
+            "batch": b,
+            "ms_per_step": step * 1e3,
+            "decode_tok_s": b / step,
+            "prefill_ms": median([r[1] for r in used]) * 1e3,
+            "weight_GBps": weight_bps / 1e9,
+            "of_device_bandwidth": weight_bps / bw,
+            # one step time per round, from that round's two lengths: its spread
+            "ms_per_step_rounds": spread([1e3 * (r[new] - r[1]) / (new - 1) for r in used]),
+            "rounds": which,
+            "other_cores": rounds.loads(),
+        }
+        print(
+            f"{preset} {config.dtype} batch {b}: {row['ms_per_step']:.3f} ms/step "
+            f"({fmt_spread(row['ms_per_step_rounds'], '.3f')} rounds, {which}), "
+            f"{row['decode_tok_s']:.0f} tok/s, weights {row['weight_GBps']:.1f} GB/s = "
+            f"{row['of_device_bandwidth']:.2f} of the device's",
+            flush=True,
+        )
         out.append(row)
     return out
 
@@ -100,12 +103,7 @@ def main():
     for preset in presets:
         for dtype in args.dtypes.split(","):
             rows += bench(preset, dtype, batches, args.prompt_len, args.new_tokens, args.reps, bw)
-    result = {
-        "flags": vars(args), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-        "device_bandwidth_GBps": bw / 1e9, "results": rows,
-    }  # fmt: skip
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    save_report(args.out, flags=vars(args), results=rows, device_bandwidth_GBps=bw / 1e9)
     print(f"JSON: {args.out}")
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Scheduler comparison on a heavy-tailed trace at high load with the `small` model, then the
-# JCT ratios the FastServe comparison is about (one run, one trace for every scheduler).
+# Scheduler comparison on a heavy-tailed trace at high load with the `small` model: every
+# registered scheduler on one trace, then the JCT ratios the FastServe comparison is about
+# (printed under the table; `python scripts/report.py OUT_DIR/results.json` renders it again).
 # Memory-bound on purpose (300 pages of 16 tokens for a batch of 16): requests ask for up to
 # 1000 tokens, so Orca-style fcfs, which reserves that much per admission, runs few at once,
 # while the others allocate pages as tokens come. Output lengths are lognormal with sigma 1.5
@@ -11,19 +12,7 @@
 #   [OUTPUT_SIGMA=1.5] bash scripts/bench_serve.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-runs/bench_serve}
-python -m experiments.serve --model=small --schedulers=fcfs,vllm,mlfq,skip_join_mlfq,srpt \
+python -m experiments.serve --model=small \
   --workload=sharegpt_synth --scale=0.5 --output_sigma="${OUTPUT_SIGMA:-1.5}" \
   --max_prompt_len=256 --max_output_len=1000 \
   --rate=12 --num_requests=200 --max_batch=16 --kv_pages=300 --seed=0 --out="$out"
-python - "$out/results.json" <<'PY'
-import json, sys
-runs = {r["scheduler"]: r["summary"] for r in json.load(open(sys.argv[1]))["runs"]}
-sj = runs["skip_join_mlfq"]
-for name in ("fcfs", "vllm"):
-    s = runs[name]
-    print(f"{name}/skip_join_mlfq: mean JCT {s['mean_jct'] / sj['mean_jct']:.2f}x, "
-          f"p99 JCT {s['p99_jct'] / sj['p99_jct']:.2f}x")
-sr = runs["srpt"]
-print(f"skip_join_mlfq/srpt: mean JCT {sj['mean_jct'] / sr['mean_jct']:.2f}x, "
-      f"p99 JCT {sj['p99_jct'] / sr['p99_jct']:.2f}x")
-PY

@@ -42,8 +42,8 @@ def _workload(n: int = 8, seed: int = 0):
     return prompts, lens
 
 
-def _serve(model, runner, policy, config, prompts, lens, temperature=0.0, lookahead=True):
-    engine = Engine(model, policy, config, runner=runner, lookahead=lookahead)
+def _serve(model, runner, policy, config, prompts, lens, temperature=0.0, **engine_kw):
+    engine = Engine(model, policy, config, runner=runner, **engine_kw)
     ids = [
         engine.submit(
             p,
@@ -62,6 +62,8 @@ def _serve(model, runner, policy, config, prompts, lens, temperature=0.0, lookah
 @pytest.mark.parametrize("policy", ["vllm", "mlfq", "skip_join_mlfq"])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_swap_preemption_does_not_change_outputs(model, runner, policy, temperature):
+    """Swaps are dispatched and never waited for: the engine's host loop spends no time
+    waiting on them, and each request's swap time is its bytes over the profiled bandwidth."""
     prompts, lens = _workload()
     _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens, temperature)
     # 24 pages cannot hold 8 requests of up to ~50 tokens: jobs are swapped out and back
@@ -70,8 +72,11 @@ def test_swap_preemption_does_not_change_outputs(model, runner, policy, temperat
     assert sum(len(v) for v in out.values()) == sum(lens)
     assert sum(t.preemptions for t in engine.timelines.values()) > 0
     assert sum(t.swapped_bytes for t in engine.timelines.values()) > 0
-    assert sum(t.swap_time for t in engine.timelines.values()) == pytest.approx(engine.swap_time)
-    assert sum(t.stall_time for t in engine.timelines.values()) > 0
+    bw = engine.sched_config.swap_bandwidth
+    for t in engine.timelines.values():
+        assert t.swap_time == pytest.approx(t.swapped_bytes / bw)
+        assert t.stall_time == 0.0
+    assert engine.swap_wait == 0.0
 
 
 def test_recompute_preemption_agrees(model, runner):
@@ -137,59 +142,102 @@ def test_stop_tokens_and_events(model, runner):
     assert engine2.scheduler.allocator.num_free == 60 - 1
 
 
+def _serve_with_stop(model, runner, policy, pages, prompts, lens, k, stop, **engine_kw):
+    engine = Engine(model, policy, _config(pages), runner=runner, **engine_kw)
+    for i, (p, n) in enumerate(zip(prompts, lens)):
+        stops = (stop,) if f"r{i}" == k else ()
+        engine.submit(p, SamplingParams(max_new_tokens=n, stop_token_ids=stops, seed=5),
+                      request_id=f"r{i}")  # fmt: skip
+    engine.run_until_done(max_iterations=5000)
+    engine.scheduler.check_invariants()
+    assert engine.scheduler.allocator.num_free == pages - 1
+    assert not engine._slot and len(engine._free_slots) == pages - 1  # every slot back
+    return engine, {f"r{i}": engine.output(f"r{i}") for i in range(len(prompts))}
+
+
 @pytest.mark.parametrize("pages", [200, 24])
-@pytest.mark.parametrize("policy", ["fcfs", "skip_join_mlfq"])
-def test_lookahead_decode_changes_no_output(model, runner, policy, pages):
-    """Decode steps dispatched ahead of their plan give the same tokens as step-by-step
-    decoding, are used once the batch settles, and are dropped when a request stops early
-    (a stop token) or the plan changes (preemption, with 24 pages)."""
+@pytest.mark.parametrize("policy", ["fcfs", "skip_join_mlfq", "srpt"])
+def test_overlap_and_multi_step_decode_change_no_output(model, runner, policy, pages):
+    """Planning one step ahead (the scheduler sees a step's tokens an iteration late) and
+    several decode steps per device call give the tokens of the synchronous loop, also when a
+    request stops early on a token (its extra step is never emitted) and when the plan keeps
+    changing (preemption, with 24 pages)."""
     prompts, lens = _workload(4, seed=4)
-    _, ref = _serve(model, runner, policy, _config(pages), prompts, lens, lookahead=False)
+    _, ref = _serve(model, runner, policy, _config(pages), prompts, lens, overlap=False)
     k = max(ref, key=lambda r: len(ref[r]))  # the longest request stops halfway, on a token
     stop = ref[k][len(ref[k]) // 2]
-    outs = []
-    for lookahead in (False, True):
-        engine = Engine(model, policy, _config(pages), runner=runner, lookahead=lookahead)
-        for i, (p, n) in enumerate(zip(prompts, lens)):
-            stops = (stop,) if f"r{i}" == k else ()
-            engine.submit(p, SamplingParams(max_new_tokens=n, stop_token_ids=stops, seed=5),
-                          request_id=f"r{i}")  # fmt: skip
-        engine.run_until_done(max_iterations=5000)
-        engine.scheduler.check_invariants()
-        assert engine.scheduler.allocator.num_free == pages - 1
-        outs.append({r: engine.output(r) for r in ref})
-    assert outs[0] == outs[1]
-    assert outs[1][k] == ref[k][: ref[k].index(stop) + 1]
-    assert all(outs[1][r] == ref[r] for r in ref if r != k)
-    assert engine.lookahead_used > 0
+    args = (model, runner, policy, pages, prompts, lens, k, stop)
+    _, sync = _serve_with_stop(*args, overlap=False)
+    one, ahead = _serve_with_stop(*args, overlap=True, decode_steps=1)
+    multi, chunked = _serve_with_stop(*args, overlap=True, decode_steps=4)
+    assert sync == ahead == chunked
+    assert sync[k] == ref[k][: ref[k].index(stop) + 1]
+    assert all(sync[r] == ref[r] for r in ref if r != k)
+    assert one.decode_calls > multi.decode_calls  # some calls ran several steps
+    if pages == 200:  # no preemption: every step of a long decode-only stretch is chunked
+        assert multi.decode_calls < 0.6 * one.decode_calls
 
 
-def test_lookahead_is_dropped_when_the_plan_changes(model, runner):
-    """A look-ahead step whose rows the next plan does not run exactly (here one was
-    cancelled) is dropped; the survivor's tokens are those of step-by-step decoding."""
+def test_a_stopped_request_gets_one_extra_step_that_is_never_emitted(model, runner):
+    """With the host a step behind, the step after a stop token is already dispatched when
+    the stop is read: the request is in it, its token is dropped, its pages and slot come
+    back, and the other request is unaffected."""
     prompts, _ = _workload(2, seed=5)
-    _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [16, 16], lookahead=False)
+    _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [16, 16], overlap=False)
+    i = next(i for i in range(3, 16) if ref["r0"][i] not in ref["r0"][:i])
+    stop = ref["r0"][i]  # a token r0 first emits as its (i+1)-th
+    engine = Engine(model, "fcfs", _config(60), runner=runner, decode_steps=1)
+    engine.submit(prompts[0], SamplingParams(16, stop_token_ids=(stop,), seed=5), "r0")
+    engine.submit(prompts[1], SamplingParams(16, seed=5), "r1")
+    dispatched = []  # r0's presence in each committed (dispatched) plan
+    commit = engine.scheduler.commit
+
+    def spy(*args, **kw):
+        dispatched.append(any(r.id == "r0" for r in engine.scheduler._inflight.batch))
+        return commit(*args, **kw)
+
+    engine.scheduler.commit = spy
+    events = []
+    while engine.has_work:
+        events += engine.step()
+    out = engine.output("r0")
+    assert out == ref["r0"][: i + 1]
+    assert engine.output("r1") == ref["r1"]
+    assert [e.token for e in events if e.kind == "token" and e.request_id == "r0"] == out
+    # its prefill, i decode steps, and the one dispatched before the stop was read
+    assert sum(dispatched) == len(out) + 1
+    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine._slot
+
+
+def test_cancel_with_tokens_in_flight(model, runner):
+    """A request cancelled while its step is in flight emits nothing more; the survivor's
+    tokens are those of the synchronous loop, and every page and slot comes back."""
+    prompts, _ = _workload(2, seed=5)
+    _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [16, 16], overlap=False)
     engine = Engine(model, "fcfs", _config(60), runner=runner)
     for i, p in enumerate(prompts):
         engine.submit(p, SamplingParams(max_new_tokens=16, seed=5), request_id=f"r{i}")
-    while engine._ahead is None:
+    for _ in range(4):
         engine.step()
-    used = engine.lookahead_used
+    assert engine._inflight is not None
+    seen = len(engine.output("r1"))
     engine.cancel("r1")
     engine.run_until_done(max_iterations=100)
-    assert engine.lookahead_dropped >= 1 and engine.lookahead_used > used
+    assert len(engine.output("r1")) == seen
     assert engine.output("r0") == ref["r0"]
-    assert engine.scheduler.allocator.num_free == 60 - 1
+    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine._slot
 
 
 def test_no_recompilation_once_buckets_are_warm(model, runner):
     prompts, lens = _workload(seed=3)
     Engine(model, "fcfs", _config(24), runner=runner).warmup(20, 50)
+    Engine(model, "fcfs", _config(200), runner=runner).warmup(20, 50)
     before = CompileCounter.count()
     for policy in ("skip_join_mlfq", "vllm"):
         engine, _ = _serve(model, runner, policy, _config(24), prompts, lens)
         assert sum(t.preemptions for t in engine.timelines.values()) > 0
-        assert engine.lookahead_used > 0  # the device-side input signature was warmed too
+    engine, _ = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    assert engine.decode_calls < sum(lens) - len(lens)  # multi-step programs were warmed too
     assert CompileCounter.count() == before
 
 
@@ -224,3 +272,44 @@ def test_rejections_carry_the_schedulers_reason(model, runner):
     assert tl.rejected and tl.finish_reason == reject.detail
     engine.run_until_done(max_iterations=50)
     assert engine.timelines["ok"].finish_reason == "length"
+
+
+def test_stop_strings_need_a_tokenizer(model, runner):
+    engine = Engine(model, "fcfs", _config(20), runner=runner)
+    with pytest.raises(ValueError, match="stop strings need an engine with a tokenizer"):
+        engine.submit([1, 2], SamplingParams(4, stop_strings=("\n",)))
+
+
+def test_a_rejection_alone_is_still_reported(model, runner):
+    """A request rejected on arrival when nothing else is live keeps the engine busy until a
+    plan has carried its rejection to the event stream and its timeline."""
+    engine = Engine(model, "fcfs", _config(3), runner=runner)
+    engine.submit([1] * 20, SamplingParams(max_new_tokens=2), request_id="big")
+    assert engine.has_work
+    events = engine.step()
+    assert [e.kind for e in events] == ["reject"] and engine.timelines["big"].rejected
+    assert not engine.has_work
+
+
+def test_jaxserve_never_imports_kvpred():
+    """KV prediction's model reaches the engine as a `ServingModel` from an entry point."""
+    import ast
+    import pathlib
+
+    import jaxserve
+    from jaxserve.runner import ServingModel
+
+    root = pathlib.Path(jaxserve.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "kvpred" for n in names), path
+    from kvpred.model import KVPModel
+
+    assert isinstance(random_model(tiny_config()), ServingModel)
+    assert all(callable(getattr(KVPModel, name, None)) for name in ("prefill_paged",))
+    assert isinstance(KVPModel.decoder, property)

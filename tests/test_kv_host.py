@@ -33,6 +33,9 @@ def test_swap_round_trip_is_bit_exact(mode, mesh_spec):
     out_pages, in_pages = [3, 4, 5, 17, 9], [20, 21, 22, 1, 2]
     host = tier.swap_out(kv, out_pages)
     assert host.nbytes == 2 * len(out_pages) * 3 * 4 * 4 * 8 * 4
+    # the host copy holds both caches of exactly those pages (V is not a copy of K)
+    np.testing.assert_array_equal(np.asarray(host.k)[:, : len(out_pages)], before_k[:, out_pages])
+    np.testing.assert_array_equal(np.asarray(host.v)[:, : len(out_pages)], before_v[:, out_pages])
     if mode == "pinned_host":
         assert host.k.sharding.memory_kind == "pinned_host"
     # the device pages are free for others now: overwrite them before swapping back
@@ -43,6 +46,7 @@ def test_swap_round_trip_is_bit_exact(mode, mesh_spec):
     np.testing.assert_array_equal(v[:, in_pages], before_v[:, out_pages])
     untouched = [p for p in range(1, 24) if p not in in_pages + out_pages]
     np.testing.assert_array_equal(k[:, untouched], before_k[:, untouched])
+    np.testing.assert_array_equal(v[:, untouched], before_v[:, untouched])
     assert kv.k.sharding.is_equivalent_to(sharding, 5)
 
 

@@ -142,7 +142,7 @@ def test_parquet_without_a_reader_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_parquet_hf_layout_loads(tmp_path):
-    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed here")
+    import pyarrow as pa  # a test dependency (pyproject's test extras): runs, never skips
     import pyarrow.parquet as pq
 
     with open(HF_JSONL, encoding="utf-8") as f:

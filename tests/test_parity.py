@@ -19,7 +19,9 @@ transformers = pytest.importorskip("transformers")
 
 from jaxserve.models.weights import load_hf, save_hf  # noqa: E402
 
-RTOL = 1e-4  # max |ours - torch| / max |torch|, fp32
+# max |ours - torch| / max |torch|, fp32: measured 3.9e-7 to 1.1e-6 over the cases and lengths
+# here (2026-12, CPU); the bound leaves a margin of ~5x for other BLAS summation orders
+RTOL = 5e-6
 LENGTHS = (1, 7, 33)
 BATCH = 2
 

@@ -77,7 +77,9 @@ def test_contiguous_decode_equals_paged_decode(config):
     np.testing.assert_array_equal(got_emitted, want_emitted)
     np.testing.assert_array_equal(got_toks[got_emitted], want_toks[want_emitted])
     for key in ("tokens", "positions", "active", "remaining"):
-        np.testing.assert_array_equal(np.asarray(got_batch[key]), np.asarray(want_batch[key]))
+        np.testing.assert_array_equal(
+            np.asarray(getattr(got_batch, key)), np.asarray(getattr(want_batch, key))
+        )
     # every page but the null page (which only the paged path scribbles on) is identical:
     # the chunk's tokens were written back, and nothing else was touched
     for got, want in zip(got_pages, want_pages):

@@ -527,8 +527,43 @@ def test_update_contract():
     with pytest.raises(ValueError, match="not in the plan"):
         s.update(1.0, StepResult(1.0, finished={"zzz"}))
     s.schedule(0.0)
-    with pytest.raises(ValueError, match="only 1"):
-        s.update(1.0, StepResult(1.0, tokens={"a": 2}))
+    with pytest.raises(ValueError, match="0 tokens in one step"):
+        s.update(1.0, StepResult(1.0, tokens={"a": 0}))
+
+
+def test_commit_counts_tokens_in_flight_and_complete_charges_them():
+    """An executor one step ahead: plan 1 is committed (its token in flight), plan 2 is
+    scheduled and committed before plan 1's tokens are read. Page needs and length limits see
+    the in-flight tokens at once; the stop and the quantum charge come with `complete`.
+    Hand-worked with page_size 4: "a" has prompt 3 and max_new 3, "b" prompt 4, max_new 2."""
+    s = make_scheduler("mlfq", config(q0=1.0))
+    a, b = s.add(req("a", 3, max_new=3)), s.add(req("b", 4, max_new=2))
+    p1 = s.schedule(0.0)
+    assert [r.id for r in p1.prefill] == ["a", "b"]
+    assert s.commit(0.0) == []  # a: 1 of 3 tokens, b: 1 of 2
+    p2 = s.schedule(0.0)  # before plan 1's tokens are read
+    assert [r.id for r in p2.decode] == ["a", "b"]
+    # a's context is 4 tokens (3 + the in-flight one): still one page; b's is 5: two pages
+    assert (len(a.pages), len(b.pages)) == (1, 2)
+    assert s.commit(0.0) == [b]  # b's second token reaches max_new: "length" at dispatch
+    assert b.finish_reason == "length" and b.pages == []
+    # plan 1's tokens arrive: a's first token was a stop; the charge goes to live requests
+    assert s.complete(p1, 1.0, 0.5, stopped={"a"}) == [a]
+    assert a.finish_reason == "stop" and a.pages == []
+    assert s.done
+    s.check_invariants()
+
+
+def test_complete_charges_quanta_with_a_lag_of_one_plan():
+    s = make_scheduler("mlfq", config(q0=1.0))
+    a = s.add(req("a", 3, max_new=10))
+    p1 = s.schedule(0.0)
+    s.commit(0.0)
+    s.schedule(0.0)
+    s.commit(0.0)
+    assert a.queue == 0
+    s.complete(p1, 1.0, 1.0)  # plan 1 took a whole quantum of queue 0
+    assert a.queue == 1 and a.quantum_used == 0.0
 
 
 # ------------------------------------------------------------------------ simulation
@@ -652,9 +687,9 @@ def test_sim_policies_script_compares_every_policy_on_one_trace():
     rows = {
         line.split()[0]: float(line.split()[1])
         for line in r.stdout.splitlines()
-        if line.split() and line.split()[0] in ("fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt")
+        if line.split() and line.split()[0] in POLICIES
     }
-    assert set(rows) == {"fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"}
+    assert set(rows) == set(POLICIES)
     assert rows["fcfs"] == max(rows.values())
     assert rows["srpt"] < min(rows["mlfq"], rows["skip_join_mlfq"], rows["vllm"])
     assert "fcfs/skip_join_mlfq" in r.stdout and "skip_join_mlfq/srpt" in r.stdout

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import random_model, tiny_config
 
@@ -78,22 +79,33 @@ def test_profile_table_and_round_trip(tmp_path):
 
 
 def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
-    """An A = B identity KVP checkpoint: every scheduler runs twice on the trace, and the
-    KV-prediction runs generate exactly what the base runs do."""
+    """A KVP checkpoint whose predictor changes the cache (A = B, a random predictor): every
+    scheduler runs twice on the trace; the KV-prediction runs generate what `KVPModel`
+    generates on its own (greedy, in the same paged cache), which is not what the base does."""
+    from conftest import randomize
     from flax import nnx
 
     from jaxserve.experiment import resolve_model
+    from jaxserve.generate import Generator
+    from jaxserve.sampling import SamplingParams
     from kvpred.io import save_kvp
     from kvpred.model import KVPModel
     from kvpred.predictor import KVPredictor
 
     base = resolve_model(None, "tiny", 0)[0]  # what --model=tiny --seed=0 serves
     layers = list(range(base.config.num_layers))
-    pred = KVPredictor(base.config, base.config, layers, rngs=nnx.Rngs(0))
-    ckpt = save_kvp(KVPModel(base, nnx.clone(base), pred), str(tmp_path / "kvp"),
-                    base_source="tiny", meta={"aux_spec": "identity"})  # fmt: skip
+    pred = randomize(KVPredictor(base.config, base.config, layers, rngs=nnx.Rngs(0)), seed=3)
+    kvp = KVPModel(base, nnx.clone(base), pred)
+    ckpt = save_kvp(kvp, str(tmp_path / "kvp"), base_source="tiny",
+                    meta={"aux_spec": "identity"})  # fmt: skip
+    rng = np.random.default_rng(0)
+    prompts = {f"q{i}": [int(t) for t in rng.integers(3, 1000, 6 + 5 * i)] for i in range(4)}
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(
+        json.dumps({"id": k, "arrival": 0.01 * i, "prompt_ids": p, "output_len": 8}) + "\n"
+        for i, (k, p) in enumerate(prompts.items())))  # fmt: skip
     out = tmp_path / "serve"
-    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", "--num_requests=4", "--rate=50",
+    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", f"--workload={trace}",
                "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32", "--max_output_len=16",
                f"--prefill=kv_prediction:{ckpt}", f"--out={out}")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -101,11 +113,14 @@ def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
     data = json.loads((out / "results.json").read_text())
     runs = {(run["scheduler"], run["prefill"]): run for run in data["runs"]}
     assert set(runs) == {("skip_join_mlfq", "base"), ("skip_join_mlfq", "kv_prediction")}
-    for s in ("skip_join_mlfq",):
-        ids = [{q["id"]: q["output_ids"] for q in runs[(s, p)]["requests"]}
-               for p in ("base", "kv_prediction")]  # fmt: skip
-        assert ids[0] == ids[1]
-        assert runs[(s, "kv_prediction")]["summary"]["compiles_during_run"] == 0
+    served = {p: {q["id"]: q["output_ids"] for q in runs[("skip_join_mlfq", p)]["requests"]}
+              for p in ("base", "kv_prediction")}  # fmt: skip
+    params = SamplingParams(max_new_tokens=8)
+    for name, model in (("base", base), ("kv_prediction", kvp)):
+        own = Generator(model).generate(list(prompts.values()), params)
+        assert served[name] == {k: c.token_ids for k, c in zip(prompts, own)}, name
+    assert served["base"] != served["kv_prediction"]
+    assert runs[("skip_join_mlfq", "kv_prediction")]["summary"]["compiles_during_run"] == 0
     ttft = data["kv_prediction"]["ttft"]
     assert [row["scheduler"] for row in ttft] == ["skip_join_mlfq"]
     assert all(row["mean_ttft_kvp"] > 0 and row["mean_ttft_speedup"] > 0 for row in ttft)

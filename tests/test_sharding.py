@@ -11,9 +11,10 @@ from conftest import random_model, tiny_config
 from jax.sharding import PartitionSpec as P
 
 from jaxserve import sharding as shd
+from jaxserve.batch import DecodeBatch
 from jaxserve.generate import Generator
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling import SamplingParams
+from jaxserve.sampling import SamplingParams, sampling_arrays
 
 
 def test_parse_mesh_and_errors():
@@ -88,13 +89,17 @@ def test_sharded_logits_match_unsharded():
 def _decode_hlo(runner: ModelRunner, batch_size: int) -> str:
     kv = runner.new_kv(num_pages=1 + batch_size * 2, page_size=4)
     b = batch_size
-    batch = runner.put_batch({
-        "tokens": np.zeros(b, np.int32), "positions": np.zeros(b, np.int32),
-        "block_tables": np.zeros((b, 2), np.int32), "active": np.ones(b, bool),
-        "remaining": np.full(b, 4, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
-        "keys": np.zeros((b, 2), np.uint32), "temperature": np.zeros(b, np.float32),
-        "top_k": np.zeros(b, np.int32), "top_p": np.ones(b, np.float32),
-    })  # fmt: skip
+    batch = runner.put_batch(
+        DecodeBatch(
+            tokens=np.zeros(b, np.int32),
+            positions=np.zeros(b, np.int32),
+            block_tables=np.zeros((b, 2), np.int32),
+            active=np.ones(b, bool),
+            remaining=np.full(b, 4, np.int32),
+            stop_ids=np.full((b, 1), -1, np.int32),
+            **sampling_arrays([], [], b),
+        )
+    )
     return runner._decode.lower(runner.leaves, kv, batch, 2).compile().as_text()
 
 
@@ -110,3 +115,24 @@ def test_compiled_collectives():
     dp = _decode_hlo(ModelRunner(model, shd.make_mesh("data:4")), 4)
     assert not float_all_reduce.search(dp)
     assert "all-reduce" in dp  # the regex does see all-reduces in this text form
+
+
+def test_engine_on_a_mesh_serves_what_one_device_serves():
+    """The engine's device-resident slots and swaps on a data x model mesh (rows over data,
+    KV heads over model) give the tokens of one device, with preemption."""
+    from jaxserve.engine import Engine
+    from jaxserve.sched import SchedulerConfig
+
+    model = random_model(tiny_config(vocab_size=128, max_seq_len=128), seed=4)
+    rs = np.random.RandomState(2)
+    prompts = [[int(t) for t in rs.randint(3, 128, rs.randint(3, 12))] for _ in range(5)]
+    cfg = SchedulerConfig(max_batch=4, num_pages=16, page_size=4, max_seq_len=128, q0=1e-4)
+    outs = []
+    for mesh in (None, shd.make_mesh("data:2,model:2")):
+        engine = Engine(model, "skip_join_mlfq", cfg, mesh=mesh)
+        for i, p in enumerate(prompts):
+            engine.submit(p, SamplingParams(max_new_tokens=14, seed=1), request_id=f"r{i}")
+        engine.run_until_done(max_iterations=2000)
+        assert sum(t.preemptions for t in engine.timelines.values()) > 0
+        outs.append([engine.output(f"r{i}") for i in range(5)])
+    assert outs[0] == outs[1]

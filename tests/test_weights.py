@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxserve.config import RopeScaling
+from jaxserve.errors import CheckpointError
 from jaxserve.models import safetensors_io
 from jaxserve.models.checkpoint import (
     CONFIG_FILE,
@@ -99,7 +100,7 @@ def test_load_hf_missing_tensor_names_it(hf_dir):
     name = "model.layers.0.mlp.up_proj.weight"
     del tensors[name]
     safetensors_io.save_file(tensors, str(hf_dir / "model.safetensors"))
-    with pytest.raises(KeyError, match=re.escape(name)):
+    with pytest.raises(CheckpointError, match=re.escape(name)):
         load_hf(hf_dir)
 
 

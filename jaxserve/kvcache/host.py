@@ -3,12 +3,20 @@
     swap_out: pages [n] --jitted gather (all layers, one call)--> [L, n, S, K, hd] on host
     swap_in:  host copy --transfer--> jitted scatter into newly allocated pages (donated)
 
-Two host backends, both bit-exact:
-  * "pinned_host": JAX memory kinds; the gather's output is placed in pinned host memory by
-    `out_shardings`, so the copy is part of the jitted program and asynchronous.
-  * "numpy": a numpy copy. On the CPU backend "device" and "host" are the same RAM and
-    `device_put` across memory kinds copies at ~1.6 GB/s, against ~10x that for numpy, so
-    "auto" picks numpy there and pinned_host on accelerators.
+Two host backends, both bit-exact, and both asynchronous: `swap_out` and `swap_in` only
+dispatch device work and never wait for it. Their order against the model steps is the order
+of data dependencies on the page arrays (every step, gather and scatter takes the pages the
+previous one returned), so a page freed by a swap-out can be handed to the next step at once:
+the step runs after the gather has read it.
+  * "pinned_host": JAX memory kinds; the pages are gathered on the device (a fast copy in
+    device memory) and the gathered block goes to pinned host memory by `jax.device_put`,
+    a transfer the runtime runs beside the compute stream; a swap-in transfers back the same
+    way before a jitted scatter.
+  * "numpy": the gathered arrays are copied to host memory with `copy_to_host_async` and
+    turned into numpy arrays by `HostKV.settle()` once the engine knows the copy is done (it
+    calls it after it next reads tokens back). On the CPU backend "device" and "host" are the
+    same RAM and `device_put` across memory kinds copies at ~1.6 GB/s, against ~10x that for
+    numpy, so "auto" picks numpy there and pinned_host on accelerators.
 Page counts are bucketed to powers of two (padding reads and writes hit the null page), so a
 run compiles a handful of swap programs at most.
 """
@@ -23,6 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxserve.kvcache.pages import NULL_PAGE, KVPages
+from jaxserve.utils import pow2
 
 
 @dataclasses.dataclass
@@ -31,14 +40,16 @@ class HostKV:
     v: object
     num_pages: int  # real pages; the rest of the bucket is padding
 
+    def settle(self) -> None:
+        """Hold the copy as numpy arrays (numpy mode), releasing the device buffers. Waits for
+        the gather: call it once the steps dispatched after the swap-out have been read."""
+        if isinstance(self.k, jax.Array) and self.k.sharding.memory_kind != "pinned_host":
+            self.k, self.v = np.asarray(self.k), np.asarray(self.v)
+
     @property
     def nbytes(self) -> int:
         per_page = self.k.nbytes // self.k.shape[1]
         return 2 * per_page * self.num_pages
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _gather(kv: KVPages, idx: jax.Array):
@@ -64,32 +75,35 @@ class HostTier:
         self.mode = mode
         self.device_sharding = kv_sharding
         self.host_sharding = kv_sharding.with_memory_kind("pinned_host")
-        out = (self.host_sharding,) * 2 if mode == "pinned_host" else None
-        self._gather = jax.jit(_gather, out_shardings=out)
+        self._gather = jax.jit(_gather, out_shardings=(kv_sharding, kv_sharding))
         self._scatter = jax.jit(
             _scatter, donate_argnums=(0,), out_shardings=KVPages(kv_sharding, kv_sharding)
         )
 
     def _index(self, pages: Sequence[int]) -> np.ndarray:
-        idx = np.full(_bucket(len(pages)), NULL_PAGE, np.int32)
+        idx = np.full(pow2(len(pages)), NULL_PAGE, np.int32)
         idx[: len(pages)] = pages
         return idx
 
     def swap_out(self, kv: KVPages, pages: Sequence[int]) -> HostKV:
-        """Copy `pages` of every layer to host. The device pages may be reused afterwards."""
+        """Dispatch a copy of `pages` of every layer to host; returns at once. The device pages
+        may be reused by anything dispatched afterwards."""
         if not pages:
             raise ValueError("swap_out of zero pages")
         k, v = self._gather(kv, self._index(pages))
         if self.mode == "numpy":
-            k, v = np.array(k), np.array(v)
+            k.copy_to_host_async()
+            v.copy_to_host_async()
+        else:
+            k, v = jax.device_put((k, v), self.host_sharding)
         return HostKV(k, v, len(pages))
 
     def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
-        """Write a host copy into `pages` (newly allocated, as many as were swapped out)."""
+        """Dispatch the write of a host copy into `pages` (newly allocated, as many as were
+        swapped out); returns the new page arrays at once."""
         if len(pages) != host.num_pages:
             raise ValueError(f"swap_in of {host.num_pages} pages into {len(pages)} pages")
-        k, v = host.k, host.v
-        if self.mode == "pinned_host":
-            k = jax.device_put(k, self.device_sharding)
-            v = jax.device_put(v, self.device_sharding)
+        # numpy or host arrays, or a gathered copy not settled yet: one input signature
+        k = jax.device_put(host.k, self.device_sharding)
+        v = jax.device_put(host.v, self.device_sharding)
         return self._scatter(kv, k, v, self._index(pages))

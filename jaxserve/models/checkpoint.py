@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from jaxserve.config import ModelConfig, RopeScaling
+from jaxserve.config import ModelConfig, RopeScaling, from_hf_config
+from jaxserve.errors import CheckpointError
 from jaxserve.models.transformer import Decoder, abstract_model
 from jaxserve.models.weights import load_hf
 
@@ -68,9 +70,9 @@ def _read_meta(directory: str) -> dict[str, Any]:
             raise ValueError(f"format_version {meta['format_version']} is newer than this code")
         meta["config"] = config_from_dict(meta["config"])
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a valid jaxserve checkpoint config ({e})") from None
+        raise CheckpointError(f"{path}: not a valid jaxserve checkpoint config ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: bad jaxserve checkpoint config: {e}") from None
+        raise CheckpointError(f"{path}: bad jaxserve checkpoint config: {e}") from None
     return meta
 
 
@@ -115,9 +117,69 @@ def restore_checkpoint(
         var.set_value(
             jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=wanted.get(path, default))
         )
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(params, nnx.from_flat_state(flat))
+    restored = restore_orbax(params, nnx.from_flat_state(flat))
     return nnx.merge(graphdef, restored)
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, shortened (tensorstore errors run long)."""
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def restore_orbax(path: str, abstract: Any) -> Any:
+    """orbax StandardCheckpointer.restore, with a damaged or incomplete save reported as a
+    `CheckpointError` naming the directory (not pages of tensorstore errors)."""
+    quiet_failed_read_noise()
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, abstract)
+    except (FileNotFoundError, CheckpointError):
+        raise
+    except Exception as e:  # orbax/tensorstore raise many kinds for damaged data
+        raise CheckpointError(
+            f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})"
+        ) from e
+
+
+def quiet_failed_read_noise() -> None:
+    """When an orbax read fails, its reads still in flight finish on a closed event loop and
+    report "RuntimeError: Event loop is closed" through sys.unraisablehook, one traceback each
+    (some before the failure reaches the caller); drop those (the read's own error is what
+    matters), pass anything else on. Installed once, before the first read."""
+    if getattr(sys.unraisablehook, "_drops_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The config of a checkpoint directory of either kind, without loading its weights (to
+    check inputs before any work); the same errors as `load_model` for what it reads."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        meta = _read_meta(path)
+        params = _params_dir(path, meta.get("step"))
+        if not os.path.isdir(params):
+            raise CheckpointError(f"checkpoint {path!r} has no parameters at {params!r}")
+        return meta["config"]
+    has_st = any(name.endswith(".safetensors") for name in os.listdir(path))
+    if os.path.isfile(os.path.join(path, "config.json")) and has_st:
+        return from_hf_config(path)
+    raise FileNotFoundError(
+        f"{path!r} is not a model checkpoint: looked for {CONFIG_FILE} (jaxserve/orbax) or "
+        "config.json with *.safetensors (Hugging Face)"
+    )
 
 
 def load_model(path: str | os.PathLike, shardings: Any = None) -> Decoder:

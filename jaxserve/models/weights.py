@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.config import ModelConfig, from_hf_config
+from jaxserve.errors import CheckpointError
 from jaxserve.models import safetensors_io
 from jaxserve.models.transformer import Decoder, abstract_model
 
@@ -146,8 +147,14 @@ class _TensorIndex:
             raise FileNotFoundError(f"{path!r} has no *.safetensors files")
         self.where: dict[str, str] = {}
         if index_files:
-            with open(index_files[0]) as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index_files[0], encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                weight_map = dict(weight_map)
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(
+                    f"{index_files[0]}: not a safetensors index (needs a 'weight_map'; {e})"
+                ) from None
             for name, fname in weight_map.items():
                 full = os.path.join(path, fname)
                 if not os.path.isfile(full):
@@ -164,13 +171,13 @@ class _TensorIndex:
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.where:
-            raise KeyError(f"checkpoint {self.path!r} is missing tensor {name!r}")
+            raise CheckpointError(f"checkpoint {self.path!r} is missing tensor {name!r}")
         fname = self.where[name]
         if fname not in self._open:
             self._open[fname] = safetensors_io.SafetensorsFile(fname)
         f = self._open[fname]
         if name not in f.header:
-            raise KeyError(f"{fname} is missing tensor {name!r} (named in the index)")
+            raise CheckpointError(f"{fname} is missing tensor {name!r} (named in the index)")
         return f.get(name)
 
 
@@ -199,8 +206,9 @@ def load_hf(
         target = flat[ours]
         if value is None or tuple(value.shape) != tuple(target.shape):
             shapes = ", ".join(f"{n}: {tuple(a.shape)}" for n, a in zip(hf_names, arrays))
-            raise ValueError(
-                f"tensor {hf_names[0]!r} has the wrong shape for {'.'.join(map(str, ours))} "
+            raise CheckpointError(
+                f"{path}: tensor {hf_names[0]!r} has the wrong shape for "
+                f"{'.'.join(map(str, ours))} "
                 f"(expected {tuple(target.shape)} in our layout; checkpoint has {shapes})"
             )
         value = np.asarray(value).astype(target.dtype)
@@ -208,7 +216,7 @@ def load_hf(
         target.set_value(jax.device_put(value, sharding) if sharding else jax.numpy.asarray(value))
     missing = [k for k, v in flat.items() if isinstance(v[...], jax.ShapeDtypeStruct)]
     if missing:
-        raise ValueError(f"no checkpoint tensor feeds parameters {missing}")
+        raise CheckpointError(f"{path}: no checkpoint tensor feeds parameters {missing}")
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

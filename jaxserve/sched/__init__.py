@@ -14,7 +14,7 @@ from jaxserve.sched.config import SchedulerConfig
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.policies import POLICIES
 from jaxserve.sched.request import Request, State
-from jaxserve.sched.scheduler import Scheduler, StepResult, make_scheduler
+from jaxserve.sched.scheduler import Scheduler, StepResult, make_scheduler, reject_reason
 
 __all__ = [
     "NULL_PAGE",
@@ -29,4 +29,5 @@ __all__ = [
     "StepResult",
     "contiguous_runs",
     "make_scheduler",
+    "reject_reason",
 ]

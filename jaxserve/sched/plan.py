@@ -32,6 +32,7 @@ class Plan:
     preempted: list[Request] = field(default_factory=list)  # in the last batch, not in this one
     rejected: list[Request] = field(default_factory=list)  # rejected since the last plan
     now: float = 0.0  # the time `schedule` was called with
+    prefill_lens: list[int] = field(default_factory=list)  # prefill tokens, set by `commit`
 
     @property
     def batch(self) -> list[Request]:

@@ -28,7 +28,7 @@ from jaxserve.sched.config import SchedulerConfig
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.request import Request, State, pages_for
 
-__all__ = ["Scheduler", "SchedulerConfig", "StepResult", "make_scheduler"]
+__all__ = ["Scheduler", "SchedulerConfig", "StepResult", "make_scheduler", "reject_reason"]
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Scheduler:
             raise ValueError(f"{request.id}: add a fresh request (state WAITING, nothing run)")
         request.seq = request.entered_queue = self.next_seq()
         self.requests[request.id] = request
-        reason = self._reject_reason(request)
+        reason = reject_reason(self.config, request.prompt_len, request.max_new_tokens)
         if reason:
             request.state = State.REJECTED
             request.finish_reason = f"rejected: {reason}"
@@ -81,7 +81,8 @@ class Scheduler:
         return request
 
     def schedule(self, now: float) -> Plan:
-        """Decide this iteration. Call `update` after executing a plan with a batch."""
+        """Decide this iteration. The previous plan with a batch must have been committed
+        (`commit`, or `update`, which commits and completes it)."""
         if self._inflight is not None and self._inflight.batch:
             raise RuntimeError("schedule() called twice without update() for a plan with a batch")
         plan = Plan(now=now, rejected=self._rejected)
@@ -100,41 +101,77 @@ class Scheduler:
         return plan
 
     def update(self, now: float, result: StepResult) -> list[Request]:
-        """Account for the executed plan; returns the requests that finished in this step."""
+        """Account for the executed plan; returns the requests that finished in this step.
+        (`commit` then `complete`, for an executor that reads each step before planning the
+        next.)"""
         plan = self._inflight
         if plan is None:
             raise RuntimeError("update() without a scheduled plan")
+        finished = self.commit(now, result.tokens, stopped=result.finished)
+        return finished + self.complete(plan, now, result.iteration_time)
+
+    def commit(
+        self, now: float, tokens: dict[str, int] | int = 1, stopped: set[str] = frozenset()
+    ) -> list[Request]:
+        """The executor dispatched the scheduled plan: each batch request's tokens (1, or
+        `tokens`) count as generated from now on, though the executor may not have read them
+        yet (tokens in flight). So page needs, length limits and the next `schedule` see
+        them: requests that reach their length limit finish here ("length"), and so do the
+        `stopped` ones ("stop", for an executor that already knows). The next plan may be
+        scheduled at once; `complete` follows when the tokens are read."""
+        plan = self._inflight
+        if plan is None:
+            raise RuntimeError("commit() without a scheduled plan")
         self._inflight = None
         batch = {r.id: r for r in plan.batch}
-        for rid in list(result.tokens) + list(result.finished):
+        per_row = tokens if isinstance(tokens, dict) else {}
+        plan.prefill_lens = [r.context_len for r in plan.prefill]
+        for rid in list(per_row) + list(stopped):
             if rid not in batch:
                 raise ValueError(f"result names {rid!r}, which was not in the plan's batch")
         finished = []
-        prefill_charges, decode_charge = self.config.charges(
-            result.iteration_time, [r.context_len for r in plan.prefill], len(plan.decode)
-        )
-        charge = {r.id: c for r, c in zip(plan.prefill, prefill_charges)}
         for r in plan.batch:
             if r.cancelled:
                 continue
-            n = result.tokens.get(r.id, 1)
-            if n != 1:
-                raise ValueError(f"{r.id}: {n} tokens in one step (only 1 is supported)")
-            r.num_generated += 1
+            n = per_row.get(r.id, 1) if isinstance(tokens, dict) else tokens
+            if n < 1:
+                raise ValueError(f"{r.id}: {n} tokens in one step")
+            r.num_generated += n
             r.last_run = now
-            r.quantum_used += charge.get(r.id, decode_charge)
             if r.first_token_time is None:
                 r.first_token_time = now
-            if r.id in result.finished:
+            if r.id in stopped:
                 self._finish(r, now, "stop")
             elif r.num_generated >= r.max_new_tokens or r.context_len > self.config.max_seq_len:
                 self._finish(r, now, "length")
             else:
-                self.policy.on_step(self, r, result.iteration_time)
                 continue
             finished.append(r)
         if plan.batch:
             self.iteration += 1
+        return finished
+
+    def complete(
+        self, plan: Plan, now: float, iteration_time: float, stopped: set[str] = frozenset()
+    ) -> list[Request]:
+        """A committed plan's tokens were read: charge its measured time to MLFQ quanta and
+        finish the requests whose token was a stop ("stop"). Other plans may have been
+        scheduled and committed since; a request that ended meanwhile is skipped. Returns the
+        requests it finished."""
+        prefill_charges, decode_charge = self.config.charges(
+            iteration_time, plan.prefill_lens, len(plan.decode)
+        )
+        charge = {r.id: c for r, c in zip(plan.prefill, prefill_charges)}
+        finished = []
+        for r in plan.batch:
+            if not r.live:
+                continue
+            if r.id in stopped:
+                self._finish(r, now, "stop")
+                finished.append(r)
+                continue
+            r.quantum_used += charge.get(r.id, decode_charge)
+            self.policy.on_step(self, r, iteration_time)
         return finished
 
     def cancel(self, request_id: str, now: float | None = None) -> bool:
@@ -150,8 +187,9 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        """Nothing left: every request is FINISHED or REJECTED."""
-        return not self._live
+        """Nothing left: every request is FINISHED or REJECTED, and every rejection has been
+        reported by a plan."""
+        return not self._live and not self._rejected
 
     @property
     def live(self) -> list[Request]:
@@ -308,15 +346,15 @@ class Scheduler:
         r.finish_reason = reason
         del self._live[r.id]
 
-    def _reject_reason(self, r: Request) -> str | None:
-        if r.prompt_len > self.config.max_seq_len:
-            return f"prompt of {r.prompt_len} tokens > max_seq_len {self.config.max_seq_len}"
-        if self.max_pages(r) > self.config.usable_pages:
-            return (
-                f"needs {self.max_pages(r)} pages for prompt + max_new_tokens, "
-                f"the pool has {self.config.usable_pages}"
-            )
-        return None
+
+def reject_reason(config: SchedulerConfig, prompt_len: int, max_new_tokens: int) -> str | None:
+    """Why a request can never run under `config` (it is rejected on arrival), or None."""
+    if prompt_len > config.max_seq_len:
+        return f"prompt of {prompt_len} tokens > max_seq_len {config.max_seq_len}"
+    need = pages_for(min(prompt_len + max_new_tokens, config.max_seq_len), config.page_size)
+    if need > config.usable_pages:
+        return f"needs {need} pages for prompt + max_new_tokens, the pool has {config.usable_pages}"
+    return None
 
 
 def make_scheduler(policy_name: str, config: SchedulerConfig) -> Scheduler:

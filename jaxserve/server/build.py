@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 from jaxserve import experiment, serve
 from jaxserve.engine import Engine
-from jaxserve.profiler import Profile
-from jaxserve.runner import ModelRunner
+from jaxserve.errors import InputError
+from jaxserve.models.transformer import Decoder
+from jaxserve.runner import ModelRunner, ServingModel
 from jaxserve.server import protocol
 from jaxserve.tokenizer import Tokenizer
 
@@ -24,16 +26,22 @@ def make_engine(
     checkpoint: str | None,
     preset: str | None,
     profile_path: str | None = None,
+    load_prefill_model: Callable[[str, Decoder], ServingModel] | None = None,
 ) -> tuple[Engine, Tokenizer | None, str]:
-    """(warmed-up engine, tokenizer or None, where the weights came from)."""
+    """(warmed-up engine, tokenizer or None, where the weights came from).
+    `load_prefill_model(dir, base)`: the model of `s.prefill`'s checkpoint (KV prediction's,
+    resolved by the entry point)."""
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
     kvp_dir = serve.parse_prefill(s.prefill)
-    runner = serve.kvp_model_runner(kvp_dir, model) if kvp_dir else ModelRunner(model)
-    prof = Profile.load(profile_path) if profile_path else serve.profile_runner(runner, s)
+    if kvp_dir is not None and load_prefill_model is None:
+        raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
+    runner = ModelRunner(load_prefill_model(kvp_dir, model) if kvp_dir else model)
+    prof = serve.load_profile(profile_path) if profile_path else serve.profile_runner(runner, s)
     config = model.config
     sc = serve.scheduler_config(s, prof, config.max_seq_len,
                                 serve.page_nbytes(config, s.page_size))  # fmt: skip
-    engine = Engine(model, policy, sc, tokenizer, runner=runner, host_mode=s.host_mode)
+    engine = Engine(model, policy, sc, tokenizer, runner=runner, host_mode=s.host_mode,
+                    decode_steps=s.decode_steps)  # fmt: skip
     engine.warmup(min(s.max_prompt_len, config.max_seq_len),
                   min(config.max_seq_len, s.max_prompt_len + s.max_output_len))  # fmt: skip
     return engine, tokenizer, source

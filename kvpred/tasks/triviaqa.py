@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jaxserve.utils import atomic_open
+
 STOP_STRINGS = ("\n", ".", ",")
 
 # Characters the official script turns into spaces: ASCII punctuation (the underscore included)
@@ -330,12 +332,6 @@ def write_triviaqa(
             }
         )
     doc = {"Data": data, "Domain": "Web", "VerifiedEval": False, "Version": version}
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
