@@ -41,9 +41,11 @@ _KB_ENTITIES = flags.DEFINE_integer(
 _KB_SEED = flags.DEFINE_integer("kb_seed", 0, "Synthetic QA seed (as in training).")
 _TTFT_BATCHES = flags.DEFINE_list("ttft_batch_sizes", ["1", "8"], "Batch sizes to time TTFT at.")
 _TTFT_LEN = flags.DEFINE_integer(
-    "ttft_prompt_len", None, "Prompt length to time TTFT at (default: the task's mean prompt).",
+    "ttft_prompt_len",
+    None,
+    "Prompt length to time TTFT at (default: the task's mean prompt).",
     lower_bound=2,
-)  # fmt: skip
+)
 _TTFT_REPS = flags.DEFINE_integer("ttft_reps", 7, "Timed repetitions (median).", lower_bound=1)
 _MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2 (default: 1 device).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
@@ -129,12 +131,18 @@ def main(argv):
             paired[b] = ev.time_interleaved([base_timers[b], timer], _TTFT_REPS.value)
         ttft = {b: t for b, (_, t) in paired.items()}
         row = {
-            "kind": kind, metric_name: metric, "metric": metric_name,
-            "ttft_flops": v.flops_params, "ttft_flops_attention": v.flops_attention,
-            "ttft_seconds": ttft[batches[0]], "ttft_seconds_by_batch": ttft,
+            "kind": kind,
+            metric_name: metric,
+            "metric": metric_name,
+            "ttft_flops": v.flops_params,
+            "ttft_flops_attention": v.flops_attention,
+            "ttft_seconds": ttft[batches[0]],
+            "ttft_seconds_by_batch": ttft,
             "ttft_base_seconds_by_batch": {b: t for b, (t, _) in paired.items()},
-            "memory_bytes": v.memory_bytes, "eval_seconds": eval_s, "predictions": preds,
-        }  # fmt: skip
+            "memory_bytes": v.memory_bytes,
+            "eval_seconds": eval_s,
+            "predictions": preds,
+        }
         if kind == "base":
             base_row = row
         results[name] = row
@@ -164,10 +172,13 @@ def main(argv):
     print(table)
     payload = {
         "flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(__name__)},
-        "environment": experiment.environment(), "task": _TASK.value,
-        "num_examples": len(data), "prompt_tokens_mean": n, "ttft_prompt_len": ttft_len,
+        "environment": experiment.environment(),
+        "task": _TASK.value,
+        "num_examples": len(data),
+        "prompt_tokens_mean": n,
+        "ttft_prompt_len": ttft_len,
         "variants": results,
-    }  # fmt: skip
+    }
     experiment.write_json(os.path.join(_OUT.value, "results.json"), payload)
     report.pareto_plot(results, os.path.join(_OUT.value, "pareto.png"), _TASK.value)
     print(f"wrote {os.path.join(_OUT.value, 'results.json')} and pareto.png")

@@ -33,8 +33,22 @@ _MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:2,model:4 (def
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override a preset's dtype.")
 _OUTPUT = flags.DEFINE_string("output_json", None, "Write prompts and completions here.")
 
-_ALL = (_CHECKPOINT, _PRESET, _PROMPT, _PROMPT_IDS, _MAX_NEW, _TEMPERATURE, _TOP_K, _TOP_P,
-        _STOP, _STOP_IDS, _SEED, _MESH, _DTYPE, _OUTPUT)  # fmt: skip
+_ALL = (
+    _CHECKPOINT,
+    _PRESET,
+    _PROMPT,
+    _PROMPT_IDS,
+    _MAX_NEW,
+    _TEMPERATURE,
+    _TOP_K,
+    _TOP_P,
+    _STOP,
+    _STOP_IDS,
+    _SEED,
+    _MESH,
+    _DTYPE,
+    _OUTPUT,
+)
 
 flags.register_validator("top_p", lambda v: 0 < v <= 1, "--top_p must be in (0, 1]")
 
@@ -68,12 +82,22 @@ def main(argv):
         raise app.UsageError(f"{name}{': ' if name else ''}{e}") from None
     try:
         generate.run_cli(
-            checkpoint=_CHECKPOINT.value, preset=_PRESET.value, prompts=_PROMPT.value,
-            prompt_ids=prompt_ids, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-            top_k=_TOP_K.value, top_p=_TOP_P.value, stop=_STOP.value, stop_token_ids=stop_ids,
-            seed=_SEED.value, mesh=_MESH.value, dtype=_DTYPE.value, output_json=_OUTPUT.value,
+            checkpoint=_CHECKPOINT.value,
+            preset=_PRESET.value,
+            prompts=_PROMPT.value,
+            prompt_ids=prompt_ids,
+            max_new_tokens=_MAX_NEW.value,
+            temperature=_TEMPERATURE.value,
+            top_k=_TOP_K.value,
+            top_p=_TOP_P.value,
+            stop=_STOP.value,
+            stop_token_ids=stop_ids,
+            seed=_SEED.value,
+            mesh=_MESH.value,
+            dtype=_DTYPE.value,
+            output_json=_OUTPUT.value,
             flag_values={h.name: h.value for h in _ALL},
-        )  # fmt: skip
+        )
     except InputError:
         raise
     except ValueError as e:  # what the model cannot take (token ids, lengths, a mesh)

@@ -21,13 +21,14 @@ from experiments import serve as serve_cli
 _URL = flags.DEFINE_string("url", "http://127.0.0.1:8000", "Server base URL.")
 _TIMEOUT = flags.DEFINE_float("timeout_s", 600.0, "Per-request timeout, s.", lower_bound=0.1)
 _DETAILS = flags.DEFINE_bool(
-    "details", True, "Ask the server for its record of each request (preemptions, swapped "
+    "details",
+    True,
+    "Ask the server for its record of each request (preemptions, swapped "
     "bytes, and the per-token server overhead when client and server share a host).",
-)  # fmt: skip
+)
 
 # engine flags belong to experiments.server; these are the ones load takes from serve
-_LOAD_FLAGS = (*serve_cli.WORKLOAD_FLAGS, "max_prompt_len", "max_output_len", "seed",
-               "checkpoint")  # fmt: skip
+_LOAD_FLAGS = (*serve_cli.WORKLOAD_FLAGS, "max_prompt_len", "max_output_len", "seed", "checkpoint")
 
 
 def main(argv):
@@ -52,10 +53,14 @@ def main(argv):
 
     try:
         load.run_load(
-            settings, _URL.value, out_dir=fl.out, tokenizer_dir=fl.checkpoint,
-            details=_DETAILS.value, timeout=_TIMEOUT.value,
+            settings,
+            _URL.value,
+            out_dir=fl.out,
+            tokenizer_dir=fl.checkpoint,
+            details=_DETAILS.value,
+            timeout=_TIMEOUT.value,
             flag_values={n: fl[n].value for n in (*_LOAD_FLAGS, "url", "details", "timeout_s")},
-        )  # fmt: skip
+        )
     except load.ServerUnreachable as e:
         raise app.UsageError(f"--url: {e}") from None
     print(f"results: {os.path.join(fl.out, 'results.json')}")

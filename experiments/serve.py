@@ -43,10 +43,11 @@ _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
 _HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
 _DECODE_STEPS = flags.DEFINE_integer(
-    "decode_steps", 4,
+    "decode_steps",
+    16,
     "Most decode steps one device call runs when nothing can change meanwhile (a power of "
     "two; 1: one step per call).",
-)  # fmt: skip
+)
 _HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
 _Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
 _Q0_IT = flags.DEFINE_float(
@@ -75,17 +76,60 @@ _PREFILL = flags.DEFINE_string(
 )
 _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
 
-_ALL = (_MODEL, _CHECKPOINT, _SCHEDULERS, _WORKLOAD, _RATE, _RATES, _N, _ARRIVAL, _CV, _SCALE,
-        _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH, _KV_PAGES, _PAGE_SIZE, _PREEMPTION,
-        _HOST_PAGES, _HOST_MODE, _DECODE_STEPS, _Q0, _Q0_IT, _NUM_QUEUES, _CHARGE, _PROMOTE,
-        _STARVE, _RESERVE, _PREFETCH, _SLO_TTFT, _SLO_TBT, _PROFILE, _SEED, _PREFILL,
-        _OUT)  # fmt: skip
+_ALL = (
+    _MODEL,
+    _CHECKPOINT,
+    _SCHEDULERS,
+    _WORKLOAD,
+    _RATE,
+    _RATES,
+    _N,
+    _ARRIVAL,
+    _CV,
+    _SCALE,
+    _OUT_SIGMA,
+    _MAX_PROMPT,
+    _MAX_OUTPUT,
+    _MAX_BATCH,
+    _KV_PAGES,
+    _PAGE_SIZE,
+    _PREEMPTION,
+    _HOST_PAGES,
+    _HOST_MODE,
+    _DECODE_STEPS,
+    _Q0,
+    _Q0_IT,
+    _NUM_QUEUES,
+    _CHARGE,
+    _PROMOTE,
+    _STARVE,
+    _RESERVE,
+    _PREFETCH,
+    _SLO_TTFT,
+    _SLO_TBT,
+    _PROFILE,
+    _SEED,
+    _PREFILL,
+    _OUT,
+)
 
 
 # Flags that describe the requests rather than the engine: experiments.load takes these,
 # experiments.server refuses them.
-WORKLOAD_FLAGS = ("schedulers", "workload", "rate", "rates", "num_requests", "arrival", "cv",
-                  "scale", "output_sigma", "slo_ttft", "slo_tbt", "out")  # fmt: skip
+WORKLOAD_FLAGS = (
+    "schedulers",
+    "workload",
+    "rate",
+    "rates",
+    "num_requests",
+    "arrival",
+    "cv",
+    "scale",
+    "output_sigma",
+    "slo_ttft",
+    "slo_tbt",
+    "out",
+)
 
 
 def check_model_flags() -> str | None:
@@ -139,18 +183,36 @@ def check_engine_flags() -> None:
 
 def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.ServeSettings:
     return serve.ServeSettings(
-        schedulers=schedulers, workload=_WORKLOAD.value, rates=rates, num_requests=_N.value,
-        max_batch=_MAX_BATCH.value, kv_pages=_KV_PAGES.value, page_size=_PAGE_SIZE.value,
-        preemption=_PREEMPTION.value, seed=_SEED.value, arrival=_ARRIVAL.value, cv=_CV.value,
-        scale=_SCALE.value, output_sigma=_OUT_SIGMA.value, max_prompt_len=_MAX_PROMPT.value,
+        schedulers=schedulers,
+        workload=_WORKLOAD.value,
+        rates=rates,
+        num_requests=_N.value,
+        max_batch=_MAX_BATCH.value,
+        kv_pages=_KV_PAGES.value,
+        page_size=_PAGE_SIZE.value,
+        preemption=_PREEMPTION.value,
+        seed=_SEED.value,
+        arrival=_ARRIVAL.value,
+        cv=_CV.value,
+        scale=_SCALE.value,
+        output_sigma=_OUT_SIGMA.value,
+        max_prompt_len=_MAX_PROMPT.value,
         max_output_len=_MAX_OUTPUT.value,
-        q0=_Q0.value, q0_iterations=_Q0_IT.value, num_queues=_NUM_QUEUES.value,
-        quantum_charge=_CHARGE.value, promote_every=_PROMOTE.value,
-        starve_s=_STARVE.value, reserve_pages=_RESERVE.value, prefetch=_PREFETCH.value,
-        host_pages=_HOST_PAGES.value, host_mode=_HOST_MODE.value, slo_ttft=_SLO_TTFT.value,
+        q0=_Q0.value,
+        q0_iterations=_Q0_IT.value,
+        num_queues=_NUM_QUEUES.value,
+        quantum_charge=_CHARGE.value,
+        promote_every=_PROMOTE.value,
+        starve_s=_STARVE.value,
+        reserve_pages=_RESERVE.value,
+        prefetch=_PREFETCH.value,
+        host_pages=_HOST_PAGES.value,
+        host_mode=_HOST_MODE.value,
+        slo_ttft=_SLO_TTFT.value,
         decode_steps=_DECODE_STEPS.value,
-        slo_tbt=_SLO_TBT.value, prefill=_PREFILL.value,
-    )  # fmt: skip
+        slo_tbt=_SLO_TBT.value,
+        prefill=_PREFILL.value,
+    )
 
 
 def main(argv):
@@ -165,10 +227,14 @@ def main(argv):
     check_engine_flags()
     settings = settings_from_flags(_SCHEDULERS.value, rates)
     results = serve.run_serve(
-        settings, checkpoint=_CHECKPOINT.value, preset=preset,
-        out_dir=_OUT.value, flag_values={h.name: h.value for h in _ALL},
-        profile_path=_PROFILE.value, load_prefill_model=load_kvp,
-    )  # fmt: skip
+        settings,
+        checkpoint=_CHECKPOINT.value,
+        preset=preset,
+        out_dir=_OUT.value,
+        flag_values={h.name: h.value for h in _ALL},
+        profile_path=_PROFILE.value,
+        load_prefill_model=load_kvp,
+    )
     for rate in rates:  # under the table: what the schedulers gain over each other
         runs = [r for r in results["runs"] if r["rate"] == rate and r["prefill"] == "base"]
         line = metrics.ratio_line({r["scheduler"]: r["summary"] for r in runs})

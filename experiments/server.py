@@ -21,10 +21,14 @@ from experiments import serve as serve_cli
 
 _SCHEDULER = flags.DEFINE_enum("scheduler", "fcfs", serve_cli.POLICIES, "Scheduling policy.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
-_PORT = flags.DEFINE_integer("port", 8000, "Port (0: any free one).", lower_bound=0,
-                             upper_bound=65535)  # fmt: skip
-_NAME = flags.DEFINE_string("served_model_name", None, "Model name in the API (default: "
-                            "the preset, or the checkpoint directory's name).")  # fmt: skip
+_PORT = flags.DEFINE_integer(
+    "port", 8000, "Port (0: any free one).", lower_bound=0, upper_bound=65535
+)
+_NAME = flags.DEFINE_string(
+    "served_model_name",
+    None,
+    "Model name in the API (default: the preset, or the checkpoint directory's name).",
+)
 _MAX_INFLIGHT = flags.DEFINE_integer(
     "max_inflight", 256, "Admission limit: requests in flight beyond it get 429.", lower_bound=1
 )
@@ -34,8 +38,12 @@ _SWITCH = flags.DEFINE_float(
     "Python's thread switch interval (sys.setswitchinterval).",
     lower_bound=1e-6,
 )
-_GRACE = flags.DEFINE_float("shutdown_grace_s", 10.0, "On shutdown, let open requests finish "
-                            "this long, then cancel them.", lower_bound=0)  # fmt: skip
+_GRACE = flags.DEFINE_float(
+    "shutdown_grace_s",
+    10.0,
+    "On shutdown, let open requests finish this long, then cancel them.",
+    lower_bound=0,
+)
 
 
 def main(argv):
@@ -43,8 +51,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     given = [n for n in serve_cli.WORKLOAD_FLAGS if flags.FLAGS[n].present]
     if given:
-        raise app.UsageError(f"--{given[0]} describes requests, not the engine: pass it to "
-                             "experiments.load")  # fmt: skip
+        raise app.UsageError(
+            f"--{given[0]} describes requests, not the engine: pass it to experiments.load"
+        )
     try:
         ipaddress.ip_address(_HOST.value)
     except ValueError:
@@ -63,17 +72,27 @@ def main(argv):
 
     checkpoint = flags.FLAGS.checkpoint
     engine, tokenizer, source = make_engine(
-        settings, _SCHEDULER.value, checkpoint=checkpoint, preset=preset,
-        profile_path=flags.FLAGS.profile, load_prefill_model=serve_cli.load_kvp,
-    )  # fmt: skip
+        settings,
+        _SCHEDULER.value,
+        checkpoint=checkpoint,
+        preset=preset,
+        profile_path=flags.FLAGS.profile,
+        load_prefill_model=serve_cli.load_kvp,
+    )
     name = _NAME.value or preset or os.path.basename(os.path.normpath(checkpoint))
     app_, _ = build_app(
-        engine, tokenizer, name, max_inflight=_MAX_INFLIGHT.value,
-        max_tokens=settings.max_output_len, chat_template=chat_template_for(checkpoint, tokenizer),
-        info={"prefill": "kv_prediction" if settings.prefill != "base" else "base",
-              "model": {"source": source, "config": engine.config.to_dict()},
-              "environment": environment()},
-    )  # fmt: skip
+        engine,
+        tokenizer,
+        name,
+        max_inflight=_MAX_INFLIGHT.value,
+        max_tokens=settings.max_output_len,
+        chat_template=chat_template_for(checkpoint, tokenizer),
+        info={
+            "prefill": "kv_prediction" if settings.prefill != "base" else "base",
+            "model": {"source": source, "config": engine.config.to_dict()},
+            "environment": environment(),
+        },
+    )
     # the engine thread and the event loop share the GIL: a token waits for the event loop
     # at most one switch interval (Python's default is 5 ms, longer than a decode step)
     sys.setswitchinterval(_SWITCH.value)
@@ -86,10 +105,13 @@ def main(argv):
             f"--host/--port: cannot listen on {_HOST.value}:{_PORT.value}: {e}"
         ) from None
     port = sock.getsockname()[1]
-    print(f"serving {name} ({source}) with {_SCHEDULER.value} on http://{_HOST.value}:{port}",
-          flush=True)  # fmt: skip
-    config = uvicorn.Config(app_, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=_GRACE.value)  # fmt: skip
+    print(
+        f"serving {name} ({source}) with {_SCHEDULER.value} on http://{_HOST.value}:{port}",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app_, log_level="warning", access_log=False, timeout_graceful_shutdown=_GRACE.value
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down

@@ -38,18 +38,23 @@ _LB = flags.DEFINE_float("loss_base", 1.0, "Weight of the base's CE on the predi
 _LA = flags.DEFINE_float("loss_aux", 1.0, "Weight of the auxiliary model's own CE.")
 _LC = flags.DEFINE_float("loss_kv", 1.0, "Weight of the KV L1 term.")
 _PRED_INIT = flags.DEFINE_enum(
-    "predictor_init", "auto", list(recipes.PREDICTOR_INITS),
+    "predictor_init",
+    "auto",
+    list(recipes.PREDICTOR_INITS),
     "identity: identity where widths match, random elsewhere (the paper's); lstsq: the "
     "least-squares map from the auxiliary cache to the base's; auto: lstsq for C, identity "
     "for LP.",
-)  # fmt: skip
+)
 _INIT_BATCHES = flags.DEFINE_integer(
     "init_batches", 8, "Batches for the least-squares predictor init.", lower_bound=1
 )
 _T = training_flags.define(
-    steps=600, lr=1e-3, warmup_steps=50, checkpoint_every=200,
+    steps=600,
+    lr=1e-3,
+    warmup_steps=50,
+    checkpoint_every=200,
     export_help="KVP checkpoint directory (default WORKDIR/final).",
-)  # fmt: skip
+)
 flags.adopt_module_key_flags(training_flags)
 
 
@@ -75,20 +80,38 @@ def main(argv):
     base_source = os.path.abspath(_BASE.value) if os.path.isdir(_BASE.value) else _BASE.value
     aux_kind, _, aux_arg = _AUX.value.partition(":")
     aux = f"c:{os.path.abspath(aux_arg)}" if aux_kind == "c" and os.path.isdir(aux_arg) else None
-    run = _T.claim_workdir({
-        "base": base_source, "aux": aux or _AUX.value, "layer_map": layer_map,
-        "kv_loss_reduce": _REDUCE.value, "loss_base": _LB.value, "loss_aux": _LA.value,
-        "loss_kv": _LC.value, "predictor_init": _PRED_INIT.value,
-        "init_batches": _INIT_BATCHES.value,
-    })  # fmt: skip
+    run = _T.claim_workdir(
+        {
+            "base": base_source,
+            "aux": aux or _AUX.value,
+            "layer_map": layer_map,
+            "kv_loss_reduce": _REDUCE.value,
+            "loss_base": _LB.value,
+            "loss_aux": _LA.value,
+            "loss_kv": _LC.value,
+            "predictor_init": _PRED_INIT.value,
+            "init_batches": _INIT_BATCHES.value,
+        }
+    )
     tokenizer = load_default()
     kb, batch_at = _T.stream(tokenizer)
     try:
         model, history = recipes.train_kvpred(
-            base, base_source, _AUX.value, batch_at, _T.train_config(), _T.workdir.value,
-            weights, layer_map, mesh, _T.seed.value, _T.export.value, _PRED_INIT.value,
-            _INIT_BATCHES.value, extra_meta={"run_history": run["history"]},
-        )  # fmt: skip
+            base,
+            base_source,
+            _AUX.value,
+            batch_at,
+            _T.train_config(),
+            _T.workdir.value,
+            weights,
+            layer_map,
+            mesh,
+            _T.seed.value,
+            _T.export.value,
+            _PRED_INIT.value,
+            _INIT_BATCHES.value,
+            extra_meta={"run_history": run["history"]},
+        )
     except InputError:
         raise
     except ValueError as e:  # a bad --aux / --layer_map found while building the model

@@ -46,9 +46,12 @@ _INIT_FROM = flags.DEFINE_string(
 )
 _LP_FRACTION = flags.DEFINE_enum("lp_fraction", "0.5", ["0.25", "0.5", "0.75"], "Layers kept.")
 _T = training_flags.define(
-    steps=1500, lr=3e-3, warmup_steps=100, checkpoint_every=250,
+    steps=1500,
+    lr=3e-3,
+    warmup_steps=100,
+    checkpoint_every=250,
     export_help="Final checkpoint directory (default WORKDIR/final).",
-)  # fmt: skip
+)
 flags.adopt_module_key_flags(training_flags)
 
 
@@ -87,9 +90,15 @@ def main(argv):
     run = _T.claim_workdir(start)
     kb, batch_at = _T.stream(tokenizer)
     model, history = recipes.train_lm(
-        config, batch_at, _T.train_config(), _T.workdir.value, mesh, _T.seed.value,
-        _T.export.value, init,
-    )  # fmt: skip
+        config,
+        batch_at,
+        _T.train_config(),
+        _T.workdir.value,
+        mesh,
+        _T.seed.value,
+        _T.export.value,
+        init,
+    )
     acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"))
     final = _T.final_metrics(history)
     msg = f"final loss {final.get('loss', float('nan')):.4f}; synthetic QA exact match {acc:.3f}"

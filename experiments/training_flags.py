@@ -52,8 +52,18 @@ class TrainingFlags:
             raise app.UsageError(str(e)) from None
 
     # the shared flags that define a run (the rest say where output goes and how often)
-    DEFINING = ("data", "steps", "batch_size", "seq_len", "lr", "warmup_steps", "kb_entities",
-                "kb_seed", "seed", "mesh")  # fmt: skip
+    DEFINING = (
+        "data",
+        "steps",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "warmup_steps",
+        "kb_entities",
+        "kb_seed",
+        "seed",
+        "mesh",
+    )
 
     def claim_workdir(self, own: dict) -> dict:
         """Refuse (RunSettingsError) a workdir made with other settings unless --overwrite or
@@ -62,10 +72,12 @@ class TrainingFlags:
         settings = {name: getattr(self, name).value for name in self.DEFINING}
         settings.update(own)
         return train.claim_workdir(
-            self.workdir.value, settings, resume=self.resume.value,
+            self.workdir.value,
+            settings,
+            resume=self.resume.value,
             overwrite=self.overwrite.value,
             outputs=() if self.export.value else ("final",),
-        )  # fmt: skip
+        )
 
     def final_metrics(self, history: list[dict]) -> dict:
         """The last logged metrics: of this process, else (nothing left to train) the log's."""
@@ -78,17 +90,24 @@ class TrainingFlags:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            steps=self.steps.value, lr=self.lr.value, warmup_steps=self.warmup_steps.value,
-            log_every=self.log_every.value, checkpoint_every=self.checkpoint_every.value,
-        )  # fmt: skip
+            steps=self.steps.value,
+            lr=self.lr.value,
+            warmup_steps=self.warmup_steps.value,
+            log_every=self.log_every.value,
+            checkpoint_every=self.checkpoint_every.value,
+        )
 
     def stream(self, tokenizer) -> tuple[kd.KnowledgeBase, Callable[[int], dict]]:
         """The knowledge base and the batch of each step."""
         kb = kd.KnowledgeBase(self.kb_entities.value, self.kb_seed.value)
         batch_at = recipes.make_stream(
-            tokenizer, self.data.value, self.seq_len.value, self.batch_size.value,
-            self.seed.value, kb,
-        )  # fmt: skip
+            tokenizer,
+            self.data.value,
+            self.seq_len.value,
+            self.batch_size.value,
+            self.seed.value,
+            kb,
+        )
         return kb, batch_at
 
     def write_summary(self, module: str, final: dict, qa_exact_match: float, run: dict) -> None:
@@ -97,11 +116,14 @@ class TrainingFlags:
         (`claim_workdir`: starts, resumes, forced resumes with what changed)."""
         experiment.write_json(
             os.path.join(self.workdir.value, "summary.json"),
-            {"flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module)},
-             "environment": experiment.environment(), "final": final,
-             "qa_exact_match": qa_exact_match,
-             "run_history": run["history"]},
-        )  # fmt: skip
+            {
+                "flags": {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(module)},
+                "environment": experiment.environment(),
+                "final": final,
+                "qa_exact_match": qa_exact_match,
+                "run_history": run["history"],
+            },
+        )
 
 
 def define(
@@ -142,7 +164,7 @@ def define(
             list(train.RESUME_MODES),
             "auto: resume a workdir only if it was made with the same settings (else refuse); "
             "force: resume even with other settings (recorded in WORKDIR/run.json).",
-        ),  # fmt: skip
+        ),
     )
     flags.register_validator("lr", lambda v: v > 0, message="--lr must be > 0")
     return holder

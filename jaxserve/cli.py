@@ -6,6 +6,10 @@ line on stderr, `error: <what is wrong, naming the file, flag or field>`, and no
   bad files or data (InputError, missing/unreadable)   -> exit status 1
 `--verbosity=1` (or higher) adds the traceback. Any other exception is a bug and keeps
 its traceback.
+
+Compiled programs are kept in a persistent cache (`$JAXSERVE_COMPILATION_CACHE`, by default
+`~/.cache/jaxserve/xla`; an empty value turns it off), so a second run of a command skips
+most of its warm-up.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from jaxserve.errors import InputError
 
 USAGE_EXIT = 2
 INPUT_EXIT = 1
-_INPUT_ERRORS = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                 PermissionError)  # fmt: skip
+_INPUT_ERRORS = (
+    InputError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def _one_line(e: BaseException) -> str:
@@ -70,7 +79,19 @@ def guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object
     return wrapped
 
 
+def use_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk between runs (module doc)."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "jaxserve", "xla")
+    path = os.environ.get("JAXSERVE_COMPILATION_CACHE", default)
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def run(main: Callable[[list[str]], object]) -> None:
+    use_compilation_cache()
     try:
         app.run(guarded(main), flags_parser=_parse_flags)
     except _Failed as e:

@@ -151,61 +151,145 @@ def _openelm(name: str, d_model: int, num_layers: int, head_dim: int) -> ModelCo
         d_model, num_layers, head_dim, 4, (0.5, 1.0), (0.5, 4.0), 256
     )
     return ModelConfig(
-        name=name, vocab_size=32000, d_model=d_model, num_layers=num_layers, num_heads=heads,
-        num_kv_heads=kv, head_dim=head_dim, ffn_dim=ffn, rms_eps=1e-6, qk_norm=True,
-        tie_embeddings=True, max_seq_len=2048, dtype="bfloat16", param_dtype="bfloat16",
-        architecture="openelm", bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        name=name,
+        vocab_size=32000,
+        d_model=d_model,
+        num_layers=num_layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        ffn_dim=ffn,
+        rms_eps=1e-6,
+        qk_norm=True,
+        tie_embeddings=True,
+        max_seq_len=2048,
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        architecture="openelm",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 PRESETS: dict[str, ModelConfig] = {
     # The embedded default: small enough to train and serve on a laptop CPU in minutes.
     "tiny": ModelConfig(
-        name="tiny", vocab_size=4096, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
-        head_dim=32, ffn_dim=384, max_seq_len=1024, bos_token_id=1, eos_token_id=2,
+        name="tiny",
+        vocab_size=4096,
+        d_model=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        ffn_dim=384,
+        max_seq_len=1024,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     # A C-type auxiliary model for `tiny` (KV prediction): same tokenizer, ~8x fewer
     # non-embedding parameters.
     "tiny-aux": ModelConfig(
-        name="tiny-aux", vocab_size=4096, d_model=64, num_layers=2, num_heads=2, num_kv_heads=1,
-        head_dim=32, ffn_dim=192, max_seq_len=1024, bos_token_id=1, eos_token_id=2,
+        name="tiny-aux",
+        vocab_size=4096,
+        d_model=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=32,
+        ffn_dim=192,
+        max_seq_len=1024,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     # A mid-size C-type auxiliary model for `tiny`: ~half its non-embedding parameters. Its
     # cache per layer (3 KV heads x 32) is not narrower than the base's (2 x 32), so a KV
     # predictor reads at least as many numbers per token as it has to produce.
     "tiny-aux-m": ModelConfig(
-        name="tiny-aux-m", vocab_size=4096, d_model=96, num_layers=3, num_heads=3,
-        num_kv_heads=3, head_dim=32, ffn_dim=288, max_seq_len=1024, bos_token_id=1,
+        name="tiny-aux-m",
+        vocab_size=4096,
+        d_model=96,
+        num_layers=3,
+        num_heads=3,
+        num_kv_heads=3,
+        head_dim=32,
+        ffn_dim=288,
+        max_seq_len=1024,
+        bos_token_id=1,
         eos_token_id=2,
     ),
     # ~20M parameters, the benchmark model.
     "small": ModelConfig(
-        name="small", vocab_size=8192, d_model=384, num_layers=6, num_heads=6, num_kv_heads=2,
-        head_dim=64, ffn_dim=1536, tie_embeddings=False, max_seq_len=2048, bos_token_id=1,
+        name="small",
+        vocab_size=8192,
+        d_model=384,
+        num_layers=6,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=64,
+        ffn_dim=1536,
+        tie_embeddings=False,
+        max_seq_len=2048,
+        bos_token_id=1,
         eos_token_id=2,
     ),
     "llama-3.2-1b": ModelConfig(
-        name="llama-3.2-1b", vocab_size=128256, d_model=2048, num_layers=16, num_heads=32,
-        num_kv_heads=8, head_dim=64, ffn_dim=8192, rope_theta=500000.0,
-        rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), tie_embeddings=True,
-        max_seq_len=131072, dtype="bfloat16", param_dtype="bfloat16", bos_token_id=128000,
+        name="llama-3.2-1b",
+        vocab_size=128256,
+        d_model=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        ffn_dim=8192,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192),
+        tie_embeddings=True,
+        max_seq_len=131072,
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        bos_token_id=128000,
         eos_token_id=128001,
     ),
     "llama-3-8b": ModelConfig(
-        name="llama-3-8b", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
-        num_kv_heads=8, head_dim=128, ffn_dim=14336, rope_theta=500000.0, tie_embeddings=False,
-        max_seq_len=8192, dtype="bfloat16", param_dtype="bfloat16", bos_token_id=128000,
+        name="llama-3-8b",
+        vocab_size=128256,
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_dim=14336,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+        max_seq_len=8192,
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        bos_token_id=128000,
         eos_token_id=128001,
     ),
     "qwen2.5-0.5b": ModelConfig(
-        name="qwen2.5-0.5b", vocab_size=151936, d_model=896, num_layers=24, num_heads=14,
-        num_kv_heads=2, head_dim=64, ffn_dim=4864, rms_eps=1e-6, rope_theta=1000000.0,
-        qkv_bias=True, tie_embeddings=True, max_seq_len=32768, dtype="bfloat16",
-        param_dtype="bfloat16", architecture="qwen2", bos_token_id=151643, eos_token_id=151643,
+        name="qwen2.5-0.5b",
+        vocab_size=151936,
+        d_model=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        ffn_dim=4864,
+        rms_eps=1e-6,
+        rope_theta=1000000.0,
+        qkv_bias=True,
+        tie_embeddings=True,
+        max_seq_len=32768,
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        architecture="qwen2",
+        bos_token_id=151643,
+        eos_token_id=151643,
     ),
     "openelm-1.1b": _openelm("openelm-1.1b", 2048, 28, 64),
     "openelm-3b": _openelm("openelm-3b", 3072, 36, 128),
-}  # fmt: skip
+}
 
 
 def get_preset(name: str) -> ModelConfig:
@@ -229,9 +313,12 @@ def from_hf_dict(cfg: dict[str, Any], name: str = "hf") -> ModelConfig:
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     dtype = {"float16": "float16", "bfloat16": "bfloat16"}.get(str(dtype), "float32")
     common = dict(
-        name=name, param_dtype=dtype, dtype=dtype, bos_token_id=_first_id(cfg.get("bos_token_id")),
+        name=name,
+        param_dtype=dtype,
+        dtype=dtype,
+        bos_token_id=_first_id(cfg.get("bos_token_id")),
         eos_token_id=_first_id(cfg.get("eos_token_id")),
-    )  # fmt: skip
+    )
     if model_type in ("llama", "mistral", "qwen2"):
         n_layers = cfg["num_hidden_layers"]
         heads = cfg["num_attention_heads"]
@@ -241,23 +328,32 @@ def from_hf_dict(cfg: dict[str, Any], name: str = "hf") -> ModelConfig:
         rope_type = rs.get("rope_type", rs.get("type"))
         if rope_type == "llama3":
             scaling = RopeScaling(
-                float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"]),
+                float(rs["factor"]),
+                float(rs["low_freq_factor"]),
+                float(rs["high_freq_factor"]),
                 int(rs["original_max_position_embeddings"]),
-            )  # fmt: skip
+            )
         elif rope_type not in (None, "default"):
             raise ValueError(f"unsupported rope scaling type {rope_type!r} in config.json")
         theta = cfg.get("rope_theta") or rs.get("rope_theta") or 10000.0
         qwen = model_type == "qwen2"
         return ModelConfig(
-            vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=n_layers,
-            num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=head_dim, ffn_dim=cfg["intermediate_size"],
-            rms_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["hidden_size"],
+            num_layers=n_layers,
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            ffn_dim=cfg["intermediate_size"],
+            rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
             qkv_bias=qwen or bool(cfg.get("attention_bias")),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_seq_len=cfg.get("max_position_embeddings", 2048),
-            architecture="qwen2" if qwen else "llama", **common,
-        )  # fmt: skip
+            architecture="qwen2" if qwen else "llama",
+            **common,
+        )
     if model_type == "openelm":
         heads, kv = cfg["num_query_heads"], cfg["num_kv_heads"]
         d = cfg["model_dim"]
@@ -266,13 +362,21 @@ def from_hf_dict(cfg: dict[str, Any], name: str = "hf") -> ModelConfig:
             ffn_mult = [ffn_mult] * cfg["num_transformer_layers"]
         ffn = [_make_divisible(m * d, cfg.get("ffn_dim_divisor", 256)) for m in ffn_mult]
         return ModelConfig(
-            vocab_size=cfg["vocab_size"], d_model=d, num_layers=cfg["num_transformer_layers"],
-            num_heads=heads, num_kv_heads=kv, head_dim=cfg["head_dim"], ffn_dim=ffn, rms_eps=1e-6,
+            vocab_size=cfg["vocab_size"],
+            d_model=d,
+            num_layers=cfg["num_transformer_layers"],
+            num_heads=heads,
+            num_kv_heads=kv,
+            head_dim=cfg["head_dim"],
+            ffn_dim=ffn,
+            rms_eps=1e-6,
             rope_theta=float(cfg.get("rope_freq_constant", 10000)),
             qk_norm=bool(cfg.get("normalize_qk_projections", True)),
             tie_embeddings=bool(cfg.get("share_input_output_layers", True)),
-            max_seq_len=cfg.get("max_context_length", 2048), architecture="openelm", **common,
-        )  # fmt: skip
+            max_seq_len=cfg.get("max_context_length", 2048),
+            architecture="openelm",
+            **common,
+        )
     raise ValueError(
         f"unknown architecture: config.json has model_type={model_type!r}; "
         "supported: llama, mistral, qwen2, openelm"

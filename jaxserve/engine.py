@@ -138,13 +138,14 @@ class Engine:
         clock: Callable[[], float] = time.perf_counter,
         runner: ModelRunner | None = None,
         overlap: bool = True,
-        decode_steps: int = 4,
+        decode_steps: int = 16,
         max_stop_ids: int = 4,
         sync_swaps: bool = False,
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
-        `decode_steps`: the most decode steps one device call may run (a power of two).
+        `decode_steps`: decode steps one device call runs when nothing can change meanwhile
+        (a power of two; otherwise one step per call).
         `max_stop_ids`: stop token ids checked on the device per request (the host checks
         all of them; a request with more never runs multi-step).
         `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
@@ -248,9 +249,15 @@ class Engine:
         )
         self.timelines[rid] = Timeline(rid, arrival, len(ids), client)
         self.scheduler.add(
-            Request(id=rid, arrival=arrival, prompt_len=len(ids),
-                    max_new_tokens=params.max_new_tokens, output_len=output_len, client=client)
-        )  # fmt: skip
+            Request(
+                id=rid,
+                arrival=arrival,
+                prompt_len=len(ids),
+                max_new_tokens=params.max_new_tokens,
+                output_len=output_len,
+                client=client,
+            )
+        )
         return rid
 
     def _timeline(self, request_id: str) -> Timeline:
@@ -374,8 +381,16 @@ class Engine:
             for x in (prefill_out, decode_out):
                 if x is not None:
                     x.copy_to_host_async()
-        return _InFlight(plan, list(plan.prefill), prefill_out, list(plan.decode), decode_out,
-                         self.now(), swapped_out, steps)  # fmt: skip
+        return _InFlight(
+            plan,
+            list(plan.prefill),
+            prefill_out,
+            list(plan.decode),
+            decode_out,
+            self.now(),
+            swapped_out,
+            steps,
+        )
 
     def _prefill(self, reqs: Sequence[Request]) -> jax.Array:
         """Prefill (or recompute) each request's known tokens; their next tokens [B]."""
@@ -383,8 +398,9 @@ class Engine:
         for r in reqs:
             seq = self._tokens[r.id]
             if len(seq) != r.context_len:
-                raise AssertionError(f"{r.id}: prefill of {len(seq)} known tokens, "
-                                     f"context is {r.context_len}")  # fmt: skip
+                raise AssertionError(
+                    f"{r.id}: prefill of {len(seq)} known tokens, context is {r.context_len}"
+                )
             seqs.append(seq)
         b = pow2(len(reqs), self._min_rows)
         t = pow2(max(len(s) for s in seqs), 16)
@@ -397,8 +413,9 @@ class Engine:
         for i, r in enumerate(reqs):
             pages = r.pages[: bt.shape[1]]
             bt[i, : len(pages)] = pages
-        samp = sampling_arrays([self._params[r.id] for r in reqs],
-                               [self._keys[r.id] for r in reqs], b)  # fmt: skip
+        samp = sampling_arrays(
+            [self._params[r.id] for r in reqs], [self._keys[r.id] for r in reqs], b
+        )
         batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
         self.kv, first = self.runner.prefill(self.kv, batch)
         return first
@@ -422,11 +439,18 @@ class Engine:
             stop_at = self._stop_at.get(r.id, r.max_new_tokens)
             # no finish by length before the chunk's last token; no page boundary
             room = len(r.pages) * self.page_size - r.context_len + 1
-            k = min(k, r.max_new_tokens - r.num_generated, stop_at - r.num_generated,
-                    limit - r.context_len + 1, room)  # fmt: skip
+            k = min(
+                k,
+                r.max_new_tokens - r.num_generated,
+                stop_at - r.num_generated,
+                limit - r.context_len + 1,
+                room,
+            )
             if k <= 1:
                 return 1
-        return 1 << (k.bit_length() - 1)  # a power of two: few programs
+        # one program per bucket: chunks of `decode_steps` (after a chunk that ends a page, the
+        # next starts at a page boundary, so chunks stay aligned) or single steps
+        return self.decode_steps if k >= self.decode_steps else 1
 
     def _decode(self, reqs: Sequence[Request], steps: int) -> jax.Array:
         """Bring the slots up to date (one packed transfer if anything changed), then decode
@@ -446,10 +470,16 @@ class Engine:
                 stop_at = self._stop_at.get(r.id, r.max_new_tokens)
                 remaining = min(r.max_new_tokens, stop_at) - r.num_generated
                 self._updates.insert(
-                    slot, pages, r.context_len - 1, remaining, self._keys[r.id], p,
-                    p.stop_token_ids, token=seq[-1] if known else None,
+                    slot,
+                    pages,
+                    r.context_len - 1,
+                    remaining,
+                    self._keys[r.id],
+                    p,
+                    p.stop_token_ids,
+                    token=seq[-1] if known else None,
                     prefill_row=None if known else prefill_row[r.id],
-                )  # fmt: skip
+                )
             elif pages != self._slot_pages[r.id]:
                 self._slot_pages[r.id] = pages
                 self._updates.grow(slot, pages)
@@ -461,8 +491,7 @@ class Engine:
         b = pow2(len(rows), self._min_rows)
         reach = max(r.context_len + steps - 1 for r in reqs)
         width = pow2(pages_for(reach, self.page_size))
-        self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width,
-                                                             steps)  # fmt: skip
+        self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width, steps)
         self.decode_calls += 1
         return out
 
@@ -567,7 +596,7 @@ class Engine:
         batches = [b for b in pow2_range(self._max_rows) if b >= self._min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
         widths = pow2_range(math.ceil(max_context / ps))
-        steps = pow2_range(self.decode_steps) if self.overlap else [1]
+        steps = sorted({1, self.decode_steps}) if self.overlap else [1]
         prefill_outs = [self._no_prefill]
         for b in batches:
             samp = sampling_arrays([], [], b)

@@ -72,8 +72,9 @@ class Generator:
                 raise InputError("empty prompt")
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
-                raise InputError(f"token ids {bad[:5]} are outside the vocabulary "
-                                 f"[0, {self.config.vocab_size})")  # fmt: skip
+                raise InputError(
+                    f"token ids {bad[:5]} are outside the vocabulary [0, {self.config.vocab_size})"
+                )
             out.append(ids)
         return out
 
@@ -149,10 +150,14 @@ class Generator:
                 break
         self._kv = kv
         return [
-            Completion(ids[i], outputs[i], texts[i] if texts[i] is not None else
-                       self._text(outputs[i]), reasons[i])
+            Completion(
+                ids[i],
+                outputs[i],
+                texts[i] if texts[i] is not None else self._text(outputs[i]),
+                reasons[i],
+            )
             for i in range(n)
-        ]  # fmt: skip
+        ]
 
     def _text(self, token_ids: list[int]) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode(token_ids)
@@ -220,9 +225,14 @@ def run_cli(
         eos = model.config.eos_token_id
         stop_token_ids = [eos] if eos is not None else []
     params = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        stop_token_ids=tuple(stop_token_ids), stop_strings=tuple(stop), seed=seed,
-    )  # fmt: skip
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_token_ids=tuple(stop_token_ids),
+        stop_strings=tuple(stop),
+        seed=seed,
+    )
     gen = Generator(model, tokenizer, mesh=sharding.make_mesh(mesh) if mesh else None)
     inputs = list(prompts) + [list(p) for p in prompt_ids]
     start = time.perf_counter()
@@ -236,13 +246,24 @@ def run_cli(
     print(f"model: {source}; {seconds:.2f} s (includes compilation)")
     if output_json:
         records = [
-            {"prompt": p if isinstance(p, str) else None, "prompt_ids": c.prompt_ids,
-             "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}
+            {
+                "prompt": p if isinstance(p, str) else None,
+                "prompt_ids": c.prompt_ids,
+                "token_ids": c.token_ids,
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+            }
             for p, c in zip(inputs, completions)
-        ]  # fmt: skip
-        experiment.write_json(output_json, {
-            "flags": flag_values or {}, "environment": experiment.environment(),
-            "model": {"source": source, "config": model.config.to_dict()},
-            "sampling": dataclasses.asdict(params), "seconds": seconds, "completions": records,
-        })  # fmt: skip
+        ]
+        experiment.write_json(
+            output_json,
+            {
+                "flags": flag_values or {},
+                "environment": experiment.environment(),
+                "model": {"source": source, "config": model.config.to_dict()},
+                "sampling": dataclasses.asdict(params),
+                "seconds": seconds,
+                "completions": records,
+            },
+        )
     return completions

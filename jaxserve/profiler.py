@@ -151,8 +151,10 @@ def profile(
     swap_s = _median_time(swap, reps)
     n_big, t_big = prefill_table[-1]
     return Profile(
-        model=config.name, device=str(jax.devices()[0].device_kind),
-        prefill=prefill_table, decode=decode_table,
+        model=config.name,
+        device=str(jax.devices()[0].device_kind),
+        prefill=prefill_table,
+        decode=decode_table,
         swap_bandwidth=2 * nbytes / swap_s,  # out and back in
         prefill_tokens_per_s=n_big / t_big,
-    )  # fmt: skip
+    )

@@ -138,8 +138,10 @@ class ModelRunner:
         self.config = model.config
         self.mesh = mesh or shd.make_mesh({"data": 1, "model": 1}, jax.devices()[:1])
         single_cpu = self.mesh.size == 1 and self.mesh.devices.flat[0].platform == "cpu"
-        for name, value in (("contiguous_decode", contiguous_decode),
-                            ("out_in_weights", out_in_weights)):  # fmt: skip
+        for name, value in (
+            ("contiguous_decode", contiguous_decode),
+            ("out_in_weights", out_in_weights),
+        ):
             if value and self.mesh.size > 1:
                 raise ValueError(f"{name} needs a one-device mesh, got {dict(self.mesh.shape)}")
         self.contiguous_decode = single_cpu if contiguous_decode is None else contiguous_decode

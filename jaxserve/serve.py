@@ -40,14 +40,22 @@ def to_record(tl: Timeline) -> metrics.RequestRecord:
     else:
         state = "cancelled" if tl.finish_reason == "cancelled" else "unfinished"
     return metrics.RequestRecord(
-        id=tl.id, arrival=tl.arrival, prompt_len=tl.prompt_len, output_len=len(tl.token_times),
+        id=tl.id,
+        arrival=tl.arrival,
+        prompt_len=tl.prompt_len,
+        output_len=len(tl.token_times),
         first_token_time=tl.token_times[0] if tl.token_times else None,
         finish_time=tl.finish_time if state == "finished" else None,
-        token_times=list(tl.token_times), preemptions=tl.preemptions,
-        swapped_bytes=tl.swapped_bytes, swap_time=tl.swap_time, stall_time=tl.stall_time,
+        token_times=list(tl.token_times),
+        preemptions=tl.preemptions,
+        swapped_bytes=tl.swapped_bytes,
+        swap_time=tl.swap_time,
+        stall_time=tl.stall_time,
         client=tl.client,
-        output_ids=list(tl.output_ids), state=state, finish_reason=tl.finish_reason,
-    )  # fmt: skip
+        output_ids=list(tl.output_ids),
+        state=state,
+        finish_reason=tl.finish_reason,
+    )
 
 
 def prompt_ids_for(req: workload.TraceRequest, tokenizer, vocab: int, rng) -> list[int]:
@@ -86,7 +94,7 @@ class ServeSettings:
     prefetch: int = 2
     host_pages: int | None = None  # default: 4x the device pool
     host_mode: str = "auto"
-    decode_steps: int = 4  # most decode steps in one device call (a power of two)
+    decode_steps: int = 16  # most decode steps in one device call (a power of two)
     slo_ttft: float | None = None
     slo_tbt: float | None = None
     prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
@@ -107,15 +115,24 @@ def parse_prefill(spec: str) -> str | None:
 def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_bytes: int):
     q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
     return SchedulerConfig(
-        max_batch=s.max_batch, num_pages=s.kv_pages, page_size=s.page_size,
-        max_seq_len=max_seq_len, preemption=s.preemption,
+        max_batch=s.max_batch,
+        num_pages=s.kv_pages,
+        page_size=s.page_size,
+        max_seq_len=max_seq_len,
+        preemption=s.preemption,
         host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
-        swap_bandwidth=prof.swap_bandwidth, prefill_tokens_per_s=prof.prefill_tokens_per_s,
-        kv_bytes_per_page=kv_page_bytes, q0=q0, num_queues=s.num_queues,
+        swap_bandwidth=prof.swap_bandwidth,
+        prefill_tokens_per_s=prof.prefill_tokens_per_s,
+        kv_bytes_per_page=kv_page_bytes,
+        q0=q0,
+        num_queues=s.num_queues,
         quantum_charge=s.quantum_charge,
-        promote_every=s.promote_every, starve_s=s.starve_s, reserve_pages=s.reserve_pages,
-        prefetch=s.prefetch, prefill_table=list(prof.prefill),
-    )  # fmt: skip
+        promote_every=s.promote_every,
+        starve_s=s.starve_s,
+        reserve_pages=s.reserve_pages,
+        prefetch=s.prefetch,
+        prefill_table=list(prof.prefill),
+    )
 
 
 def page_nbytes(config, page_size: int) -> int:
@@ -161,11 +178,18 @@ def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
     out = []
     for rate in s.rates:
         trace = workload.make_workload(
-            s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
-            max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
+            s.workload,
+            rate,
+            s.num_requests,
+            s.seed,
+            arrival=s.arrival,
+            cv=s.cv,
+            scale=s.scale,
+            max_prompt_len=s.max_prompt_len,
+            max_output_len=s.max_output_len,
             tokenize=tokenizer.encode if tokenizer is not None else None,
             length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-        )  # fmt: skip
+        )
         if not trace:
             raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
         rng = np.random.default_rng(s.seed)
@@ -180,8 +204,9 @@ def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
                 )
             prompts[r.id] = ids
             caps[r.id] = replay_cap(len(ids), r.output_len, s.max_output_len, config.max_seq_len)
-            why = never_runs_reason(len(ids), caps[r.id], config.max_seq_len, s.kv_pages,
-                                    s.page_size)  # fmt: skip
+            why = never_runs_reason(
+                len(ids), caps[r.id], config.max_seq_len, s.kv_pages, s.page_size
+            )
             if why is not None:
                 never[r.id] = why
         out.append(PreparedTrace(rate, trace, prompts, caps, never))
@@ -230,9 +255,12 @@ def run_serve(
     traces = prepare_traces(s, tokenizer, config)  # the whole input, checked before any work
     for t in traces:
         if t.never_runs:
-            print(f"note: at rate {t.rate:g}, {len(t.never_runs)} of {len(t.requests)} requests "
-                  f"can never run and will be rejected "
-                  f"(first: {next(iter(t.never_runs.values()))})", flush=True)  # fmt: skip
+            print(
+                f"note: at rate {t.rate:g}, {len(t.never_runs)} of {len(t.requests)} requests "
+                f"can never run and will be rejected "
+                f"(first: {next(iter(t.never_runs.values()))})",
+                flush=True,
+            )
     kvp_dir = parse_prefill(s.prefill)
     kvp_model = None
     if kvp_dir is not None:
@@ -251,9 +279,13 @@ def run_serve(
             kvp_runner, s, os.path.join(out_dir, "profile_kv_prediction.json")
         )
         variants.append(("+kvp", kvp_runner, kvp_prof))
-    results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
-                     "model": {"source": source, "config": config.to_dict()},
-                     "profile": dataclasses.asdict(prof), "runs": []}  # fmt: skip
+    results: dict = {
+        "flags": flag_values or {},
+        "environment": experiment.environment(),
+        "model": {"source": source, "config": config.to_dict()},
+        "profile": dataclasses.asdict(prof),
+        "runs": [],
+    }
     print(HEADER, flush=True)
     labels = [name + suffix for name in s.schedulers for suffix, _, _ in variants]
     sweep: dict[str, list] = {label: [] for label in labels}
@@ -265,28 +297,48 @@ def run_serve(
             for tag, run_runner, run_prof in variants:
                 label = name + tag
                 sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes)
-                engine = Engine(model, name, sc, tokenizer, runner=run_runner,
-                                host_mode=s.host_mode, decode_steps=s.decode_steps)  # fmt: skip
+                engine = Engine(
+                    model,
+                    name,
+                    sc,
+                    tokenizer,
+                    runner=run_runner,
+                    host_mode=s.host_mode,
+                    decode_steps=s.decode_steps,
+                )
                 # only the buckets a request that can run reaches (none when none can)
                 warm = engine.warmup(*reach) if reach is not None else 0
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
-                engine.replay([(r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
-                              for r in trace])  # fmt: skip
+                engine.replay(
+                    [
+                        (r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
+                        for r in trace
+                    ]
+                )
                 wall = time.perf_counter() - start
                 records = [to_record(engine.timelines[r.id]) for r in trace]
                 summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
                 compiles = CompileCounter.count() - compiles_before
-                summary.update(wall_seconds=wall, iterations=engine.iterations,
-                               busy_seconds=engine.busy_time, swap_seconds=engine.swap_time,
-                               warmup_compiles=warm, compiles_during_run=compiles)  # fmt: skip
+                summary.update(
+                    wall_seconds=wall,
+                    iterations=engine.iterations,
+                    busy_seconds=engine.busy_time,
+                    swap_seconds=engine.swap_time,
+                    warmup_compiles=warm,
+                    compiles_during_run=compiles,
+                )
                 by_sched[label] = records
                 sweep[label].append((rate, summary))
-                results["runs"].append({
-                    "scheduler": name, "prefill": "kv_prediction" if tag else "base",
-                    "rate": rate, "summary": summary,
-                    "requests": metrics.records_to_json(records),
-                })  # fmt: skip
+                results["runs"].append(
+                    {
+                        "scheduler": name,
+                        "prefill": "kv_prediction" if tag else "base",
+                        "rate": rate,
+                        "summary": summary,
+                        "requests": metrics.records_to_json(records),
+                    }
+                )
                 print(_row(label, rate, summary), flush=True)
                 for line in rejection_lines(summary):
                     print(line, flush=True)
@@ -295,13 +347,17 @@ def run_serve(
     if len(s.rates) > 1:
         plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png"))
     if kvp_dir is not None:
-        results["kv_prediction"] = {"checkpoint": os.path.abspath(kvp_dir),
-                                    "ttft": ttft_comparison(results["runs"])}  # fmt: skip
+        results["kv_prediction"] = {
+            "checkpoint": os.path.abspath(kvp_dir),
+            "ttft": ttft_comparison(results["runs"]),
+        }
         for row in results["kv_prediction"]["ttft"]:
-            print(f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
-                  f"{_s(row['mean_ttft_base'])} -> {_s(row['mean_ttft_kvp'])} s "
-                  f"({_x(row['mean_ttft_speedup'])}), p99 {_s(row['p99_ttft_base'])} -> "
-                  f"{_s(row['p99_ttft_kvp'])} s")  # fmt: skip
+            print(
+                f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
+                f"{_s(row['mean_ttft_base'])} -> {_s(row['mean_ttft_kvp'])} s "
+                f"({_x(row['mean_ttft_speedup'])}), p99 {_s(row['p99_ttft_base'])} -> "
+                f"{_s(row['p99_ttft_kvp'])} s"
+            )
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
 
@@ -331,14 +387,22 @@ def ttft_comparison(runs: list[dict]) -> list[dict]:
         if r["prefill"] != "kv_prediction":
             continue
         b, k = base[(r["scheduler"], r["rate"])], r["summary"]
-        speedup = (b["mean_ttft"] / k["mean_ttft"]
-                   if b["mean_ttft"] is not None and k["mean_ttft"] else None)  # fmt: skip
-        out.append({
-            "scheduler": r["scheduler"], "rate": r["rate"],
-            "mean_ttft_base": b["mean_ttft"], "mean_ttft_kvp": k["mean_ttft"],
-            "mean_ttft_speedup": speedup,
-            "p99_ttft_base": b["p99_ttft"], "p99_ttft_kvp": k["p99_ttft"],
-        })  # fmt: skip
+        speedup = (
+            b["mean_ttft"] / k["mean_ttft"]
+            if b["mean_ttft"] is not None and k["mean_ttft"]
+            else None
+        )
+        out.append(
+            {
+                "scheduler": r["scheduler"],
+                "rate": r["rate"],
+                "mean_ttft_base": b["mean_ttft"],
+                "mean_ttft_kvp": k["mean_ttft"],
+                "mean_ttft_speedup": speedup,
+                "p99_ttft_base": b["p99_ttft"],
+                "p99_ttft_kvp": k["p99_ttft"],
+            }
+        )
     return out
 
 
@@ -354,16 +418,24 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_o
     params = SamplingParams(max_new_tokens=cap, seed=0)
 
     def submit(arrival: float) -> str:
-        return engine.submit(ids, params, request_id=req.id, arrival=arrival,
-                             output_len=req.output_len, client=req.client,
-                             stop_at_output_len=True)  # fmt: skip
+        return engine.submit(
+            ids,
+            params,
+            request_id=req.id,
+            arrival=arrival,
+            output_len=req.output_len,
+            client=req.client,
+            stop_at_output_len=True,
+        )
 
     return submit
 
 
-HEADER = (f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
-          f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'rejected':>8} "
-          f"{'compiles':>8}")  # fmt: skip
+HEADER = (
+    f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
+    f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'rejected':>8} "
+    f"{'compiles':>8}"
+)
 
 
 def _row(name: str, rate: float, s: dict) -> str:
@@ -373,7 +445,9 @@ def _row(name: str, rate: float, s: dict) -> str:
     t = s["throughput_tokens_per_s"]  # None when nothing finished (all rejected)
     tput = f"{t:8.1f}" if t is not None else f"{'-':>8}"
 
-    return (f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
-            f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
-            f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
-            f"{s['compiles_during_run']:8d}")  # fmt: skip
+    return (
+        f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
+        f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
+        f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
+        f"{s['compiles_during_run']:8d}"
+    )

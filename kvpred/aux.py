@@ -80,8 +80,10 @@ def check_aux_spec(spec: str, base: ModelConfig, layer_map: Sequence[int] | None
         except ValueError:
             fraction = None
         if fraction not in LP_FRACTIONS:
-            raise ValueError(f"auxiliary model {spec!r}: the LP fraction must be one of "
-                             f"{', '.join(map(str, LP_FRACTIONS))}")  # fmt: skip
+            raise ValueError(
+                f"auxiliary model {spec!r}: the LP fraction must be one of "
+                f"{', '.join(map(str, LP_FRACTIONS))}"
+            )
         if layer_map is not None:
             check_layer_map(layer_map, nb, len(lp_kept_layers(nb, fraction)))
         return
@@ -140,8 +142,9 @@ def build_aux(
             if not shipped:
                 logging.warning(
                     "auxiliary preset %r has no shipped weights: it starts from a random "
-                    "init; train it first (experiments.train_lm) and pass c:DIR", arg
-                )  # fmt: skip
+                    "init; train it first (experiments.train_lm) and pass c:DIR",
+                    arg,
+                )
         elif os.path.isdir(arg):
             from jaxserve.models.checkpoint import load_model
 

@@ -96,9 +96,11 @@ def humaneval_completions(
 ) -> dict[str, list[str]]:
     """num_samples completions per problem, cut at the next top-level statement."""
     params = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature,
-        stop_strings=he.STOP_STRINGS, seed=seed,
-    )  # fmt: skip
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        stop_strings=he.STOP_STRINGS,
+        seed=seed,
+    )
     prompts = [p["prompt"] for p in problems]
     texts = generate_texts(
         model, tokenizer, prompts, Generation(params, batch_size, num_samples), mesh

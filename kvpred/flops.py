@@ -32,8 +32,9 @@ def _attn_pairs(num_queries: int, first_pos: int) -> int:
     return n * first_pos + n * (n + 1) // 2
 
 
-def prefill_flops(c: ModelConfig, n: int, kind: str = "params", *, lm_head: bool = True,
-                  first_pos: int = 0) -> int:  # fmt: skip
+def prefill_flops(
+    c: ModelConfig, n: int, kind: str = "params", *, lm_head: bool = True, first_pos: int = 0
+) -> int:
     """FLOPs of running `n` tokens (at positions first_pos..) through model `c`."""
     if kind not in KINDS:
         raise ValueError(f"FLOPs kind must be one of {KINDS}, not {kind!r}")

@@ -87,9 +87,14 @@ class KVPModel(nnx.Module):
         last_pos = jnp.maximum(lengths - 1, 0)[:, None]  # [B, 1]
         last_tok = jnp.take_along_axis(tokens, last_pos, axis=1)
         logits, kv = self.base(
-            last_tok, last_pos, kv=kv, block_tables=block_tables, seq_lens=lengths, prefix=True,
+            last_tok,
+            last_pos,
+            kv=kv,
+            block_tables=block_tables,
+            seq_lens=lengths,
+            prefix=True,
             logits_index=jnp.zeros((b,), jnp.int32),
-        )  # fmt: skip
+        )
         return logits, kv
 
 

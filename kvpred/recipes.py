@@ -105,15 +105,18 @@ def make_stream(
             docs[name] = kd.code_documents(code_bytes, seed=seed)
         else:
             docs[name] = _read_texts(name)
-    stream = kd.TokenStream(tokenizer, docs, weights, seq_len=seq_len, batch_size=batch_size,
-                            seed=seed)  # fmt: skip
+    stream = kd.TokenStream(
+        tokenizer, docs, weights, seq_len=seq_len, batch_size=batch_size, seed=seed
+    )
 
     def batch_at(step: int) -> dict:
         b = stream.batch(step)
         return {
-            "inputs": b["inputs"], "targets": b["targets"], "mask": b["mask"],
+            "inputs": b["inputs"],
+            "targets": b["targets"],
+            "mask": b["mask"],
             "input_mask": (b["segment_ids"] > 0).astype(np.float32),
-        }  # fmt: skip
+        }
 
     return batch_at
 
@@ -188,9 +191,13 @@ def train_kvpred(
     finally:
         trainer.close()
     meta = {
-        "aux_spec": aux_spec, "aux_kind": aux.kind, "kept_layers": aux.kept_layers,
-        "step": trainer.step, "loss_weights": dataclasses.asdict(weights),
-        "predictor_init": predictor_init, **(extra_meta or {}),
-    }  # fmt: skip
+        "aux_spec": aux_spec,
+        "aux_kind": aux.kind,
+        "kept_layers": aux.kept_layers,
+        "step": trainer.step,
+        "loss_weights": dataclasses.asdict(weights),
+        "predictor_init": predictor_init,
+        **(extra_meta or {}),
+    }
     save_kvp(model, export or os.path.join(workdir, "final"), base_source=base_source, meta=meta)
     return model, history

@@ -120,8 +120,10 @@ def run_task(
 
 
 def format_table(results: dict[str, dict]) -> str:
-    lines = [f"{'variant':<40} {'metric':>8} {'FLOPs red.':>10} {'attn red.':>9} "
-             f"{'TTFT ms':>9} {'speedup':>8} {'meas/FLOPs':>10}"]  # fmt: skip
+    lines = [
+        f"{'variant':<40} {'metric':>8} {'FLOPs red.':>10} {'attn red.':>9} "
+        f"{'TTFT ms':>9} {'speedup':>8} {'meas/FLOPs':>10}"
+    ]
     for name, r in results.items():
         lines.append(
             f"{name:<40} {r[r['metric']]:>8.4f} {r['ttft_flops_reduction']:>9.2f}x "
@@ -159,8 +161,13 @@ def pareto_plot(results: dict[str, dict], path: str, task: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {"base": "k", "aux_only": "tab:orange", "lp_baseline": "tab:green",
-              "kvp": "tab:blue", "kvp_identity": "tab:gray"}  # fmt: skip
+    colors = {
+        "base": "k",
+        "aux_only": "tab:orange",
+        "lp_baseline": "tab:green",
+        "kvp": "tab:blue",
+        "kvp_identity": "tab:gray",
+    }
     labels = short_labels(list(results))
     for ax, key, label in (
         (axes[0], "ttft_flops_reduction", "TTFT FLOPs reduction vs base (x)"),
@@ -168,8 +175,13 @@ def pareto_plot(results: dict[str, dict], path: str, task: str) -> str:
     ):
         for name, r in results.items():
             ax.scatter(r[key], r[r["metric"]], color=colors[r["kind"]], s=40)
-            ax.annotate(labels[name], (r[key], r[r["metric"]]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                labels[name],
+                (r[key], r[r["metric"]]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         ax.set_xlabel(label)
         ax.set_ylabel(next(iter(results.values()))["metric"])
         ax.set_title(f"{task}: accuracy against TTFT")

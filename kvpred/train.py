@@ -67,9 +67,12 @@ class TrainConfig:
 def lr_schedule(c: TrainConfig) -> optax.Schedule:
     warmup = max(c.warmup_steps, 1)  # optax needs >= 1 warm-up and >= 1 decay step
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=c.lr, warmup_steps=warmup,
-        decay_steps=max(c.steps, warmup + 1), end_value=c.lr * c.min_lr_ratio,
-    )  # fmt: skip
+        init_value=0.0,
+        peak_value=c.lr,
+        warmup_steps=warmup,
+        decay_steps=max(c.steps, warmup + 1),
+        end_value=c.lr * c.min_lr_ratio,
+    )
 
 
 def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
@@ -107,10 +110,11 @@ class Trainer:
         # moments sharded like the parameters, the rest (step counts) replicated on the mesh
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.opt_state = jax.tree.map(
-            lambda x: x if len(x.sharding.device_set) == self.mesh.size
-            else jax.device_put(x, replicated),
+            lambda x: (
+                x if len(x.sharding.device_set) == self.mesh.size else jax.device_put(x, replicated)
+            ),
             jax.jit(self.tx.init)(self.params),
-        )  # fmt: skip
+        )
         self.schedule = lr_schedule(config)
         self.step = 0
         self.data_size = self.mesh.shape["data"]
@@ -166,8 +170,10 @@ class Trainer:
                 bad[step] = f"{type(e).__name__}: {first_line(e)}"
                 logging.warning(
                     "checkpoint step %d in %s cannot be read (%s); trying an older one",
-                    step, self._ckpt.directory, bad[step],
-                )  # fmt: skip
+                    step,
+                    self._ckpt.directory,
+                    bad[step],
+                )
                 continue
             for b in bad:  # newer than `step`: the run will write these steps again
                 self._set_aside(b)
@@ -243,8 +249,12 @@ class Trainer:
                     history.append(rec)
                     logging.info(
                         "step %d/%d loss %.4f lr %.2e %.0f tok/s",
-                        self.step, c.steps, rec["loss"], rec["lr"], rec["tokens_per_s"],
-                    )  # fmt: skip
+                        self.step,
+                        c.steps,
+                        rec["loss"],
+                        rec["lr"],
+                        rec["tokens_per_s"],
+                    )
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                     self.save()
         return history
@@ -323,8 +333,11 @@ def claim_workdir(
         event = "overwrite" if overwrite else "start"
     else:
         prev = old["settings"]
-        changed = {k: [prev.get(k), settings.get(k)] for k in sorted(set(prev) | set(settings))
-                   if prev.get(k) != settings.get(k)}  # fmt: skip
+        changed = {
+            k: [prev.get(k), settings.get(k)]
+            for k in sorted(set(prev) | set(settings))
+            if prev.get(k) != settings.get(k)
+        }
         if changed and not steps:  # nothing was trained (it failed or was killed early):
             changed, old = {}, None  # a fresh start with these settings, nothing to mix
         if changed and resume != "force":
@@ -338,10 +351,14 @@ def claim_workdir(
     if old is None and event == "restart":
         event = "start"
     history = list(old["history"]) if old else []
-    history.append({
-        "event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": step,
-        **({"changed": changed} if changed else {}),
-    })  # fmt: skip
+    history.append(
+        {
+            "event": event,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "from_step": step,
+            **({"changed": changed} if changed else {}),
+        }
+    )
     run = {"settings": settings, "history": history}
     if event == "resume_forced":  # it described the run before the change
         summary = os.path.join(workdir, "summary.json")

@@ -218,7 +218,7 @@ def main():
     p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt_len", type=int, default=64)
     p.add_argument("--new_tokens", type=int, default=128)
-    p.add_argument("--decode_steps", type=int, default=4)
+    p.add_argument("--decode_steps", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--swap_model", default="tiny")
     p.add_argument("--swap_requests", type=int, default=24)

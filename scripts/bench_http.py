@@ -38,15 +38,24 @@ from jaxserve.server import client, load  # noqa: E402
 
 
 def start_server(args, scheduler: str, profile_path: str, log_path: str):
-    cmd = [sys.executable, "-m", "experiments.server", f"--model={args.model}",
-           f"--scheduler={scheduler}", "--port=0", f"--profile={profile_path}",
-           f"--max_batch={args.max_batch}", f"--kv_pages={args.kv_pages}",
-           f"--max_prompt_len={args.max_prompt_len}", f"--max_output_len={args.max_output_len}",
-           f"--max_inflight={args.max_inflight}", f"--seed={args.seed}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.server",
+        f"--model={args.model}",
+        f"--scheduler={scheduler}",
+        "--port=0",
+        f"--profile={profile_path}",
+        f"--max_batch={args.max_batch}",
+        f"--kv_pages={args.kv_pages}",
+        f"--max_prompt_len={args.max_prompt_len}",
+        f"--max_output_len={args.max_output_len}",
+        f"--max_inflight={args.max_inflight}",
+        f"--seed={args.seed}",
+    ]
     env = dict(os.environ)  # with this process's JAX_COMPILATION_CACHE_DIR
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     deadline = time.monotonic() + args.startup_s
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1.0)
@@ -108,8 +117,9 @@ def main() -> None:
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     # one compilation cache for this process and the servers: a server compiles nothing new
-    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                                  os.path.abspath(os.path.join(args.out, "jax_cache")))  # fmt: skip
+    cache = os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", os.path.abspath(os.path.join(args.out, "jax_cache"))
+    )
     import jax
 
     jax.config.update("jax_compilation_cache_dir", cache)
@@ -117,26 +127,41 @@ def main() -> None:
     schedulers = args.schedulers.split(",")
     sweep = [float(r) for r in args.sweep.split(",")]
     s = serve.ServeSettings(
-        schedulers=schedulers, workload=args.workload, rates=[args.rate] * args.rounds,
-        num_requests=args.num_requests, max_batch=args.max_batch, kv_pages=args.kv_pages,
-        scale=args.scale, max_prompt_len=args.max_prompt_len,
-        max_output_len=args.max_output_len, seed=args.seed,
-    )  # fmt: skip
+        schedulers=schedulers,
+        workload=args.workload,
+        rates=[args.rate] * args.rounds,
+        num_requests=args.num_requests,
+        max_batch=args.max_batch,
+        kv_pages=args.kv_pages,
+        scale=args.scale,
+        max_prompt_len=args.max_prompt_len,
+        max_output_len=args.max_output_len,
+        seed=args.seed,
+    )
 
     # one profile for both sides, then every in-process round (one model, one runner)
     model, tokenizer, source = experiment.resolve_model(None, args.model, args.seed)
     profile_path = os.path.join(args.out, "profile.json")
     serve.profile_runner(ModelRunner(model), s, profile_path)
     print(f"in-process: {len(schedulers)} schedulers x {args.rounds} rounds", flush=True)
-    local = serve.run_serve(s, checkpoint=None, preset=args.model,
-                            out_dir=os.path.join(args.out, "in_process"),
-                            profile_path=profile_path)  # fmt: skip
-    results = {"args": vars(args), "environment": experiment.environment(), "model": source,
-               "schedulers": {}}  # fmt: skip
+    local = serve.run_serve(
+        s,
+        checkpoint=None,
+        preset=args.model,
+        out_dir=os.path.join(args.out, "in_process"),
+        profile_path=profile_path,
+    )
+    results = {
+        "args": vars(args),
+        "environment": experiment.environment(),
+        "model": source,
+        "schedulers": {},
+    }
     for name in schedulers:
         inproc = [r["summary"] for r in local["runs"] if r["scheduler"] == name]
-        proc, url = start_server(args, name, profile_path,
-                                 os.path.join(args.out, f"server_{name}.log"))  # fmt: skip
+        proc, url = start_server(
+            args, name, profile_path, os.path.join(args.out, f"server_{name}.log")
+        )
         try:
             card = client.server_info(url)
             http = []
@@ -150,10 +175,14 @@ def main() -> None:
                     summ = http_run(url, s, rate, tokenizer, card)
                     p99 = summ["p99_ttft"]
                     served = summ["num_finished"] == summ["num_requests"]
-                    points.append({
-                        "rate": rate, "p99_ttft": p99, "served_all": served,
-                        "throughput_tokens_per_s": summ["throughput_tokens_per_s"],
-                    })  # fmt: skip
+                    points.append(
+                        {
+                            "rate": rate,
+                            "p99_ttft": p99,
+                            "served_all": served,
+                            "throughput_tokens_per_s": summ["throughput_tokens_per_s"],
+                        }
+                    )
                     if not served or p99 is None or p99 > args.p99_ttft_target:
                         break
                     ok_rate = rate
@@ -161,19 +190,28 @@ def main() -> None:
                 sweeps.append(points)
         finally:
             stop_server(proc)
-        tput = [h["throughput_tokens_per_s"] / i["throughput_tokens_per_s"]
-                for h, i in zip(http, inproc)]  # fmt: skip
+        tput = [
+            h["throughput_tokens_per_s"] / i["throughput_tokens_per_s"]
+            for h, i in zip(http, inproc)
+        ]
         ttft = [i["mean_ttft"] / h["mean_ttft"] for h, i in zip(http, inproc)]
         over = [h["mean_server_overhead_per_token"] * 1e3 for h in http]
         results["schedulers"][name] = {
-            "in_process": inproc, "http": http, "throughput_ratio": tput, "mean_ttft_ratio": ttft,
-            "overhead_ms_per_token": over, "max_rate_within_target": best, "sweeps": sweeps,
-        }  # fmt: skip
+            "in_process": inproc,
+            "http": http,
+            "throughput_ratio": tput,
+            "mean_ttft_ratio": ttft,
+            "overhead_ms_per_token": over,
+            "max_rate_within_target": best,
+            "sweeps": sweeps,
+        }
         experiment.write_json(os.path.join(args.out, "bench_http.json"), results)
 
-    print(f"\nmodel {source}; {args.workload} x{args.num_requests} at {args.rate:g} req/s; "
-          f"device {results['environment']['device_kind']}; mean [min, max] over "
-          f"{args.rounds} rounds")  # fmt: skip
+    print(
+        f"\nmodel {source}; {args.workload} x{args.num_requests} at {args.rate:g} req/s; "
+        f"device {results['environment']['device_kind']}; mean [min, max] over "
+        f"{args.rounds} rounds"
+    )
     print(
         f"{'scheduler':>16} {'tok/s HTTP/local':>24} {'TTFT local/HTTP':>24} "
         f"{'overhead ms/token':>24} {'max rate p99<=' + str(args.p99_ttft_target) + 's':>26}"
@@ -181,8 +219,10 @@ def main() -> None:
     for name, r in results["schedulers"].items():
         rates = r["max_rate_within_target"]
         rate_txt = "/".join("-" if x is None else f"{x:g}" for x in rates)
-        print(f"{name:>16} {spread(r['throughput_ratio']):>24} {spread(r['mean_ttft_ratio']):>24} "
-              f"{spread(r['overhead_ms_per_token']):>24} {rate_txt:>26}")  # fmt: skip
+        print(
+            f"{name:>16} {spread(r['throughput_ratio']):>24} {spread(r['mean_ttft_ratio']):>24} "
+            f"{spread(r['overhead_ms_per_token']):>24} {rate_txt:>26}"
+        )
     print(f"results: {os.path.join(args.out, 'bench_http.json')}")
 
 

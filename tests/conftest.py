@@ -33,9 +33,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 def tiny_config(**overrides) -> ModelConfig:
     """A small random-test config with GQA (4 query heads over 2 kv heads)."""
     fields = dict(
-        name="test-tiny", vocab_size=97, d_model=48, num_layers=2, num_heads=4, num_kv_heads=2,
-        head_dim=12, ffn_dim=80, max_seq_len=256, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        name="test-tiny",
+        vocab_size=97,
+        d_model=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=12,
+        ffn_dim=80,
+        max_seq_len=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     fields.update(overrides)
     return ModelConfig(**fields)
 

@@ -157,15 +157,20 @@ CASES = [
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=/no/such"], "/no/such"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base={hf_badjson}"], "config.json"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=lp:0.3"], "fraction"),
-    ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=c:{hf_missing}"],
-     "vocabulary"),
-    ("train_kvpred", ["--workdir={tmp}/w4", "--base={hf_ok}", "--aux=c:{hf_missing}"],
-     "layers.1.mlp.up_proj"),
+    ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=c:{hf_missing}"], "vocabulary"),
+    (
+        "train_kvpred",
+        ["--workdir={tmp}/w4", "--base={hf_ok}", "--aux=c:{hf_missing}"],
+        "layers.1.mlp.up_proj",
+    ),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--aux=c:/no/such"], "/no/such"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--layer_map=0,x"], "--layer_map"),
     ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--loss_kv=-1"], "--loss_kv"),
-    ("train_kvpred", ["--workdir={tmp}/w2", "--base=tiny", "--kv_loss_reduce=max"],
-     "--kv_loss_reduce"),
+    (
+        "train_kvpred",
+        ["--workdir={tmp}/w2", "--base=tiny", "--kv_loss_reduce=max"],
+        "--kv_loss_reduce",
+    ),
     ("train_kvpred", ["--workdir={under_file}", "--base=tiny"], "--workdir"),
     ("train_kvpred", ["--workdir={tmp}/w2"], "--base"),
     # eval_kvpred
@@ -180,7 +185,7 @@ CASES = [
     ("eval_kvpred", ["--base=tiny", "--ttft_batch_sizes=0"], "--ttft_batch_sizes"),
     ("eval_kvpred", ["--base=huge"], "huge"),
     ("eval_kvpred", ["--base={native_damaged}"], "params"),
-]  # fmt: skip
+]
 
 
 def _expand(args, bad) -> list[str]:
@@ -210,9 +215,14 @@ def outcomes(bad):
             if not any(a.startswith("--out=") for a in args):
                 args += _default_out(module, bad)
             argvs.append(args)
-        r = subprocess.run([sys.executable, DRIVER, f"experiments.{module}"], cwd=ROOT,
-                           input=json.dumps(argvs), capture_output=True, text=True,
-                           timeout=900)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, DRIVER, f"experiments.{module}"],
+            cwd=ROOT,
+            input=json.dumps(argvs),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         out.update(zip(idx, json.loads(r.stdout)))
     return out
@@ -235,8 +245,13 @@ def test_bad_input_ends_with_one_line_naming_it(i, outcomes):
 
 @functools.cache
 def _python_m(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_real_processes_exit_with_one_line_and_verbosity_adds_the_traceback(bad):
@@ -246,8 +261,9 @@ def test_real_processes_exit_with_one_line_and_verbosity_adds_the_traceback(bad)
     r = _python_m("train_lm", "--steps=0", f"--workdir={bad['tmp']}/w3")
     _check(r.returncode, r.stderr, "--steps")
     assert r.returncode == 2
-    r = _python_m("generate", f"--checkpoint={bad['hf_badjson']}", "--prompt_ids=1",
-                  "--verbosity=1")  # fmt: skip
+    r = _python_m(
+        "generate", f"--checkpoint={bad['hf_badjson']}", "--prompt_ids=1", "--verbosity=1"
+    )
     assert r.returncode == 1 and "Traceback" in r.stderr
     assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
 
@@ -259,8 +275,14 @@ def test_the_python_api_raises_typed_errors(bad):
     from jaxserve.workload import WorkloadError, read_trace
     from kvpred.io import load_kvp
 
-    for name in ("hf_badjson", "hf_mamba", "hf_truncated", "hf_missing", "native_badcfg",
-                 "native_damaged"):  # fmt: skip
+    for name in (
+        "hf_badjson",
+        "hf_mamba",
+        "hf_truncated",
+        "hf_missing",
+        "native_badcfg",
+        "native_damaged",
+    ):
         with pytest.raises(CheckpointError, match=os.path.basename(bad[name])):
             load_model(bad[name])
     with pytest.raises(CheckpointError, match="kvp_config.json"):

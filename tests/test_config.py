@@ -21,9 +21,12 @@ PUBLIC_PARAMS = {
     "openelm-3b": 3.04e9,
 }
 LLAMA3_ROPE = {
-    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
     "original_max_position_embeddings": 64,
-}  # fmt: skip
+}
 
 
 def _shape_params(config) -> int:
@@ -66,11 +69,20 @@ def test_from_hf_config_llama_with_llama3_rope(tmp_path):
     from transformers import LlamaConfig
 
     hf = LlamaConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling=dict(LLAMA3_ROPE), max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=5, eos_token_id=[6, 7],
-    )  # fmt: skip
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=dict(LLAMA3_ROPE),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=5,
+        eos_token_id=[6, 7],
+    )
     c = from_hf_config(_save(tmp_path, hf, "my-llama"))
     assert c.name == "my-llama" and c.architecture == "llama"
     assert (c.vocab_size, c.d_model, c.num_layers, c.head_dim) == (300, 64, 3, 16)
@@ -85,10 +97,19 @@ def test_from_hf_config_qwen2(tmp_path):
     from transformers import Qwen2Config
 
     hf = Qwen2Config(
-        vocab_size=200, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-        num_attention_heads=6, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
-        max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=3, eos_token_id=4,
-    )  # fmt: skip
+        vocab_size=200,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=3,
+        eos_token_id=4,
+    )
     c = from_hf_config(_save(tmp_path, hf))
     assert c.architecture == "qwen2" and c.qkv_bias and c.rope_scaling is None
     assert (c.vocab_size, c.d_model, c.num_layers, c.head_dim) == (200, 48, 2, 8)
@@ -126,10 +147,16 @@ def test_rope_inv_freq_llama3_matches_transformers(tmp_path, head_dim):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     hf = LlamaConfig(
-        vocab_size=100, hidden_size=4 * head_dim, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        rope_scaling=dict(LLAMA3_ROPE), max_position_embeddings=8192,
-    )  # fmt: skip
+        vocab_size=100,
+        hidden_size=4 * head_dim,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        rope_scaling=dict(LLAMA3_ROPE),
+        max_position_embeddings=8192,
+    )
     want, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
     want = want.double().numpy()
     ours = np.array(rope_inv_freq(from_hf_config(_save(tmp_path, hf))))

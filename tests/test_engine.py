@@ -27,10 +27,18 @@ def runner(model):
 
 def _config(num_pages: int, preemption: str = "swap", **kw) -> SchedulerConfig:
     fields = dict(
-        max_batch=4, num_pages=num_pages, page_size=PAGE, max_seq_len=128, preemption=preemption,
-        host_pages=1000, swap_bandwidth=1e9, prefill_tokens_per_s=1e4, kv_bytes_per_page=1024,
-        q0=1e-4, prefill_table=[(16, 1e-4), (64, 4e-4)],
-    )  # fmt: skip
+        max_batch=4,
+        num_pages=num_pages,
+        page_size=PAGE,
+        max_seq_len=128,
+        preemption=preemption,
+        host_pages=1000,
+        swap_bandwidth=1e9,
+        prefill_tokens_per_s=1e4,
+        kv_bytes_per_page=1024,
+        q0=1e-4,
+        prefill_table=[(16, 1e-4), (64, 4e-4)],
+    )
     fields.update(kw)
     return SchedulerConfig(**fields)
 
@@ -50,7 +58,7 @@ def _serve(model, runner, policy, config, prompts, lens, temperature=0.0, **engi
             SamplingParams(max_new_tokens=n, temperature=temperature, seed=5),
             request_id=f"r{i}",
             output_len=n,
-        )  # fmt: skip
+        )
         for i, (p, n) in enumerate(zip(prompts, lens))
     ]
     engine.run_until_done(max_iterations=5000)
@@ -99,8 +107,9 @@ def test_trace_replay_stops_at_output_len_but_plans_with_the_cap(model, runner):
     """A replayed request ends at its trace length ("stop", an emulated EOS); fcfs (Orca)
     cannot know that length, so it reserves pages for the whole max_new_tokens cap."""
     engine = Engine(model, "fcfs", _config(40), runner=runner)
-    rid = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=40), output_len=6,
-                        stop_at_output_len=True)  # fmt: skip
+    rid = engine.submit(
+        [5, 6, 7], SamplingParams(max_new_tokens=40), output_len=6, stop_at_output_len=True
+    )
     engine.step()  # prefill: admission reserved prompt + cap = 43 tokens = 11 pages
     assert len(engine.scheduler.requests[rid].pages) == -(-(3 + 40) // PAGE)
     engine.run_until_done(max_iterations=100)
@@ -146,8 +155,9 @@ def _serve_with_stop(model, runner, policy, pages, prompts, lens, k, stop, **eng
     engine = Engine(model, policy, _config(pages), runner=runner, **engine_kw)
     for i, (p, n) in enumerate(zip(prompts, lens)):
         stops = (stop,) if f"r{i}" == k else ()
-        engine.submit(p, SamplingParams(max_new_tokens=n, stop_token_ids=stops, seed=5),
-                      request_id=f"r{i}")  # fmt: skip
+        engine.submit(
+            p, SamplingParams(max_new_tokens=n, stop_token_ids=stops, seed=5), request_id=f"r{i}"
+        )
     engine.run_until_done(max_iterations=5000)
     engine.scheduler.check_invariants()
     assert engine.scheduler.allocator.num_free == pages - 1

@@ -36,10 +36,18 @@ def runner(model):
 
 def _config(num_pages: int, preemption: str = "swap") -> SchedulerConfig:
     return SchedulerConfig(
-        max_batch=4, num_pages=num_pages, page_size=PAGE, max_seq_len=128, preemption=preemption,
-        host_pages=1000, swap_bandwidth=1e9, prefill_tokens_per_s=1e4, kv_bytes_per_page=1024,
-        q0=1e-4, prefill_table=[(16, 1e-4), (64, 4e-4)],
-    )  # fmt: skip
+        max_batch=4,
+        num_pages=num_pages,
+        page_size=PAGE,
+        max_seq_len=128,
+        preemption=preemption,
+        host_pages=1000,
+        swap_bandwidth=1e9,
+        prefill_tokens_per_s=1e4,
+        kv_bytes_per_page=1024,
+        q0=1e-4,
+        prefill_table=[(16, 1e-4), (64, 4e-4)],
+    )
 
 
 def _prompts() -> list[list[int]]:
@@ -89,17 +97,23 @@ def scenarios(draw):
 
 
 @settings(
-    max_examples=10, deadline=None, derandomize=True,
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)  # fmt: skip
+)
 @given(scenario=scenarios())
 def test_random_interleavings_keep_outputs_and_pages(model, runner, references, scenario):
     ref = references[scenario["temperature"]]
     prompts = _prompts()
     engine = Engine(
-        model, scenario["policy"], _config(scenario["pages"], scenario["preemption"]),
-        runner=runner, overlap=scenario["overlap"], decode_steps=scenario["decode_steps"],
-    )  # fmt: skip
+        model,
+        scenario["policy"],
+        _config(scenario["pages"], scenario["preemption"]),
+        runner=runner,
+        overlap=scenario["overlap"],
+        decode_steps=scenario["decode_steps"],
+    )
     want, cancelled = {}, {}  # cancelled: id -> tokens it had when cancelled
     reqs = scenario["requests"]
     for it in range(2000):

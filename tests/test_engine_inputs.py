@@ -38,8 +38,7 @@ def test_srpt_swap_preemption_does_not_change_outputs(model, runner):
     _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
     engine = Engine(model, "srpt", _config(24), runner=runner)
     for i, (p, n) in enumerate(zip(prompts, lens)):
-        engine.submit(p, SamplingParams(max_new_tokens=n, seed=5), request_id=f"r{i}",
-                      output_len=n)  # fmt: skip
+        engine.submit(p, SamplingParams(max_new_tokens=n, seed=5), request_id=f"r{i}", output_len=n)
         if i < len(prompts) // 2:
             for _ in range(6):  # the long jobs run a while before the short ones arrive
                 engine.step()
@@ -69,8 +68,12 @@ def test_stop_strings_end_a_request_once_its_text_contains_one():
     free.run_until_done()
     ids = free.output(rid)
     # a stop string first completed by the 6th token or later: the text that token added
-    k = next(n for n in range(6, len(ids)) if tokenizer.decode(ids[:n]).strip() and
-             tokenizer.decode(ids[:n]) != tokenizer.decode(ids[: n - 1]))  # fmt: skip
+    k = next(
+        n
+        for n in range(6, len(ids))
+        if tokenizer.decode(ids[:n]).strip()
+        and tokenizer.decode(ids[:n]) != tokenizer.decode(ids[: n - 1])
+    )
     stop = tokenizer.decode(ids[:k])[len(tokenizer.decode(ids[: k - 1])) :]
     want = ids[: _first_index_containing(tokenizer, ids, stop)]
     assert len(want) < len(ids)

@@ -38,8 +38,14 @@ def test_greedy_generation_matches_transformers(arch, tmp_path):
         "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config),
     }[arch]
     torch.manual_seed(0)
-    cfg = cfg_cls(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=96)  # fmt: skip
+    cfg = cfg_cls(
+        vocab_size=211,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+    )
     ref_model = cls(cfg).eval()
     with torch.no_grad():
         for p in ref_model.parameters():
@@ -66,8 +72,9 @@ def test_batch_of_different_lengths_equals_one_by_one():
     together = gen.generate(prompts, params)
     # each row's key is seed + row index: reproduce that row alone with its own seed
     for i, p in enumerate(prompts):
-        alone = gen.generate([p], SamplingParams(max_new_tokens=10, temperature=0.9,
-                                                 top_p=0.95, seed=7 + i))  # fmt: skip
+        alone = gen.generate(
+            [p], SamplingParams(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=7 + i)
+        )
         assert alone[0].token_ids == together[i].token_ids
 
 
@@ -120,8 +127,13 @@ def test_greedy_pick_is_argmax_with_its_tie_and_nan_rules():
 
 
 def test_sampling_params_validation():
-    for bad in (dict(max_new_tokens=0), dict(temperature=-1), dict(top_k=-1), dict(top_p=0),
-                dict(top_p=1.5)):  # fmt: skip
+    for bad in (
+        dict(max_new_tokens=0),
+        dict(temperature=-1),
+        dict(top_k=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SamplingParams(**bad)
 
@@ -149,8 +161,9 @@ def test_stop_strings_cut_text():
     assert text and len(text) > 6
     stop = text[3:6]
     cut = text.find(stop)
-    out = gen.generate(["def f(x):"], SamplingParams(max_new_tokens=24, temperature=1.0,
-                                                     stop_strings=(stop,)))[0]  # fmt: skip
+    out = gen.generate(
+        ["def f(x):"], SamplingParams(max_new_tokens=24, temperature=1.0, stop_strings=(stop,))
+    )[0]
     assert out.finish_reason == "stop"
     assert out.text == text[:cut]
     assert out.token_ids == free.token_ids[: len(out.token_ids)]
@@ -184,14 +197,26 @@ def test_input_errors():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    return subprocess.run([sys.executable, "-m", "experiments.generate", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.generate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_writes_json(tmp_path):
     out = tmp_path / "gen.json"
-    r = _cli("--preset=tiny", "--prompt=def f(x):", "--prompt_ids=5,6,7", "--max_new_tokens=5",
-             "--mesh=data:2,model:2", f"--output_json={out}")  # fmt: skip
+    r = _cli(
+        "--preset=tiny",
+        "--prompt=def f(x):",
+        "--prompt_ids=5,6,7",
+        "--max_new_tokens=5",
+        "--mesh=data:2,model:2",
+        f"--output_json={out}",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["flags"]["mesh"] == "data:2,model:2"
@@ -203,12 +228,14 @@ def test_cli_writes_json(tmp_path):
 
 @pytest.mark.parametrize(
     "args, flag",
-    [(["--preset=tiny", "--prompt_ids=1,a"], "--prompt_ids"),
-     (["--preset=nope", "--prompt=a"], "--preset"),
-     (["--preset=tiny", "--prompt=a", "--mesh=data:64"], "--mesh"),
-     (["--checkpoint=/no/such/dir", "--prompt=a"], "--checkpoint"),
-     (["--preset=tiny", "--prompt=a", "--top_p=2"], "--top_p")],
-)  # fmt: skip
+    [
+        (["--preset=tiny", "--prompt_ids=1,a"], "--prompt_ids"),
+        (["--preset=nope", "--prompt=a"], "--preset"),
+        (["--preset=tiny", "--prompt=a", "--mesh=data:64"], "--mesh"),
+        (["--checkpoint=/no/such/dir", "--prompt=a"], "--checkpoint"),
+        (["--preset=tiny", "--prompt=a", "--top_p=2"], "--top_p"),
+    ],
+)
 def test_cli_usage_errors_name_the_flag(args, flag):
     r = _cli(*args)
     assert r.returncode != 0

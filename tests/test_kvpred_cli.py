@@ -16,24 +16,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
     work = tmp_path / "kvp"
-    r = _run("experiments.train_kvpred", "--base=tiny", "--aux=lp:0.5", "--steps=3",
-             "--warmup_steps=1", "--batch_size=4", "--seq_len=32", "--log_every=1",
-             "--checkpoint_every=2", f"--workdir={work}", "--kb_entities=8")  # fmt: skip
+    r = _run(
+        "experiments.train_kvpred",
+        "--base=tiny",
+        "--aux=lp:0.5",
+        "--steps=3",
+        "--warmup_steps=1",
+        "--batch_size=4",
+        "--seq_len=32",
+        "--log_every=1",
+        "--checkpoint_every=2",
+        f"--workdir={work}",
+        "--kb_entities=8",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert (work / "final" / "kvp_config.json").is_file()
     out = tmp_path / "eval"
     variants = f"base,kvp_identity,lp_baseline:0.5,aux_only:tiny-aux,kvp:{work / 'final'}"
-    r = _run("experiments.eval_kvpred", "--base=tiny", f"--variants={variants}",
-             "--task=synthetic_qa", "--kb_entities=8", "--limit=6", "--ttft_batch_sizes=1,2",
-             "--ttft_reps=1", f"--out={out}")  # fmt: skip
+    r = _run(
+        "experiments.eval_kvpred",
+        "--base=tiny",
+        f"--variants={variants}",
+        "--task=synthetic_qa",
+        "--kb_entities=8",
+        "--limit=6",
+        "--ttft_batch_sizes=1,2",
+        "--ttft_reps=1",
+        f"--out={out}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     v = data["variants"]
@@ -64,8 +83,15 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
     assert set(v[f"kvp:{work / 'final'}"]["memory_bytes"]) == {"aux", "predictor"}
     # the synthetic set in TriviaQA's layout, read back by the TriviaQA task: same answers
     qa = out / "synthetic_qa.json"
-    r = _run("experiments.eval_kvpred", "--base=tiny", "--variants=base", f"--task=triviaqa:{qa}",
-             "--ttft_batch_sizes=1", "--ttft_reps=1", f"--out={tmp_path / 'tqa'}")  # fmt: skip
+    r = _run(
+        "experiments.eval_kvpred",
+        "--base=tiny",
+        "--variants=base",
+        f"--task=triviaqa:{qa}",
+        "--ttft_batch_sizes=1",
+        "--ttft_reps=1",
+        f"--out={tmp_path / 'tqa'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "tqa" / "results.json").read_text())["variants"]["base"]
     assert [p["prediction"] for p in again["predictions"]] == [
@@ -81,9 +107,17 @@ def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
     from jaxserve.models.checkpoint import load_model
 
     src = os.path.join(ROOT, "jaxserve", "assets", "models", "tiny-aux")
-    r = _run("experiments.train_lm", f"--init_from={src}", "--steps=2", "--lr=1e-7",
-             "--warmup_steps=0", "--batch_size=2", "--seq_len=16", "--kb_entities=8",
-             f"--workdir={tmp_path}")  # fmt: skip
+    r = _run(
+        "experiments.train_lm",
+        f"--init_from={src}",
+        "--steps=2",
+        "--lr=1e-7",
+        "--warmup_steps=0",
+        "--batch_size=2",
+        "--seq_len=16",
+        "--kb_entities=8",
+        f"--workdir={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     before = jax.tree.leaves(nnx.state(load_model(src), nnx.Param))
     after = jax.tree.leaves(nnx.state(load_model(tmp_path / "final"), nnx.Param))
@@ -97,13 +131,24 @@ def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
 def test_plot_labels_drop_shared_directories():
     from kvpred.report import short_labels
 
-    names = ["base", "lp_baseline:0.5", "aux_only:tiny-aux", "aux_only:runs/kb/lm_aux/final",
-             "aux_only:runs/kb/kvp_c/final/aux", "kvp:runs/kb/kvp_c/final",
-             "kvp:/abs/x/final"]  # fmt: skip
+    names = [
+        "base",
+        "lp_baseline:0.5",
+        "aux_only:tiny-aux",
+        "aux_only:runs/kb/lm_aux/final",
+        "aux_only:runs/kb/kvp_c/final/aux",
+        "kvp:runs/kb/kvp_c/final",
+        "kvp:/abs/x/final",
+    ]
     assert list(short_labels(names).values()) == [
-        "base", "lp_baseline:0.5", "aux_only:tiny-aux", "aux_only:runs/kb/lm_aux",
-        "aux_only:runs/kb/kvp_c/aux", "kvp:runs/kb/kvp_c", "kvp:abs/x",
-    ]  # fmt: skip
+        "base",
+        "lp_baseline:0.5",
+        "aux_only:tiny-aux",
+        "aux_only:runs/kb/lm_aux",
+        "aux_only:runs/kb/kvp_c/aux",
+        "kvp:runs/kb/kvp_c",
+        "kvp:abs/x",
+    ]
     assert list(short_labels(names[3:6]).values()) == [
         "aux_only:lm_aux",
         "aux_only:kvp_c/aux",
@@ -114,18 +159,20 @@ def test_plot_labels_drop_shared_directories():
 
 @pytest.mark.parametrize(
     "module, args, flag",
-    [("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
-     ("experiments.eval_kvpred", ["--base=tiny", "--variants=kvp:/no/such"], "/no/such"),
-     ("experiments.eval_kvpred", ["--base=tiny", "--task=mmlu"], "--task"),
-     ("experiments.train_kvpred", ["--base=tiny", "--aux=lp:0.3"], "fraction"),
-     ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
-     ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
-     ("experiments.train_kvpred", ["--base=tiny", "--predictor_init=zeros"], "predictor_init"),
-     ("experiments.train_lm", ["--model=huge"], "--model"),
-     ("experiments.train_lm", ["--init_from=/no/such"], "--init_from"),
-     ("experiments.train_lm", ["--init_from=/tmp", "--lp_from=/tmp"], "exclusive"),
-     ("experiments.train_lm", ["--data=wikipedia:1"], "wikipedia")],
-)  # fmt: skip
+    [
+        ("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
+        ("experiments.eval_kvpred", ["--base=tiny", "--variants=kvp:/no/such"], "/no/such"),
+        ("experiments.eval_kvpred", ["--base=tiny", "--task=mmlu"], "--task"),
+        ("experiments.train_kvpred", ["--base=tiny", "--aux=lp:0.3"], "fraction"),
+        ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
+        ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
+        ("experiments.train_kvpred", ["--base=tiny", "--predictor_init=zeros"], "predictor_init"),
+        ("experiments.train_lm", ["--model=huge"], "--model"),
+        ("experiments.train_lm", ["--init_from=/no/such"], "--init_from"),
+        ("experiments.train_lm", ["--init_from=/tmp", "--lp_from=/tmp"], "exclusive"),
+        ("experiments.train_lm", ["--data=wikipedia:1"], "wikipedia"),
+    ],
+)
 def test_cli_usage_errors(module, args, flag, tmp_path):
     extra = [f"--out={tmp_path}"] if module.endswith("eval_kvpred") else [f"--workdir={tmp_path}"]
     r = _run(module, *args, *extra)

@@ -276,9 +276,13 @@ def test_batch_is_pure(stream, tok, kb, code_docs):
         np.testing.assert_array_equal(first[key], again[key])
     assert not np.array_equal(stream.batch(6)["tokens"], first["tokens"])
     rebuilt = TokenStream(
-        tok, {"qa": qa_documents(kb, seed=0), "code": code_docs}, {"qa": 0.8, "code": 0.2},
-        seq_len=128, batch_size=32, seed=3,
-    )  # fmt: skip
+        tok,
+        {"qa": qa_documents(kb, seed=0), "code": code_docs},
+        {"qa": 0.8, "code": 0.2},
+        seq_len=128,
+        batch_size=32,
+        seed=3,
+    )
     np.testing.assert_array_equal(rebuilt.batch(5)["tokens"], first["tokens"])
     other_seed = TokenStream(tok, {"qa": ["a b c"]}, seq_len=16, batch_size=2, seed=4)
     assert other_seed.batch(0)["tokens"].shape == (2, 17)
@@ -339,9 +343,13 @@ def test_long_documents_fill_windows(tok):
 
 def test_weights_choose_sources(tok):
     stream = TokenStream(
-        tok, {"a": ["alpha"], "b": ["beta gamma"], "c": ["never"]}, {"a": 0.75, "b": 0.25},
-        seq_len=16, batch_size=64, seed=0,
-    )  # fmt: skip
+        tok,
+        {"a": ["alpha"], "b": ["beta gamma"], "c": ["never"]},
+        {"a": 0.75, "b": 0.25},
+        seq_len=16,
+        batch_size=64,
+        seed=0,
+    )
     assert stream.sources == ["a", "b"]
     a_id = tok.encode("alpha")[0]
     rows_a = sum(int(stream.batch(s)["tokens"][:, 1].tolist().count(a_id)) for s in range(20))

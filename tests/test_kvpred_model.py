@@ -42,10 +42,14 @@ def prefill_batch(prompts, num_pages_per_seq=8):
     tables = 1 + np.arange(b * num_pages_per_seq, dtype=np.int32).reshape(b, -1)
     keys = np.stack([np.array([0, i], np.uint32) for i in range(b)])
     return {
-        "tokens": tokens, "lengths": lengths, "block_tables": tables, "keys": keys,
-        "temperature": np.zeros(b, np.float32), "top_k": np.zeros(b, np.int32),
+        "tokens": tokens,
+        "lengths": lengths,
+        "block_tables": tables,
+        "keys": keys,
+        "temperature": np.zeros(b, np.float32),
+        "top_k": np.zeros(b, np.int32),
         "top_p": np.ones(b, np.float32),
-    }  # fmt: skip
+    }
 
 
 PROMPTS = [[5, 9, 13, 2, 40, 41, 7], [3, 8], [60, 61, 62, 63, 64, 65, 66, 67, 68, 11, 12]]
@@ -87,12 +91,17 @@ def test_identity_kvp_greedy_tokens_and_cache_shardings_match_base():
         kv, first = runner.prefill(kv, runner.put_batch(batch))
         b = len(prompts)
         dec = {
-            "tokens": np.asarray(first), "positions": batch["lengths"].copy(),
-            "block_tables": batch["block_tables"], "active": np.ones(b, bool),
-            "remaining": np.full(b, 12, np.int32), "stop_ids": np.full((b, 1), -1, np.int32),
-            "keys": batch["keys"], "temperature": batch["temperature"],
-            "top_k": batch["top_k"], "top_p": batch["top_p"],
-        }  # fmt: skip
+            "tokens": np.asarray(first),
+            "positions": batch["lengths"].copy(),
+            "block_tables": batch["block_tables"],
+            "active": np.ones(b, bool),
+            "remaining": np.full(b, 12, np.int32),
+            "stop_ids": np.full((b, 1), -1, np.int32),
+            "keys": batch["keys"],
+            "temperature": batch["temperature"],
+            "top_k": batch["top_k"],
+            "top_p": batch["top_p"],
+        }
         kv2, _, toks, _ = runner.decode(kv, runner.put_batch(dec), 12)
         out[name] = (np.asarray(first), np.asarray(toks), kv2)
     np.testing.assert_array_equal(out["kvp"][0], out["base"][0])

@@ -26,8 +26,11 @@ def test_combined_kvp_loss_matches_a_hand_worked_value(reduce):
     ones = jnp.ones((1, 3, 2, 4))  # [batch, tokens, kv heads, head dim]
     out["pred_kv"] = [(ones, ones), (ones * 3, ones)]
     out["target_kv"] = [(ones * 0, ones), (ones, ones * 2)]
-    batch = {"targets": jnp.asarray([[0, 2]]), "mask": jnp.ones((1, 2)),
-             "input_mask": jnp.asarray([[1.0, 1.0, 0.0]])}  # fmt: skip
+    batch = {
+        "targets": jnp.asarray([[0, 2]]),
+        "mask": jnp.ones((1, 2)),
+        "input_mask": jnp.asarray([[1.0, 1.0, 0.0]]),
+    }
     w = KVPLossWeights(base=0.5, aux=2.0, kv=0.25, kv_reduce=reduce, z_weight=0.1)
     loss, metrics = kvp_loss(out, batch, w)
 
@@ -85,17 +88,21 @@ def _lr(c: TrainConfig, step: int) -> float:
 def test_optimizer_clips_decays_matrices_only_and_follows_the_schedule():
     c = TrainConfig(steps=8, lr=0.05, warmup_steps=2)
     rng = np.random.default_rng(0)
-    params = {"w": rng.normal(size=(3, 4)), "norm_scale": 1 + rng.normal(size=4) * 0.1,
-              "bias": rng.normal(size=4)}  # fmt: skip
+    params = {
+        "w": rng.normal(size=(3, 4)),
+        "norm_scale": 1 + rng.normal(size=4) * 0.1,
+        "bias": rng.normal(size=4),
+    }
     # gradients of very different sizes: the large ones are clipped, the small ones not
-    grads_seq = [{k: rng.normal(size=np.shape(x)) * s for k, x in params.items()}
-                 for s in (10.0, 0.05, 3.0, 0.2, 0.01)]  # fmt: skip
+    grads_seq = [
+        {k: rng.normal(size=np.shape(x)) * s for k, x in params.items()}
+        for s in (10.0, 0.05, 3.0, 0.2, 0.01)
+    ]
     tx = make_optimizer(c)
     p = {k: jnp.asarray(x, jnp.float32) for k, x in params.items()}
     state = tx.init(p)
     for g in grads_seq:
-        updates, state = tx.update({k: jnp.asarray(x, jnp.float32) for k, x in g.items()},
-                                   state, p)  # fmt: skip
+        updates, state = tx.update({k: jnp.asarray(x, jnp.float32) for k, x in g.items()}, state, p)
         p = optax.apply_updates(p, updates)
     want = _reference_adamw(c, params, grads_seq)
     for k in params:

@@ -149,14 +149,25 @@ def test_trainer_rejects_bad_configs(tmp_path):
         TrainConfig(steps=0)
     _, _, kvp = _kvp()
     mesh = make_mesh({"data": 2, "model": 1}, jax.devices()[:2])
-    tr = Trainer(kvp, trainable_filter(), kvp_loss_fn(KVPLossWeights()), TrainConfig(steps=2,
-                 warmup_steps=1), str(tmp_path), mesh)  # fmt: skip
+    tr = Trainer(
+        kvp,
+        trainable_filter(),
+        kvp_loss_fn(KVPLossWeights()),
+        TrainConfig(steps=2, warmup_steps=1),
+        str(tmp_path),
+        mesh,
+    )
     with pytest.raises(ValueError, match="data axis"):
         tr.put_batch({"inputs": np.zeros((3, 4), np.int32)})
     tr.close()
     with pytest.raises(ValueError, match="nothing to train"):
-        Trainer(kvp, nnx.PathContains("nope"), None, TrainConfig(steps=2, warmup_steps=1),
-                str(tmp_path / "x"))  # fmt: skip
+        Trainer(
+            kvp,
+            nnx.PathContains("nope"),
+            None,
+            TrainConfig(steps=2, warmup_steps=1),
+            str(tmp_path / "x"),
+        )
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -183,8 +194,9 @@ def test_kvp_checkpoint_round_trip_and_base_mismatch(tmp_path):
 
 def test_data_spec_parsing(tmp_path):
     assert parse_data_spec("synthetic_qa:0.8,stdlib_code:0.2") == {
-        "synthetic_qa": 0.8, "stdlib_code": 0.2,
-    }  # fmt: skip
+        "synthetic_qa": 0.8,
+        "stdlib_code": 0.2,
+    }
     f = tmp_path / "t.txt"
     f.write_text("hello")
     assert parse_data_spec(f"{f}") == {str(f): 1.0}
@@ -218,8 +230,16 @@ def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path, monk
     first = {}
     for init in ("identity", "auto"):
         work = str(tmp_path / init)
-        _, history = train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, cfg, work,
-                                  predictor_init=init, init_batches=2)  # fmt: skip
+        _, history = train_kvpred(
+            base,
+            "test-base",
+            f"c:{aux_dir}",
+            _batch_at,
+            cfg,
+            work,
+            predictor_init=init,
+            init_batches=2,
+        )
         first[init] = history[0]["kv_l1"]  # step 1's loss is the initial predictor's
         meta = read_kvp_config(os.path.join(work, "final"))
         assert meta["predictor_init"] == ("identity" if init == "identity" else "lstsq")
@@ -228,15 +248,19 @@ def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path, monk
     import kvpred.recipes
 
     fits, fit = [], kvpred.recipes.fit_least_squares
-    monkeypatch.setattr(kvpred.recipes, "fit_least_squares",
-                        lambda *a, **k: fits.append(1) or fit(*a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        kvpred.recipes, "fit_least_squares", lambda *a, **k: fits.append(1) or fit(*a, **k)
+    )
     more = TrainConfig(steps=2, warmup_steps=0, log_every=1)
-    _, history = train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, more,
-                              str(tmp_path / "auto"), init_batches=2)  # fmt: skip
+    _, history = train_kvpred(
+        base, "test-base", f"c:{aux_dir}", _batch_at, more, str(tmp_path / "auto"), init_batches=2
+    )
     assert [h["step"] for h in history] == [2] and fits == []
-    train_kvpred(base, "test-base", f"c:{aux_dir}", _batch_at, more, str(tmp_path / "new"),
-                 init_batches=2)  # fmt: skip
+    train_kvpred(
+        base, "test-base", f"c:{aux_dir}", _batch_at, more, str(tmp_path / "new"), init_batches=2
+    )
     assert fits == [1]  # a fresh workdir does fit
     with pytest.raises(ValueError, match="predictor_init"):
-        train_kvpred(base, "b", f"c:{aux_dir}", _batch_at, cfg, str(tmp_path / "x"),
-                     predictor_init="zeros")  # fmt: skip
+        train_kvpred(
+            base, "b", f"c:{aux_dir}", _batch_at, cfg, str(tmp_path / "x"), predictor_init="zeros"
+        )

@@ -22,14 +22,25 @@ def _records() -> list[RequestRecord]:
     """
     return [
         RequestRecord(
-            "r1", 0.0, 4, 3, 1.0, 2.5, [1.0, 1.5, 2.5], preemptions=1,
-            swapped_bytes=100, swap_time=0.1, stall_time=0.2, client="a",
+            "r1",
+            0.0,
+            4,
+            3,
+            1.0,
+            2.5,
+            [1.0, 1.5, 2.5],
+            preemptions=1,
+            swapped_bytes=100,
+            swap_time=0.1,
+            stall_time=0.2,
+            client="a",
         ),
         RequestRecord("r2", 1.0, 5, 2, 2.0, 3.5, [2.0, 3.5], client="b"),
-        RequestRecord("r3", 2.0, 2, 1, 5.0, 5.0, [5.0], preemptions=2, swapped_bytes=50,
-                      client="a"),
+        RequestRecord(
+            "r3", 2.0, 2, 1, 5.0, 5.0, [5.0], preemptions=2, swapped_bytes=50, client="a"
+        ),
         RequestRecord("r4", 3.0, 6, 0, None, None, [], client="b", state="rejected"),
-    ]  # fmt: skip
+    ]
 
 
 def test_summary_by_hand():
@@ -51,26 +62,57 @@ def test_summary_by_hand():
     """
     s = metrics.summarize(_records())
     expected = {
-        "num_requests": 4, "num_finished": 3, "num_rejected": 1, "num_unfinished": 0,
-        "mean_jct": 8 / 3, "p50_jct": 2.5, "p90_jct": 2.9, "p95_jct": 2.95, "p99_jct": 2.99,
-        "mean_ttft": 5 / 3, "p50_ttft": 1.0, "p90_ttft": 2.6, "p95_ttft": 2.8, "p99_ttft": 2.96,
-        "mean_tbt": 1.0, "p50_tbt": 1.0, "p90_tbt": 1.4, "p95_tbt": 1.45, "p99_tbt": 1.49,
+        "num_requests": 4,
+        "num_finished": 3,
+        "num_rejected": 1,
+        "num_unfinished": 0,
+        "mean_jct": 8 / 3,
+        "p50_jct": 2.5,
+        "p90_jct": 2.9,
+        "p95_jct": 2.95,
+        "p99_jct": 2.99,
+        "mean_ttft": 5 / 3,
+        "p50_ttft": 1.0,
+        "p90_ttft": 2.6,
+        "p95_ttft": 2.8,
+        "p99_ttft": 2.96,
+        "mean_tbt": 1.0,
+        "p50_tbt": 1.0,
+        "p90_tbt": 1.4,
+        "p95_tbt": 1.45,
+        "p99_tbt": 1.49,
         "mean_normalized_latency": 61 / 36,
-        "duration": 5.0, "output_tokens": 6,
-        "throughput_tokens_per_s": 1.2, "throughput_requests_per_s": 0.6,
-        "total_preemptions": 3, "total_swapped_bytes": 150,
-        "total_swap_time": 0.1, "total_stall_time": 0.2,
+        "duration": 5.0,
+        "output_tokens": 6,
+        "throughput_tokens_per_s": 1.2,
+        "throughput_requests_per_s": 0.6,
+        "total_preemptions": 3,
+        "total_swapped_bytes": 150,
+        "total_swap_time": 0.1,
+        "total_stall_time": 0.2,
         "jain_fairness": 289 / 298,
-        "slo_attainment": None, "slo_ttft_attainment": None, "slo_tbt_attainment": None,
-    }  # fmt: skip
+        "slo_attainment": None,
+        "slo_ttft_attainment": None,
+        "slo_tbt_attainment": None,
+    }
     for key, value in expected.items():
         assert s[key] == pytest.approx(value), key
     assert s["clients"] == {
-        "a": {"num_requests": 2, "num_finished": 2, "mean_jct": 2.75, "mean_ttft": 2.0,
-              "service_tokens": 10},
-        "b": {"num_requests": 2, "num_finished": 1, "mean_jct": 2.5, "mean_ttft": 1.0,
-              "service_tokens": 7},
-    }  # fmt: skip
+        "a": {
+            "num_requests": 2,
+            "num_finished": 2,
+            "mean_jct": 2.75,
+            "mean_ttft": 2.0,
+            "service_tokens": 10,
+        },
+        "b": {
+            "num_requests": 2,
+            "num_finished": 1,
+            "mean_jct": 2.5,
+            "mean_ttft": 1.0,
+            "service_tokens": 7,
+        },
+    }
     json.dumps(s)  # a summary is plain JSON
 
 

@@ -30,9 +30,15 @@ ATOL = 1e-5
 def openelm_like_config():
     """Per-layer heads and kv heads (the first layer narrower than the last), qk-norm."""
     return tiny_config(
-        name="test-openelm", num_layers=3, num_heads=(2, 4, 6), num_kv_heads=(1, 2, 3),
-        ffn_dim=(48, 64, 96), qk_norm=True, architecture="openelm", rms_eps=1e-6,
-    )  # fmt: skip
+        name="test-openelm",
+        num_layers=3,
+        num_heads=(2, 4, 6),
+        num_kv_heads=(1, 2, 3),
+        ffn_dim=(48, 64, 96),
+        qk_norm=True,
+        architecture="openelm",
+        rms_eps=1e-6,
+    )
 
 
 CONFIGS = {"gqa": tiny_config, "openelm": openelm_like_config}
@@ -50,9 +56,14 @@ def _jitted(model: Decoder):
     def paged(state, tokens, positions, kv, block_tables, seq_lens, prefix, logits_index=None):
         m = nnx.merge(graphdef, state)
         return m(
-            tokens, positions, kv=kv, block_tables=block_tables, seq_lens=seq_lens,
-            prefix=prefix, logits_index=logits_index,
-        )  # fmt: skip
+            tokens,
+            positions,
+            kv=kv,
+            block_tables=block_tables,
+            seq_lens=seq_lens,
+            prefix=prefix,
+            logits_index=logits_index,
+        )
 
     return functools.partial(full, state), functools.partial(paged, state)
 

@@ -26,23 +26,33 @@ LENGTHS = (1, 7, 33)
 BATCH = 2
 
 COMMON = dict(
-    vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-)  # fmt: skip
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 CASES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(rms_norm_eps=1e-5)),
     "llama3-rope-tied": (
-        "LlamaConfig", "LlamaForCausalLM",
+        "LlamaConfig",
+        "LlamaForCausalLM",
         dict(
-            rope_theta=10000.0, tie_word_embeddings=True,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
             rope_scaling={
-                "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
+                "rope_type": "llama3",
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
             },
         ),
     ),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6)),
-}  # fmt: skip
+}
 
 
 def _torch_model(case: str, seed: int = 0):

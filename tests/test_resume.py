@@ -83,8 +83,7 @@ def test_checkpoints_without_a_record_need_force(tmp_path):
 def _batch_at(step: int) -> dict:
     rng = np.random.default_rng(step)
     tokens = rng.integers(3, 97, (2, 9)).astype(np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "mask": np.ones((2, 8), np.float32)}  # fmt: skip
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((2, 8), np.float32)}
 
 
 def _trainer(workdir, steps: int) -> Trainer:

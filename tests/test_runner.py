@@ -110,11 +110,14 @@ def test_batch_one_decode_on_out_in_weights_equals_the_model_layout():
     for runner in (plain, out_in):
         kv = runner.new_kv(8, PAGE)
         prefill = {
-            "tokens": np.array([[5, 9, 13, 4, 7]], np.int32), "lengths": np.array([5], np.int32),
-            "block_tables": np.array([[3, 1, 6, 0]], np.int32), "keys": np.zeros((1, 2), np.uint32),
-            "temperature": np.zeros(1, np.float32), "top_k": np.zeros(1, np.int32),
+            "tokens": np.array([[5, 9, 13, 4, 7]], np.int32),
+            "lengths": np.array([5], np.int32),
+            "block_tables": np.array([[3, 1, 6, 0]], np.int32),
+            "keys": np.zeros((1, 2), np.uint32),
+            "temperature": np.zeros(1, np.float32),
+            "top_k": np.zeros(1, np.int32),
             "top_p": np.ones(1, np.float32),
-        }  # fmt: skip
+        }
         kv, first = runner.prefill(kv, prefill)
         batch = _batch(np.asarray(first), [5], prefill["block_tables"], [100], [[-1]])
         kv, _, toks, _ = runner.decode(kv, batch, CHUNK)

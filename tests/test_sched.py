@@ -39,15 +39,17 @@ from jaxserve.sched.simloop import LinearCost, simulate
 
 def config(**kw) -> SchedulerConfig:
     # the hand-worked schedules below charge every batch member the whole iteration
-    fields = dict(max_batch=4, num_pages=64, page_size=4, max_seq_len=4096,
-                  quantum_charge="iteration")  # fmt: skip
+    fields = dict(
+        max_batch=4, num_pages=64, page_size=4, max_seq_len=4096, quantum_charge="iteration"
+    )
     fields.update(kw)
     return SchedulerConfig(**fields)
 
 
 def req(rid: str, prompt: int, max_new: int = 100, arrival: float = 0.0, output_len=None):
-    return Request(rid, arrival=arrival, prompt_len=prompt, max_new_tokens=max_new,
-                   output_len=output_len)  # fmt: skip
+    return Request(
+        rid, arrival=arrival, prompt_len=prompt, max_new_tokens=max_new, output_len=output_len
+    )
 
 
 def step(s: Scheduler, t: float, dt: float = 0.25, finished=()) -> Plan:
@@ -440,8 +442,9 @@ def test_auto_mode_compares_swap_and_recompute_costs():
     v = req("v", 12)
     v.num_generated = 2
     for bw, want in ((1e6, "swap"), (2e5, "drop"), (4000 / 0.014, "drop")):
-        cfg = config(preemption="auto", kv_bytes_per_page=1000, prefill_tokens_per_s=1000,
-                     swap_bandwidth=bw)  # fmt: skip
+        cfg = config(
+            preemption="auto", kv_bytes_per_page=1000, prefill_tokens_per_s=1000, swap_bandwidth=bw
+        )
         assert recompute_seconds(cfg, v) == pytest.approx(0.014)
         assert swap_seconds(cfg, v) == pytest.approx(4000 / bw)
         assert victim_mode(cfg, v, host_used=0) == want
@@ -577,8 +580,9 @@ def test_skip_join_beats_fcfs_on_one_long_job_then_short_ones():
 
     def workload():
         rs = [req("long", 512, max_new=200, output_len=200, arrival=0.0)]
-        rs += [req(f"s{i}", 16, max_new=4, output_len=4, arrival=0.05 + 0.001 * i)
-               for i in range(8)]  # fmt: skip
+        rs += [
+            req(f"s{i}", 16, max_new=4, output_len=4, arrival=0.05 + 0.001 * i) for i in range(8)
+        ]
         return rs
 
     cost = LinearCost(a=0.01, b=5e-5)
@@ -658,9 +662,12 @@ def test_random_workloads_keep_every_invariant(case):
     s = make_scheduler(policy, cfg)
     total = sum(min(r.output_len, r.max_new_tokens) for r in requests)
     res = simulate(
-        s, requests, LinearCost(a=0.01, b=1e-3), max_iterations=50 * (total + 10),
+        s,
+        requests,
+        LinearCost(a=0.01, b=1e-3),
+        max_iterations=50 * (total + 10),
         on_step=check_plan,
-    )  # fmt: skip
+    )
     s.check_invariants()
     assert s.done and s.allocator.num_free == cfg.usable_pages and s.host_used == 0
     ended = res.finished_events + res.rejected_events
@@ -681,8 +688,10 @@ def test_sim_policies_script_compares_every_policy_on_one_trace():
     pool, and the length-knowing srpt oracle beats the policies that do not know lengths."""
     r = subprocess.run(
         [sys.executable, "scripts/sim_policies.py", "--num_requests=150", "--rates=12"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     rows = {
         line.split()[0]: float(line.split()[1])

@@ -18,14 +18,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.serve", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_serve_cli_same_trace_every_scheduler(tmp_path):
-    r = _serve("--model=tiny", "--schedulers=fcfs,vllm,skip_join_mlfq", "--num_requests=6",
-               "--rate=50", "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32",
-               "--max_output_len=24", f"--out={tmp_path}")  # fmt: skip
+    r = _serve(
+        "--model=tiny",
+        "--schedulers=fcfs,vllm,skip_join_mlfq",
+        "--num_requests=6",
+        "--rate=50",
+        "--max_batch=4",
+        "--kv_pages=40",
+        "--max_prompt_len=32",
+        "--max_output_len=24",
+        f"--out={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skip_join_mlfq" in r.stdout
     data = json.loads((tmp_path / "results.json").read_text())
@@ -48,13 +61,18 @@ def test_serve_cli_same_trace_every_scheduler(tmp_path):
 
 @pytest.mark.parametrize(
     "args, flag",
-    [(["--schedulers=fcfs,lottery"], "--schedulers"), (["--model=huge"], "--model"),
-     (["--workload=/no/such.jsonl"], "--workload"), (["--rates=1,x"], "--rates"),
-     (["--preemption=pray"], "--preemption"), (["--kv_pages=1"], "--kv_pages"),
-     (["--output_sigma=0"], "--output_sigma"),
-     (["--workload=alpaca_synth", "--output_sigma=1.5"], "sharegpt_synth only"),
-     (["--quantum_charge=tokens"], "quantum_charge")],
-)  # fmt: skip
+    [
+        (["--schedulers=fcfs,lottery"], "--schedulers"),
+        (["--model=huge"], "--model"),
+        (["--workload=/no/such.jsonl"], "--workload"),
+        (["--rates=1,x"], "--rates"),
+        (["--preemption=pray"], "--preemption"),
+        (["--kv_pages=1"], "--kv_pages"),
+        (["--output_sigma=0"], "--output_sigma"),
+        (["--workload=alpaca_synth", "--output_sigma=1.5"], "sharegpt_synth only"),
+        (["--quantum_charge=tokens"], "quantum_charge"),
+    ],
+)
 def test_serve_cli_usage_errors(args, flag, tmp_path):
     r = _serve(*args, f"--out={tmp_path}")
     assert r.returncode != 0
@@ -96,25 +114,37 @@ def test_serve_with_kv_prediction_prefill_compares_ttft(tmp_path):
     layers = list(range(base.config.num_layers))
     pred = randomize(KVPredictor(base.config, base.config, layers, rngs=nnx.Rngs(0)), seed=3)
     kvp = KVPModel(base, nnx.clone(base), pred)
-    ckpt = save_kvp(kvp, str(tmp_path / "kvp"), base_source="tiny",
-                    meta={"aux_spec": "identity"})  # fmt: skip
+    ckpt = save_kvp(kvp, str(tmp_path / "kvp"), base_source="tiny", meta={"aux_spec": "identity"})
     rng = np.random.default_rng(0)
     prompts = {f"q{i}": [int(t) for t in rng.integers(3, 1000, 6 + 5 * i)] for i in range(4)}
     trace = tmp_path / "trace.jsonl"
-    trace.write_text("".join(
-        json.dumps({"id": k, "arrival": 0.01 * i, "prompt_ids": p, "output_len": 8}) + "\n"
-        for i, (k, p) in enumerate(prompts.items())))  # fmt: skip
+    trace.write_text(
+        "".join(
+            json.dumps({"id": k, "arrival": 0.01 * i, "prompt_ids": p, "output_len": 8}) + "\n"
+            for i, (k, p) in enumerate(prompts.items())
+        )
+    )
     out = tmp_path / "serve"
-    r = _serve("--model=tiny", "--schedulers=skip_join_mlfq", f"--workload={trace}",
-               "--max_batch=4", "--kv_pages=40", "--max_prompt_len=32", "--max_output_len=16",
-               f"--prefill=kv_prediction:{ckpt}", f"--out={out}")  # fmt: skip
+    r = _serve(
+        "--model=tiny",
+        "--schedulers=skip_join_mlfq",
+        f"--workload={trace}",
+        "--max_batch=4",
+        "--kv_pages=40",
+        "--max_prompt_len=32",
+        "--max_output_len=16",
+        f"--prefill=kv_prediction:{ckpt}",
+        f"--out={out}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "TTFT with KV prediction" in r.stdout
     data = json.loads((out / "results.json").read_text())
     runs = {(run["scheduler"], run["prefill"]): run for run in data["runs"]}
     assert set(runs) == {("skip_join_mlfq", "base"), ("skip_join_mlfq", "kv_prediction")}
-    served = {p: {q["id"]: q["output_ids"] for q in runs[("skip_join_mlfq", p)]["requests"]}
-              for p in ("base", "kv_prediction")}  # fmt: skip
+    served = {
+        p: {q["id"]: q["output_ids"] for q in runs[("skip_join_mlfq", p)]["requests"]}
+        for p in ("base", "kv_prediction")
+    }
     params = SamplingParams(max_new_tokens=8)
     for name, model in (("base", base), ("kv_prediction", kvp)):
         own = Generator(model).generate(list(prompts.values()), params)

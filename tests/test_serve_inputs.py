@@ -30,9 +30,12 @@ def test_never_runs_reason_is_the_schedulers_rejection(prompt_len, cap, kv_pages
 def _prepared(lengths: dict[str, int], never: set[str]) -> serve.PreparedTrace:
     reqs = [TraceRequest(k, 0.0, n, 4) for k, n in lengths.items()]
     return serve.PreparedTrace(
-        rate=1.0, requests=reqs, prompts={k: [3] * n for k, n in lengths.items()},
-        caps={k: 4 for k in lengths}, never_runs={k: "too long" for k in never},
-    )  # fmt: skip
+        rate=1.0,
+        requests=reqs,
+        prompts={k: [3] * n for k, n in lengths.items()},
+        caps={k: 4 for k in lengths},
+        never_runs={k: "too long" for k in never},
+    )
 
 
 def test_warmup_covers_only_requests_that_can_run():
@@ -42,24 +45,39 @@ def test_warmup_covers_only_requests_that_can_run():
 
 
 def _profile(path) -> str:
-    prof = Profile(model="hand-written", device="cpu", prefill=[(16, 1e-3), (64, 4e-3)],
-                   decode=[(1, 1e-3), (2, 1.5e-3)], swap_bandwidth=1e9,
-                   prefill_tokens_per_s=1e4)  # fmt: skip
+    prof = Profile(
+        model="hand-written",
+        device="cpu",
+        prefill=[(16, 1e-3), (64, 4e-3)],
+        decode=[(1, 1e-3), (2, 1.5e-3)],
+        swap_bandwidth=1e9,
+        prefill_tokens_per_s=1e4,
+    )
     prof.save(str(path))
     return str(path)
 
 
 def test_rejected_requests_compile_nothing_and_show_with_their_reason(tmp_path, capsys):
-    rows = [{"id": "long", "arrival": 0.0, "prompt_len": 5000, "output_len": 4},
-            {"id": "ok", "arrival": 0.01, "prompt_len": 12, "output_len": 4}]  # fmt: skip
+    rows = [
+        {"id": "long", "arrival": 0.0, "prompt_len": 5000, "output_len": 4},
+        {"id": "ok", "arrival": 0.01, "prompt_len": 12, "output_len": 4},
+    ]
     trace = tmp_path / "trace.jsonl"
     trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    settings = serve.ServeSettings(schedulers=["fcfs"], workload=str(trace), rates=[1.0],
-                                   num_requests=None, max_batch=2, kv_pages=40,
-                                   max_prompt_len=32, max_output_len=8)  # fmt: skip
+    settings = serve.ServeSettings(
+        schedulers=["fcfs"],
+        workload=str(trace),
+        rates=[1.0],
+        num_requests=None,
+        max_batch=2,
+        kv_pages=40,
+        max_prompt_len=32,
+        max_output_len=8,
+    )
     profile = _profile(tmp_path / "profile.json")
-    res = serve.run_serve(settings, checkpoint=None, preset="tiny", out_dir=str(tmp_path / "a"),
-                          profile_path=profile)  # fmt: skip
+    res = serve.run_serve(
+        settings, checkpoint=None, preset="tiny", out_dir=str(tmp_path / "a"), profile_path=profile
+    )
     (run,) = res["runs"]
     why = "prompt of 5000 tokens > max_seq_len 1024"  # the tiny preset's context
     assert run["summary"]["num_rejected"] == 1 and run["summary"]["num_finished"] == 1
@@ -81,8 +99,13 @@ def test_rejected_requests_compile_nothing_and_show_with_their_reason(tmp_path, 
 
     # a trace whose every request can never run compiles nothing at all
     trace.write_text(json.dumps(rows[0]) + "\n")
-    res = serve.run_serve(dataclasses.replace(settings), checkpoint=None, preset="tiny",
-                          out_dir=str(tmp_path / "b"), profile_path=profile)  # fmt: skip
+    res = serve.run_serve(
+        dataclasses.replace(settings),
+        checkpoint=None,
+        preset="tiny",
+        out_dir=str(tmp_path / "b"),
+        profile_path=profile,
+    )
     s = res["runs"][0]["summary"]
     assert s["warmup_compiles"] == 0 and s["compiles_during_run"] == 0
     assert s["num_rejected"] == 1 and s["mean_jct"] is None

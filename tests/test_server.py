@@ -61,12 +61,14 @@ def reference(parts, prompt_ids, n, ignore_eos=False) -> list[int]:
 class Server:
     def __init__(self, parts, policy="fcfs", max_inflight=64, max_tokens=48, **sched):
         self.engine = _engine(parts, policy, **sched)
-        self.app, self.loop = build_app(self.engine, parts[2], MODEL, max_inflight=max_inflight,
-                                        max_tokens=max_tokens)  # fmt: skip
+        self.app, self.loop = build_app(
+            self.engine, parts[2], MODEL, max_inflight=max_inflight, max_tokens=max_tokens
+        )
         self.running = RunningServer(self.app).start()
         self.url = self.running.url
-        self.openai = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0,
-                                    timeout=TIMEOUT)  # fmt: skip
+        self.openai = openai.OpenAI(
+            base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=TIMEOUT
+        )
 
     def idle(self, timeout=TIMEOUT) -> bool:
         """Wait until the engine holds no request (bounded); True if it got there."""
@@ -109,17 +111,27 @@ def test_completion_and_stream_match_the_in_process_engine(server, parts):
     ids = tok.encode("The quick brown fox")
     want = reference(parts, ids, 12)
     r = server.openai.completions.create(
-        model=MODEL, prompt="The quick brown fox", max_tokens=12, temperature=0,
+        model=MODEL,
+        prompt="The quick brown fox",
+        max_tokens=12,
+        temperature=0,
         extra_body={"return_details": True},
-    )  # fmt: skip
+    )
     assert _details(r)["token_ids"] == want
     assert r.choices[0].text == tok.decode(want)
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(want)
     assert r.choices[0].finish_reason == ("stop" if want[-1] == EOS else "length")
     # the same request as token ids, streamed: one chunk per token, same text
-    chunks = list(server.openai.completions.create(
-        model=MODEL, prompt=ids, max_tokens=12, temperature=0, stream=True,
-        stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        server.openai.completions.create(
+            model=MODEL,
+            prompt=ids,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage.completion_tokens == len(want) and not chunks[-1].choices
     text_chunks = chunks[:-1]
     assert len(text_chunks) == len(want)
@@ -133,15 +145,24 @@ def test_chat_streamed_and_not(server, parts):
     ids = parts[2].encode("System: You are terse.\nUser: Hi!\nAssistant:")
     want = reference(parts, ids, 10, ignore_eos=True)
     r = server.openai.chat.completions.create(
-        model=MODEL, messages=msgs, max_tokens=10, temperature=0,
-        extra_body={"ignore_eos": True, "return_details": True})  # fmt: skip
+        model=MODEL,
+        messages=msgs,
+        max_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_details": True},
+    )
     assert _details(r)["token_ids"] == want and r.usage.prompt_tokens == len(ids)
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == parts[2].decode(want)
     assert r.choices[0].finish_reason == "length"
     stream = server.openai.chat.completions.create(
-        model=MODEL, messages=msgs, max_completion_tokens=10, temperature=0, stream=True,
-        extra_body={"ignore_eos": True})  # fmt: skip
+        model=MODEL,
+        messages=msgs,
+        max_completion_tokens=10,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content for c in chunks) == r.choices[0].message.content
@@ -157,8 +178,14 @@ def test_stop_string_ends_the_text_before_it(server, parts):
     before = full[: full.index(stop)]
     for stream in (False, True):
         r = server.openai.completions.create(
-            model=MODEL, prompt=ids, max_tokens=16, temperature=0, stop=[stop], stream=stream,
-            extra_body={"ignore_eos": True})  # fmt: skip
+            model=MODEL,
+            prompt=ids,
+            max_tokens=16,
+            temperature=0,
+            stop=[stop],
+            stream=stream,
+            extra_body={"ignore_eos": True},
+        )
         if stream:
             chunks = list(r)
             text = "".join(c.choices[0].text for c in chunks)
@@ -171,13 +198,19 @@ def test_stop_string_ends_the_text_before_it(server, parts):
 def test_concurrent_streams_each_get_their_own_tokens(server, parts):
     tok = parts[2]
     prompts = [f"Request number {i} says" for i in range(8)]
-    want = {p: reference(parts, tok.encode(p), 8 + i, ignore_eos=True)
-            for i, p in enumerate(prompts)}  # fmt: skip
+    want = {
+        p: reference(parts, tok.encode(p), 8 + i, ignore_eos=True) for i, p in enumerate(prompts)
+    }
 
     def run(i, p):
-        s = server.openai.completions.create(model=MODEL, prompt=p, max_tokens=8 + i,
-                                             temperature=0, stream=True,
-                                             extra_body={"ignore_eos": True})  # fmt: skip
+        s = server.openai.completions.create(
+            model=MODEL,
+            prompt=p,
+            max_tokens=8 + i,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         return "".join(c.choices[0].text for c in s)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -244,8 +277,12 @@ class _SlowSteps:
 def test_disconnect_of_a_non_streaming_request_cancels_it(server, delay, timeout):
     """The client gives up after `timeout` s: while its request runs (48 steps of > 20 ms), or
     before its first token (the first step takes > 1 s)."""
-    body = {"model": MODEL, "prompt": "Tell me a very long story", "max_tokens": 48,
-            "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "prompt": "Tell me a very long story",
+        "max_tokens": 48,
+        "ignore_eos": True,
+    }
     httpx.post(server.url + "/v1/completions", json={**body, "max_tokens": 3}, timeout=TIMEOUT)
     n = len(server.engine.timelines)  # (that compiled what this request runs)
     with _SlowSteps(server.engine, delay):
@@ -279,8 +316,12 @@ BAD = [
 
 @pytest.mark.parametrize("raw, param", BAD)
 def test_bad_input_is_a_4xx_naming_the_field(server, raw, param):
-    r = httpx.post(server.url + "/v1/completions", content=raw, timeout=TIMEOUT,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/completions",
+        content=raw,
+        timeout=TIMEOUT,
+        headers={"content-type": "application/json"},
+    )
     assert 400 <= r.status_code < 500
     err = r.json()["error"]
     assert err["param"] == param and err["message"]
@@ -288,8 +329,11 @@ def test_bad_input_is_a_4xx_naming_the_field(server, raw, param):
 
 
 def test_oversized_body_is_413(server):
-    r = httpx.post(server.url + "/v1/completions", timeout=TIMEOUT,
-                   content=b'{"prompt": "' + b"x" * (17 << 20) + b'"}')  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/completions",
+        timeout=TIMEOUT,
+        content=b'{"prompt": "' + b"x" * (17 << 20) + b'"}',
+    )
     assert r.status_code == 413 and r.json()["error"]["message"]
 
 
@@ -316,11 +360,25 @@ JSON = st.recursive(
     | st.text(max_size=6),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),  # fmt: skip
+    ),
     max_leaves=8,
 )
-FIELDS = ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "stop",
-          "stream", "stream_options", "user", "n", "seed", "priority"]  # fmt: skip
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stream",
+    "stream_options",
+    "user",
+    "n",
+    "seed",
+    "priority",
+]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -339,10 +397,17 @@ def test_fuzz_malformed_requests(server, body, chat):
 def test_overload_answers_429(parts):
     s = Server(parts, max_inflight=1)
     try:
-        body = {"model": MODEL, "prompt": "hold the only slot", "max_tokens": 48,
-                "ignore_eos": True, "stream": True}  # fmt: skip
-        with httpx.Client(timeout=TIMEOUT) as c, c.stream("POST", s.url + "/v1/completions",
-                                                          json=body) as held:  # fmt: skip
+        body = {
+            "model": MODEL,
+            "prompt": "hold the only slot",
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with (
+            httpx.Client(timeout=TIMEOUT) as c,
+            c.stream("POST", s.url + "/v1/completions", json=body) as held,
+        ):
             assert held.status_code == 200
             with pytest.raises(openai.RateLimitError) as e:
                 s.openai.completions.create(model=MODEL, prompt="me too", max_tokens=2)
@@ -359,11 +424,18 @@ def test_overload_answers_429(parts):
 
 def test_shutdown_cancels_what_is_left(parts):
     s = Server(parts)
-    body = {"model": MODEL, "prompt": "a long one", "max_tokens": 48, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "prompt": "a long one",
+        "max_tokens": 48,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with _SlowSteps(s.engine, 0.05):  # 48 tokens take > 2.4 s; the grace period is 0.2 s
-        with httpx.Client(timeout=TIMEOUT) as c, c.stream("POST", s.url + "/v1/completions",
-                                                          json=body) as resp:  # fmt: skip
+        with (
+            httpx.Client(timeout=TIMEOUT) as c,
+            c.stream("POST", s.url + "/v1/completions", json=body) as resp,
+        ):
             lines = resp.iter_lines()
             first = next(line for line in lines if line.startswith("data: {"))
             rid = json.loads(first[6:])["id"]
@@ -381,8 +453,13 @@ def test_engine_loop_stop_ends_open_streams(parts):
     chunk (finish_reason "abort") and [DONE]; no page stays taken."""
     s = Server(parts)
     try:
-        body = {"model": MODEL, "prompt": "a long one", "max_tokens": 48, "ignore_eos": True,
-                "stream": True}  # fmt: skip
+        body = {
+            "model": MODEL,
+            "prompt": "a long one",
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "stream": True,
+        }
         with _SlowSteps(s.engine, 0.05):
             with (
                 httpx.Client(timeout=TIMEOUT) as c,
@@ -408,8 +485,17 @@ def _soak(parts, n: int, seed: int):
     """n requests at a high rate through the load client onto a KV pool that holds ~3 of them,
     with a few streams dropped midway. Checks: every replayed request finished with the
     reference tokens, preemptions happened, no page leaked, metrics match the responses."""
-    s = Server(parts, policy="skip_join_mlfq", num_pages=13, max_batch=4, host_pages=8,
-               reserve_pages=1, prefetch=1, max_tokens=40, max_inflight=n + 8)  # fmt: skip
+    s = Server(
+        parts,
+        policy="skip_join_mlfq",
+        num_pages=13,
+        max_batch=4,
+        host_pages=8,
+        reserve_pages=1,
+        prefetch=1,
+        max_tokens=40,
+        max_inflight=n + 8,
+    )
     try:
         tok = parts[2]
         rng = np.random.default_rng(seed)
@@ -422,24 +508,35 @@ def _soak(parts, n: int, seed: int):
         for i in range(n):
             k = int(rng.integers(len(prompts)))
             out = int(rng.integers(4, 40))
-            r = TraceRequest(id=f"s{i}", arrival=i / 200.0, prompt_len=len(prompts[k]),
-                             output_len=out, client=f"c{i % 3}")  # fmt: skip
+            r = TraceRequest(
+                id=f"s{i}",
+                arrival=i / 200.0,
+                prompt_len=len(prompts[k]),
+                output_len=out,
+                client=f"c{i % 3}",
+            )
             trace.append(r)
             ids[r.id], caps[r.id], pick[r.id] = prompts[k], 40, k
 
         async def dropped_streams():
             await asyncio.sleep(0.05)
             loop = asyncio.get_running_loop()
-            body = {"model": MODEL, "prompt": "dropped", "max_tokens": 40, "stream": True,
-                    "ignore_eos": True}  # fmt: skip
+            body = {
+                "model": MODEL,
+                "prompt": "dropped",
+                "max_tokens": 40,
+                "stream": True,
+                "ignore_eos": True,
+            }
             url = s.url + "/v1/completions"
             await asyncio.gather(
                 *(loop.run_in_executor(None, _first_chunks, url, body, 1) for _ in range(3))
             )
 
         async def both():
-            rep = asyncio.ensure_future(client.replay_async(s.url, MODEL, trace, ids, caps,
-                                                            timeout=TIMEOUT * 4))  # fmt: skip
+            rep = asyncio.ensure_future(
+                client.replay_async(s.url, MODEL, trace, ids, caps, timeout=TIMEOUT * 4)
+            )
             await dropped_streams()
             return await rep
 
@@ -465,12 +562,14 @@ def _soak(parts, n: int, seed: int):
         assert s.metric("jaxserve_requests_total", '{outcome="stop"}') == n
         assert s.metric("jaxserve_requests_total", '{outcome="cancelled"}') == 3
         assert s.metric("jaxserve_generation_tokens_total") == tokens + sum(
-            len(tl.output_ids) for tl in dropped)  # fmt: skip
+            len(tl.output_ids) for tl in dropped
+        )
         assert s.metric("jaxserve_ttft_seconds_count") == n
         assert s.metric("jaxserve_tbt_seconds_count") == tokens - n
         swapped = sum(rec.swapped_bytes for rec in rep.records)
         assert s.metric("jaxserve_swapped_bytes_total") == swapped + sum(
-            tl.swapped_bytes for tl in dropped)  # fmt: skip
+            tl.swapped_bytes for tl in dropped
+        )
     finally:
         s.stop()
 

@@ -24,9 +24,18 @@ from jaxserve.tokenizer import load_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = serve.ServeSettings(
-    schedulers=["vllm"], workload="sharegpt_synth", rates=[40.0], num_requests=10, max_batch=4,
-    kv_pages=48, page_size=8, max_prompt_len=40, max_output_len=24, scale=0.05, seed=3,
-)  # fmt: skip
+    schedulers=["vllm"],
+    workload="sharegpt_synth",
+    rates=[40.0],
+    num_requests=10,
+    max_batch=4,
+    kv_pages=48,
+    page_size=8,
+    max_prompt_len=40,
+    max_output_len=24,
+    scale=0.05,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +43,13 @@ def setup():
     model = random_model(tiny_config(vocab_size=4096, max_seq_len=256))
     runner, tok = ModelRunner(model), load_default()
     s = SETTINGS
-    sc = SchedulerConfig(max_batch=s.max_batch, num_pages=s.kv_pages, page_size=s.page_size,
-                         max_seq_len=256, host_pages=4 * s.kv_pages)  # fmt: skip
+    sc = SchedulerConfig(
+        max_batch=s.max_batch,
+        num_pages=s.kv_pages,
+        page_size=s.page_size,
+        max_seq_len=256,
+        host_pages=4 * s.kv_pages,
+    )
 
     def engine():
         return Engine(model, "vllm", sc, tok, runner=runner)
@@ -55,8 +69,9 @@ def test_http_replay_matches_in_process_replay(setup):
     engine = make_engine()
     rng = np.random.default_rng(s.seed)
     prompts = {r.id: serve.prompt_ids_for(r, tok, 4096, rng) for r in trace}
-    engine.replay([(r.arrival, serve._submitter(engine, r, prompts[r.id], s.max_output_len))
-                   for r in trace])  # fmt: skip
+    engine.replay(
+        [(r.arrival, serve._submitter(engine, r, prompts[r.id], s.max_output_len)) for r in trace]
+    )
     local = [serve.to_record(engine.timelines[r.id]) for r in trace]
     # over HTTP, prompts and caps as experiments.load makes them
     card = client.server_info(srv.url)
@@ -81,16 +96,28 @@ def test_http_replay_matches_in_process_replay(setup):
 
 
 def _run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_load_cli_writes_serve_schema(setup, tmp_path):
     _, _, srv, _ = setup
     s = SETTINGS
-    r = _run("experiments.load", f"--url={srv.url}", "--num_requests=4", "--rate=40",
-             f"--max_prompt_len={s.max_prompt_len}", f"--max_output_len={s.max_output_len}",
-             "--slo_ttft=5", f"--out={tmp_path}")  # fmt: skip
+    r = _run(
+        "experiments.load",
+        f"--url={srv.url}",
+        "--num_requests=4",
+        "--rate=40",
+        f"--max_prompt_len={s.max_prompt_len}",
+        f"--max_output_len={s.max_output_len}",
+        "--slo_ttft=5",
+        f"--out={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     (run,) = data["runs"]
@@ -105,17 +132,20 @@ def test_load_cli_writes_serve_schema(setup, tmp_path):
 
 @pytest.mark.parametrize(
     "module, args, message",
-    [("experiments.server", ["--rate=3"], "experiments.load"),
-     ("experiments.server", ["--host=not-an-ip"], "--host"),
-     ("experiments.server", ["--kv_pages=1"], "--kv_pages"),
-     ("experiments.load", ["--kv_pages=8"], "experiments.server"),
-     ("experiments.load", ["--schedulers=fcfs"], "--schedulers"),
-     ("experiments.load", ["--url=http://127.0.0.1:9"], "--url"),
-     ("experiments.load", ["--workload=/no/such.jsonl"], "--workload")],
-)  # fmt: skip
+    [
+        ("experiments.server", ["--rate=3"], "experiments.load"),
+        ("experiments.server", ["--host=not-an-ip"], "--host"),
+        ("experiments.server", ["--kv_pages=1"], "--kv_pages"),
+        ("experiments.load", ["--kv_pages=8"], "experiments.server"),
+        ("experiments.load", ["--schedulers=fcfs"], "--schedulers"),
+        ("experiments.load", ["--url=http://127.0.0.1:9"], "--url"),
+        ("experiments.load", ["--workload=/no/such.jsonl"], "--workload"),
+    ],
+)
 def test_usage_errors(module, args, message, tmp_path):
-    r = _run(module, *args, f"--out={tmp_path}" if module.endswith("load") else "--port=0",
-             timeout=120)  # fmt: skip
+    r = _run(
+        module, *args, f"--out={tmp_path}" if module.endswith("load") else "--port=0", timeout=120
+    )
     assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
 
 
@@ -123,12 +153,21 @@ def test_usage_errors(module, args, message, tmp_path):
 def test_server_and_load_cli_against_serve(tmp_path):
     """experiments.server in its own process, experiments.load against it, experiments.serve
     on the same flags: the same tokens for every request."""
-    common = ["--model=tiny", "--max_batch=4", "--kv_pages=64", "--max_prompt_len=32",
-              "--max_output_len=16"]  # fmt: skip
+    common = [
+        "--model=tiny",
+        "--max_batch=4",
+        "--kv_pages=64",
+        "--max_prompt_len=32",
+        "--max_output_len=16",
+    ]
     trace = ["--num_requests=6", "--rate=20"]
-    srv = subprocess.Popen([sys.executable, "-m", "experiments.server", *common,
-                            "--scheduler=vllm", "--port=0"], cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    srv = subprocess.Popen(
+        [sys.executable, "-m", "experiments.server", *common, "--scheduler=vllm", "--port=0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline, url = time.monotonic() + 600, None
         while url is None and time.monotonic() < deadline:
@@ -136,14 +175,26 @@ def test_server_and_load_cli_against_serve(tmp_path):
             assert line, "the server exited"
             m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
             url = m.group(1) if m else None
-        r = _run("experiments.load", f"--url={url}", *trace, "--max_prompt_len=32",
-                 "--max_output_len=16", f"--out={tmp_path / 'http'}")  # fmt: skip
+        r = _run(
+            "experiments.load",
+            f"--url={url}",
+            *trace,
+            "--max_prompt_len=32",
+            "--max_output_len=16",
+            f"--out={tmp_path / 'http'}",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
     finally:
         srv.terminate()
         srv.wait(60)
-    r = _run("experiments.serve", *common, *trace, "--schedulers=vllm",
-             f"--out={tmp_path / 'local'}", timeout=900)  # fmt: skip
+    r = _run(
+        "experiments.serve",
+        *common,
+        *trace,
+        "--schedulers=vllm",
+        f"--out={tmp_path / 'local'}",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     http = json.loads((tmp_path / "http" / "results.json").read_text())["runs"][0]
     local = json.loads((tmp_path / "local" / "results.json").read_text())["runs"][0]

@@ -28,11 +28,22 @@ def _parse(body, chat=False):
 
 
 def test_completion_fields_parse():
-    g = _parse({
-        "model": "m", "prompt": "abc", "max_tokens": 5, "temperature": 0.5, "top_p": 0.9,
-        "top_k": 7, "seed": 3, "stop": "x", "stream": True,
-        "stream_options": {"include_usage": True}, "user": "alice", "priority": -2,
-    })  # fmt: skip
+    g = _parse(
+        {
+            "model": "m",
+            "prompt": "abc",
+            "max_tokens": 5,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "top_k": 7,
+            "seed": 3,
+            "stop": "x",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "user": "alice",
+            "priority": -2,
+        }
+    )
     assert g.prompt_ids == _tokenize("abc")
     p = g.params
     assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.seed) == (5, 0.5, 0.9, 7, 3)
@@ -47,8 +58,10 @@ def test_completion_fields_parse():
 
 
 def test_chat_renders_the_plain_template():
-    msgs = [{"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}]}]  # fmt: skip
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
     g = _parse({"messages": msgs, "max_completion_tokens": 3}, chat=True)
     assert g.prompt_ids == _tokenize("System: be brief\nUser: hi\nAssistant:")
     assert g.chat and g.params.max_new_tokens == 3
@@ -59,13 +72,15 @@ def test_chat_renders_the_plain_template():
 def test_jinja_chat_template():
     render = protocol.jinja_template(
         "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %}<assistant>{% endif %}", bos_token="<s>",
-    )  # fmt: skip
+        "{% if add_generation_prompt %}<assistant>{% endif %}",
+        bos_token="<s>",
+    )
     assert render([{"role": "user", "content": "hi"}]) == "<s><user>hi<assistant>"
     strict = protocol.jinja_template("{{ raise_exception('no system role') }}")
     with pytest.raises(ApiError) as e:
-        protocol.parse_chat({"messages": [{"role": "user", "content": "x"}]}, LIMITS, _tokenize,
-                            strict)  # fmt: skip
+        protocol.parse_chat(
+            {"messages": [{"role": "user", "content": "x"}]}, LIMITS, _tokenize, strict
+        )
     assert e.value.param == "messages" and "no system role" in e.value.message
 
 
@@ -124,11 +139,17 @@ def test_bad_completion_fields_name_the_field(body, param, status):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"messages": []}, {"messages": "hi"}, {"messages": [{"role": "robot", "content": "x"}]},
-     {"messages": [{"role": "user", "content": 3}]},
-     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]},
-     {"messages": [{"role": "user"}]}, {"messages": ["hi"]}],
-)  # fmt: skip
+    [
+        {},
+        {"messages": []},
+        {"messages": "hi"},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": 3}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]},
+        {"messages": [{"role": "user"}]},
+        {"messages": ["hi"]},
+    ],
+)
 def test_bad_messages(body):
     with pytest.raises(ApiError) as e:
         _parse(body, chat=True)
@@ -139,12 +160,31 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),  # fmt: skip
+    ),
     max_leaves=12,
 )
-FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
-          "top_p", "top_k", "seed", "n", "stop", "stream", "stream_options", "user", "priority",
-          "logprobs", "echo", "ignore_eos", "trace_output_len", "return_details"]  # fmt: skip
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "n",
+    "stop",
+    "stream",
+    "stream_options",
+    "user",
+    "priority",
+    "logprobs",
+    "echo",
+    "ignore_eos",
+    "trace_output_len",
+    "return_details",
+]
 BODIES = st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8) | JSON
 
 

@@ -20,8 +20,13 @@ from jaxserve.sampling import SamplingParams, sampling_arrays
 def test_parse_mesh_and_errors():
     assert shd.parse_mesh("data:2,model:4") == {"data": 2, "model": 4}
     assert shd.parse_mesh("model:8") == {"model": 8}
-    for bad, word in [("data:0", "positive"), ("data", "NAME:SIZE"), ("pipe:2", "unknown"),
-                      ("model:2,model:2", "twice"), ("", "empty")]:  # fmt: skip
+    for bad, word in [
+        ("data:0", "positive"),
+        ("data", "NAME:SIZE"),
+        ("pipe:2", "unknown"),
+        ("model:2,model:2", "twice"),
+        ("", "empty"),
+    ]:
         with pytest.raises(ValueError, match=word):
             shd.parse_mesh(bad)
     with pytest.raises(ValueError, match="needs 16 devices"):

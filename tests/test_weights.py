@@ -123,10 +123,18 @@ def test_openelm_checkpoint_reproduces_model(tmp_path):
     d, hd, divisor = 64, 16, 16
     ffn_mult = [1.0, 1.5, 2.0]
     config = tiny_config(
-        name="elm", d_model=d, head_dim=hd, num_layers=3, num_heads=(2, 4, 6),
-        num_kv_heads=(1, 2, 3), ffn_dim=[int(m * d) for m in ffn_mult], qk_norm=True,
-        rms_eps=1e-6, architecture="openelm", max_seq_len=128,
-    )  # fmt: skip
+        name="elm",
+        d_model=d,
+        head_dim=hd,
+        num_layers=3,
+        num_heads=(2, 4, 6),
+        num_kv_heads=(1, 2, 3),
+        ffn_dim=[int(m * d) for m in ffn_mult],
+        qk_norm=True,
+        rms_eps=1e-6,
+        architecture="openelm",
+        max_seq_len=128,
+    )
     model = random_model(config, seed=7)
     p = {k: np.asarray(v) for k, v in _flat(model).items()}
     t = {
@@ -149,13 +157,22 @@ def test_openelm_checkpoint_reproduces_model(tmp_path):
         )
         t[pre + "ffn.proj_2.weight"] = p[L + ("mlp", "down")].T
     hf_config = {
-        "model_type": "openelm", "vocab_size": config.vocab_size, "model_dim": d,
-        "num_transformer_layers": config.num_layers, "head_dim": hd,
-        "num_query_heads": list(config.num_heads), "num_kv_heads": list(config.num_kv_heads),
-        "ffn_multipliers": ffn_mult, "ffn_dim_divisor": divisor, "rope_freq_constant": 10000,
-        "normalize_qk_projections": True, "share_input_output_layers": True,
-        "max_context_length": 128, "bos_token_id": 1, "eos_token_id": 2,
-    }  # fmt: skip
+        "model_type": "openelm",
+        "vocab_size": config.vocab_size,
+        "model_dim": d,
+        "num_transformer_layers": config.num_layers,
+        "head_dim": hd,
+        "num_query_heads": list(config.num_heads),
+        "num_kv_heads": list(config.num_kv_heads),
+        "ffn_multipliers": ffn_mult,
+        "ffn_dim_divisor": divisor,
+        "rope_freq_constant": 10000,
+        "normalize_qk_projections": True,
+        "share_input_output_layers": True,
+        "max_context_length": 128,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     path = tmp_path / "elm"
     path.mkdir()
     (path / "config.json").write_text(json.dumps(hf_config))
@@ -216,14 +233,23 @@ def test_safetensors_readable_by_reference_library(tmp_path):
 
 ORBAX_CONFIGS = {
     "bf16-qwen-rope": lambda: tiny_config(
-        architecture="qwen2", qkv_bias=True, tie_embeddings=False, param_dtype="bfloat16",
-        dtype="bfloat16", rope_theta=500000.0, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64),
+        architecture="qwen2",
+        qkv_bias=True,
+        tie_embeddings=False,
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64),
     ),
     "openelm-like": lambda: tiny_config(
-        num_layers=3, num_heads=(2, 4, 6), num_kv_heads=(1, 2, 3), ffn_dim=(48, 64, 96),
-        qk_norm=True, architecture="openelm",
+        num_layers=3,
+        num_heads=(2, 4, 6),
+        num_kv_heads=(1, 2, 3),
+        ffn_dim=(48, 64, 96),
+        qk_norm=True,
+        architecture="openelm",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(ORBAX_CONFIGS))

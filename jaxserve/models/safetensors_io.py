@@ -18,10 +18,17 @@ from jaxserve.errors import CheckpointError
 from jaxserve.utils import atomic_open
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
-}  # fmt: skip
+}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
@@ -86,9 +93,10 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None =
             raise ValueError(f"cannot save tensor {name!r} of dtype {arr.dtype}")
         blob = arr.tobytes()
         header[name] = {
-            "dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+            "dtype": _NAMES[arr.dtype],
+            "shape": list(arr.shape),
             "data_offsets": [offset, offset + len(blob)],
-        }  # fmt: skip
+        }
         blobs.append(blob)
         offset += len(blob)
     if metadata:

@@ -354,9 +354,14 @@ class Decoder(nnx.Module):
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         return self(
-            tokens, positions, kv=kv, block_tables=block_tables, seq_lens=lengths, prefix=False,
+            tokens,
+            positions,
+            kv=kv,
+            block_tables=block_tables,
+            seq_lens=lengths,
+            prefix=False,
             logits_index=jnp.maximum(lengths - 1, 0),
-        )  # fmt: skip
+        )
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Decoder:

@@ -260,21 +260,32 @@ def to_hf_config(config: ModelConfig) -> dict:
         raise ValueError("HF Llama/Qwen2 configs need the same shapes in every layer")
     out = {
         "architectures": ["Qwen2ForCausalLM" if c.architecture == "qwen2" else "LlamaForCausalLM"],
-        "model_type": c.architecture, "vocab_size": c.vocab_size, "hidden_size": c.d_model,
-        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads[0],
-        "num_key_value_heads": c.num_kv_heads[0], "head_dim": c.head_dim,
-        "intermediate_size": c.ffn_dim[0], "rms_norm_eps": c.rms_eps, "rope_theta": c.rope_theta,
-        "tie_word_embeddings": c.tie_embeddings, "max_position_embeddings": c.max_seq_len,
-        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
-        "torch_dtype": c.param_dtype, "hidden_act": "silu",
-    }  # fmt: skip
+        "model_type": c.architecture,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads[0],
+        "num_key_value_heads": c.num_kv_heads[0],
+        "head_dim": c.head_dim,
+        "intermediate_size": c.ffn_dim[0],
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": c.tie_embeddings,
+        "max_position_embeddings": c.max_seq_len,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "torch_dtype": c.param_dtype,
+        "hidden_act": "silu",
+    }
     if c.architecture == "llama":
         out["attention_bias"] = c.qkv_bias
     if c.rope_scaling is not None:
         rs = c.rope_scaling
         out["rope_scaling"] = {
-            "rope_type": "llama3", "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
+            "rope_type": "llama3",
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
             "high_freq_factor": rs.high_freq_factor,
             "original_max_position_embeddings": rs.original_max_position_embeddings,
-        }  # fmt: skip
+        }
     return out

@@ -159,8 +159,13 @@ class Api:
         try:
             handle = self.loop.submit(gen)
         except Overloaded as e:
-            raise ApiError(429, f"server overloaded: {e}; retry later", None,
-                           type="rate_limit_exceeded", code="overloaded") from None  # fmt: skip
+            raise ApiError(
+                429,
+                f"server overloaded: {e}; retry later",
+                None,
+                type="rate_limit_exceeded",
+                code="overloaded",
+            ) from None
         except Unavailable as e:
             raise ApiError(503, f"server unavailable: {e}", None, type="server_error") from None
         try:
@@ -173,8 +178,11 @@ class Api:
         if first.kind == "reject" or (first.kind == "finish" and first.detail not in STOPS):
             raise self._refusal(first)
         if gen.stream:
-            return StreamingResponse(self._sse(handle, first), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                self._sse(handle, first),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         events = [first]
         try:
             while events[-1].kind not in TERMINAL:
@@ -188,8 +196,9 @@ class Api:
         detail = e.detail or ""
         if detail.startswith(("rejected", "invalid")):
             return ApiError(400, f"request refused: {detail}", None)
-        return ApiError(503, f"request ended before its first token: {detail}", None,
-                        type="server_error")  # fmt: skip
+        return ApiError(
+            503, f"request ended before its first token: {detail}", None, type="server_error"
+        )
 
     def _finish_reason(self, detail: str | None) -> str:
         return detail if detail in STOPS else "abort"
@@ -202,17 +211,26 @@ class Api:
         tl = self.loop.engine.timelines[handle.id]
         off = self.loop.clock_offset
         return {
-            "clock": "perf_counter", "arrival": tl.arrival + off,
-            "token_times": [t + off for t in tl.token_times], "token_ids": list(tl.output_ids),
-            "preemptions": tl.preemptions, "swapped_bytes": tl.swapped_bytes,
-            "swap_time": tl.swap_time, "stall_time": tl.stall_time,
-        }  # fmt: skip
+            "clock": "perf_counter",
+            "arrival": tl.arrival + off,
+            "token_times": [t + off for t in tl.token_times],
+            "token_ids": list(tl.output_ids),
+            "preemptions": tl.preemptions,
+            "swapped_bytes": tl.swapped_bytes,
+            "swap_time": tl.swap_time,
+            "stall_time": tl.stall_time,
+        }
 
     def _head(self, handle: Handle, chunk: bool) -> dict[str, Any]:
         kind = ("chat.completion" if handle.request.chat else "text_completion") + (
-            ".chunk" if chunk and handle.request.chat else "")  # fmt: skip
-        return {"id": handle.id, "object": kind, "created": int(time.time()),
-                "model": self.limits.model}  # fmt: skip
+            ".chunk" if chunk and handle.request.chat else ""
+        )
+        return {
+            "id": handle.id,
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.limits.model,
+        }
 
     def _response(self, handle: Handle, events: list[Event]) -> dict[str, Any]:
         text = TextStream(self.tokenizer, handle.request.stop)
@@ -224,8 +242,12 @@ class Api:
         reason = self._finish_reason(events[-1].detail)
         out = self._head(handle, chunk=False)
         if handle.request.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text.text},
-                      "finish_reason": reason, "logprobs": None}  # fmt: skip
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text.text},
+                "finish_reason": reason,
+                "logprobs": None,
+            }
         else:
             choice = {"index": 0, "text": text.text, "finish_reason": reason, "logprobs": None}
         out["choices"] = [choice]
@@ -271,8 +293,9 @@ class Api:
                     yield self._chunk(handle, delta, None, not sent_first)
                     sent_first = True
                 elif e.kind in TERMINAL:
-                    yield self._chunk(handle, text.flush(), self._finish_reason(e.detail),
-                                      not sent_first)  # fmt: skip
+                    yield self._chunk(
+                        handle, text.flush(), self._finish_reason(e.detail), not sent_first
+                    )
                     break
                 e = nxt if nxt is not None else await handle.queue.get()
             if handle.request.include_usage or handle.request.return_details:
@@ -292,12 +315,21 @@ class Api:
     # -- other endpoints --------------------------------------------------------------------
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": self.limits.model, "object": "model", "created": self.created,
-            "owned_by": "jaxserve", "max_model_len": self.limits.max_model_len,
-            "max_tokens": self.limits.max_tokens, "vocab_size": self.limits.vocab_size,
-            "jaxserve": self.info,
-        }]}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.limits.model,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "jaxserve",
+                    "max_model_len": self.limits.max_model_len,
+                    "max_tokens": self.limits.max_tokens,
+                    "vocab_size": self.limits.vocab_size,
+                    "jaxserve": self.info,
+                }
+            ],
+        }
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
@@ -359,8 +391,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception):
         metrics.http_errors.labels(status="500").inc()
-        return _error(ApiError(500, f"internal error: {type(e).__name__}", None,
-                               type="server_error"))  # fmt: skip
+        return _error(
+            ApiError(500, f"internal error: {type(e).__name__}", None, type="server_error")
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -390,15 +423,21 @@ def create_app(
     return app
 
 
-def limits_for(engine: Engine, tokenizer: Tokenizer | None, model_name: str,
-               max_tokens: int | None = None) -> Limits:  # fmt: skip
+def limits_for(
+    engine: Engine, tokenizer: Tokenizer | None, model_name: str, max_tokens: int | None = None
+) -> Limits:
     """What one request may hold: the model's context, capped by the KV pool."""
     sc = engine.sched_config
     max_len = min(engine.config.max_seq_len, sc.usable_pages * sc.page_size)
     cap = max_len - 1 if max_tokens is None else min(max_tokens, max_len - 1)
     eos = tokenizer.eos_id if tokenizer is not None else engine.config.eos_token_id
-    return Limits(model=model_name, vocab_size=engine.config.vocab_size, max_model_len=max_len,
-                  max_tokens=max(1, cap), eos_id=eos)  # fmt: skip
+    return Limits(
+        model=model_name,
+        vocab_size=engine.config.vocab_size,
+        max_model_len=max_len,
+        max_tokens=max(1, cap),
+        eos_id=eos,
+    )
 
 
 def build_app(
@@ -415,10 +454,15 @@ def build_app(
     the scheduler, the model config and the page size."""
     loop = EngineLoop(engine, ServerMetrics(), max_inflight=max_inflight)
     limits = limits_for(engine, tokenizer, model_name, max_tokens)
-    info = {"scheduler": engine.policy, "prefill": "base",
-            "model": {"config": engine.config.to_dict()},
-            "page_size": engine.page_size, "kv_pages": engine.sched_config.num_pages,
-            "max_batch": engine.sched_config.max_batch, **(info or {})}  # fmt: skip
+    info = {
+        "scheduler": engine.policy,
+        "prefill": "base",
+        "model": {"config": engine.config.to_dict()},
+        "page_size": engine.page_size,
+        "kv_pages": engine.sched_config.num_pages,
+        "max_batch": engine.sched_config.max_batch,
+        **(info or {}),
+    }
     app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template, info)
     return app, loop
 
@@ -426,17 +470,23 @@ def build_app(
 class RunningServer:
     """uvicorn serving an app from a background thread (tests, benchmarks, notebooks)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                 graceful_s: float = 5.0):  # fmt: skip
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, graceful_s: float = 5.0
+    ):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_s,
-                                access_log=False)  # fmt: skip
+        config = uvicorn.Config(
+            app, log_level="warning", timeout_graceful_shutdown=graceful_s, access_log=False
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="jaxserve-http", daemon=True)  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self.sock]},
+            name="jaxserve-http",
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:

@@ -38,12 +38,20 @@ def make_engine(
     runner = ModelRunner(load_prefill_model(kvp_dir, model) if kvp_dir else model)
     prof = serve.load_profile(profile_path) if profile_path else serve.profile_runner(runner, s)
     config = model.config
-    sc = serve.scheduler_config(s, prof, config.max_seq_len,
-                                serve.page_nbytes(config, s.page_size))  # fmt: skip
-    engine = Engine(model, policy, sc, tokenizer, runner=runner, host_mode=s.host_mode,
-                    decode_steps=s.decode_steps)  # fmt: skip
-    engine.warmup(min(s.max_prompt_len, config.max_seq_len),
-                  min(config.max_seq_len, s.max_prompt_len + s.max_output_len))  # fmt: skip
+    sc = serve.scheduler_config(s, prof, config.max_seq_len, serve.page_nbytes(config, s.page_size))
+    engine = Engine(
+        model,
+        policy,
+        sc,
+        tokenizer,
+        runner=runner,
+        host_mode=s.host_mode,
+        decode_steps=s.decode_steps,
+    )
+    engine.warmup(
+        min(s.max_prompt_len, config.max_seq_len),
+        min(config.max_seq_len, s.max_prompt_len + s.max_output_len),
+    )
     return engine, tokenizer, source
 
 

@@ -96,11 +96,16 @@ def _record(
     else:
         state = "unfinished"
     rec = metrics.RequestRecord(
-        id=req.id, arrival=req.arrival, prompt_len=prompt_len, output_len=len(times),
+        id=req.id,
+        arrival=req.arrival,
+        prompt_len=prompt_len,
+        output_len=len(times),
         first_token_time=times[0] if times else None,
         finish_time=times[-1] if state == "finished" and times else None,
-        token_times=times, client=req.client, state=state,
-    )  # fmt: skip
+        token_times=times,
+        client=req.client,
+        state=state,
+    )
     if details:
         rec.preemptions = details["preemptions"]
         rec.swapped_bytes = details["swapped_bytes"]
@@ -122,18 +127,25 @@ async def replay_async(
     endpoint = f"{url.rstrip('/')}/v1/completions"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     got: dict[str, dict[str, Any]] = {r.id: {} for r in trace}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=30.0),
-                                 limits=limits) as client:  # fmt: skip
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=30.0), limits=limits
+    ) as client:
         t0 = time.perf_counter()
         tasks = []
         for r in trace:
             body = {
-                "model": model, "prompt": prompts[r.id], "max_tokens": max_tokens[r.id],
-                "temperature": 0, "seed": 0, "stream": True,
-                "stream_options": {"include_usage": True}, "ignore_eos": True,
-                "trace_output_len": min(r.output_len, max_tokens[r.id]), "user": r.client,
+                "model": model,
+                "prompt": prompts[r.id],
+                "max_tokens": max_tokens[r.id],
+                "temperature": 0,
+                "seed": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+                "trace_output_len": min(r.output_len, max_tokens[r.id]),
+                "user": r.client,
                 "return_details": details,
-            }  # fmt: skip
+            }
             tasks.append(_one(client, endpoint, body, r, t0, got[r.id]))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0

@@ -87,8 +87,12 @@ class EngineLoop:
 
     @property
     def healthy(self) -> bool:
-        return (self.error is None and self._thread is not None and self._thread.is_alive()
-                and not self._stop.is_set())  # fmt: skip
+        return (
+            self.error is None
+            and self._thread is not None
+            and self._thread.is_alive()
+            and not self._stop.is_set()
+        )
 
     @property
     def inflight(self) -> int:
@@ -99,8 +103,9 @@ class EngineLoop:
         if not self.healthy:
             raise Unavailable(self.error or "the engine is not running")
         if len(self._handles) >= self.max_inflight:
-            raise Overloaded(f"{len(self._handles)} requests in flight, the limit is "
-                             f"{self.max_inflight}")  # fmt: skip
+            raise Overloaded(
+                f"{len(self._handles)} requests in flight, the limit is {self.max_inflight}"
+            )
         rid = f"{'chatcmpl' if request.chat else 'cmpl'}-{next(self._ids)}"
         handle = Handle(rid, request, asyncio.Queue())
         self._handles[rid] = handle
@@ -179,8 +184,9 @@ class EngineLoop:
                 cmds.append(self._inbox.get_nowait())
         except queue.Empty:
             pass
-        submits = sorted((c for c in cmds if isinstance(c, _Submit)),
-                         key=lambda c: c.handle.request.priority)  # fmt: skip
+        submits = sorted(
+            (c for c in cmds if isinstance(c, _Submit)), key=lambda c: c.handle.request.priority
+        )
         for c in submits:
             out += self._submit_now(c.handle)
         for c in cmds:
@@ -191,10 +197,13 @@ class EngineLoop:
         req = handle.request
         try:
             self.engine.submit(
-                req.prompt_ids, req.params, request_id=handle.id, client=req.user,
+                req.prompt_ids,
+                req.params,
+                request_id=handle.id,
+                client=req.user,
                 output_len=req.trace_output_len,
                 stop_at_output_len=req.trace_output_len is not None,
-            )  # fmt: skip
+            )
         except (ValueError, TypeError) as e:  # validation should have caught it
             self.metrics.requests.labels(outcome="invalid").inc()
             return [Event("reject", handle.id, self.engine.now(), detail=f"invalid: {e}")]

@@ -25,11 +25,18 @@ class ServerUnreachable(Exception):
 def trace_for(s: serve.ServeSettings, rate: float, tokenizer: Tokenizer | None):
     """The trace experiments.serve builds for this rate (same arguments, same seed)."""
     return workload.make_workload(
-        s.workload, rate, s.num_requests, s.seed, arrival=s.arrival, cv=s.cv, scale=s.scale,
-        max_prompt_len=s.max_prompt_len, max_output_len=s.max_output_len,
+        s.workload,
+        rate,
+        s.num_requests,
+        s.seed,
+        arrival=s.arrival,
+        cv=s.cv,
+        scale=s.scale,
+        max_prompt_len=s.max_prompt_len,
+        max_output_len=s.max_output_len,
         tokenize=tokenizer.encode if tokenizer is not None else None,
         length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-    )  # fmt: skip
+    )
 
 
 def requests_for(
@@ -39,10 +46,14 @@ def requests_for(
     rng = np.random.default_rng(s.seed)
     prompts = {r.id: serve.prompt_ids_for(r, tokenizer, card["vocab_size"], rng) for r in trace}
     caps = {
-        r.id: min(card["max_tokens"], serve.replay_cap(
-            len(prompts[r.id]), r.output_len, s.max_output_len, card["max_model_len"]))
+        r.id: min(
+            card["max_tokens"],
+            serve.replay_cap(
+                len(prompts[r.id]), r.output_len, s.max_output_len, card["max_model_len"]
+            ),
+        )
         for r in trace
-    }  # fmt: skip
+    }
     return prompts, caps
 
 
@@ -50,12 +61,13 @@ def summarize(replayed: client.Replayed, s: serve.ServeSettings) -> dict:
     summary = metrics.summarize(replayed.records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
     o = np.asarray(replayed.overhead)
     summary.update(
-        transport="http", wall_seconds=replayed.wall_seconds,
+        transport="http",
+        wall_seconds=replayed.wall_seconds,
         http_statuses={str(k): v for k, v in sorted(replayed.statuses.items())},
         mean_server_overhead_per_token=float(o.mean()) if o.size else None,
         p50_server_overhead_per_token=float(np.percentile(o, 50)) if o.size else None,
         p99_server_overhead_per_token=float(np.percentile(o, 99)) if o.size else None,
-    )  # fmt: skip
+    )
     return summary
 
 
@@ -81,22 +93,32 @@ def run_load(
         except FileNotFoundError:
             pass
     info = card.get("jaxserve", {})
-    results: dict = {"flags": flag_values or {}, "environment": experiment.environment(),
-                     "server": {"url": url, **card}, "model": info.get("model", {}),
-                     "runs": []}  # fmt: skip
+    results: dict = {
+        "flags": flag_values or {},
+        "environment": experiment.environment(),
+        "server": {"url": url, **card},
+        "model": info.get("model", {}),
+        "runs": [],
+    }
     if verbose:
         print(HEADER)
     for rate in s.rates:
         trace = trace_for(s, rate, tokenizer)
         prompts, caps = requests_for(s, trace, tokenizer, card)
-        replayed = client.replay(url, card["id"], trace, prompts, caps, details=details,
-                                 timeout=timeout)  # fmt: skip
+        replayed = client.replay(
+            url, card["id"], trace, prompts, caps, details=details, timeout=timeout
+        )
         summary = summarize(replayed, s)
         name = info.get("scheduler", "server")
-        results["runs"].append({
-            "scheduler": name, "prefill": info.get("prefill", "base"), "rate": rate,
-            "summary": summary, "requests": metrics.records_to_json(replayed.records),
-        })  # fmt: skip
+        results["runs"].append(
+            {
+                "scheduler": name,
+                "prefill": info.get("prefill", "base"),
+                "rate": rate,
+                "summary": summary,
+                "requests": metrics.records_to_json(replayed.records),
+            }
+        )
         if verbose:
             print(row(name, rate, summary), flush=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -104,9 +126,11 @@ def run_load(
     return results
 
 
-HEADER = (f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
-          f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'HTTP 200':>8} "
-          f"{'overhead':>9}")  # fmt: skip
+HEADER = (
+    f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
+    f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'HTTP 200':>8} "
+    f"{'overhead':>9}"
+)
 
 
 def row(name: str, rate: float, s: dict) -> str:
@@ -115,7 +139,9 @@ def row(name: str, rate: float, s: dict) -> str:
 
     tput = s["throughput_tokens_per_s"]
     over = s["mean_server_overhead_per_token"]
-    return (f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
-            f"{f(s['p99_ttft'])} {f(s['p99_tbt'], 8)} {f(tput, 8)} {s['total_preemptions']:7d} "
-            f"{s['http_statuses'].get('200', 0):8d} "
-            f"{f(over * 1e3 if over is not None else None, 7)}ms")  # fmt: skip
+    return (
+        f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
+        f"{f(s['p99_ttft'])} {f(s['p99_tbt'], 8)} {f(tput, 8)} {s['total_preemptions']:7d} "
+        f"{s['http_statuses'].get('200', 0):8d} "
+        f"{f(over * 1e3 if over is not None else None, 7)}ms"
+    )

@@ -18,8 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from jaxserve.engine import Engine, Event
 
 PREFIX = "jaxserve"
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                   120.0)  # fmt: skip
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TBT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -36,27 +35,34 @@ class ServerMetrics:
         self.free_pages = Gauge(f"{p}_kv_pages_free", "Free device KV pages.", registry=r)
         self.host_pages = Gauge(f"{p}_host_kv_pages_used", "Host KV pages held.", registry=r)
         self.tokens_per_s = Gauge(
-            f"{p}_generation_tokens_per_second", f"Tokens generated over the last {window_s:g} s.",
+            f"{p}_generation_tokens_per_second",
+            f"Tokens generated over the last {window_s:g} s.",
             registry=r,
-        )  # fmt: skip
+        )
         self.tokens = Counter(f"{p}_generation_tokens", "Tokens generated.", registry=r)
-        self.prompt_tokens = Counter(f"{p}_prompt_tokens", "Prompt tokens of ended requests.",
-                                     registry=r)  # fmt: skip
+        self.prompt_tokens = Counter(
+            f"{p}_prompt_tokens", "Prompt tokens of ended requests.", registry=r
+        )
         self.preemptions = Counter(f"{p}_preemptions", "Preemptions.", ["kind"], registry=r)
         self.swapped_bytes = Counter(
             f"{p}_swapped_bytes", "KV bytes moved device<->host, by ended requests.", registry=r
         )
-        self.requests = Counter(f"{p}_requests", "Ended requests by outcome.", ["outcome"],
-                                registry=r)  # fmt: skip
-        self.http_errors = Counter(f"{p}_http_errors", "Error responses by status.", ["status"],
-                                   registry=r)  # fmt: skip
+        self.requests = Counter(
+            f"{p}_requests", "Ended requests by outcome.", ["outcome"], registry=r
+        )
+        self.http_errors = Counter(
+            f"{p}_http_errors", "Error responses by status.", ["status"], registry=r
+        )
         self.iterations = Counter(f"{p}_engine_iterations", "Engine steps.", registry=r)
-        self.ttft = Histogram(f"{p}_ttft_seconds", "Time to first token.",
-                              buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.tbt = Histogram(f"{p}_tbt_seconds", "Time between tokens.", buckets=TBT_BUCKETS,
-                             registry=r)  # fmt: skip
-        self.jct = Histogram(f"{p}_jct_seconds", "Job completion time.",
-                             buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.ttft = Histogram(
+            f"{p}_ttft_seconds", "Time to first token.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tbt = Histogram(
+            f"{p}_tbt_seconds", "Time between tokens.", buckets=TBT_BUCKETS, registry=r
+        )
+        self.jct = Histogram(
+            f"{p}_jct_seconds", "Job completion time.", buckets=LATENCY_BUCKETS, registry=r
+        )
         self._window_s = window_s
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
 

@@ -46,12 +46,22 @@ class ApiError(Exception):
     ):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = (
-            status, message, param, type, code,
-        )  # fmt: skip
+            status,
+            message,
+            param,
+            type,
+            code,
+        )
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}  # fmt: skip
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +126,12 @@ def _check_model(body: dict, limits: Limits) -> None:
     if not isinstance(model, str):
         raise _bad("model", f"expected a string, got {_describe(model)}")
     if model != limits.model:
-        raise ApiError(404, f"model: {model!r} does not exist; this server serves "
-                            f"{limits.model!r}", "model", code="model_not_found")  # fmt: skip
+        raise ApiError(
+            404,
+            f"model: {model!r} does not exist; this server serves {limits.model!r}",
+            "model",
+            code="model_not_found",
+        )
 
 
 def _token_list(v: Any) -> bool:
@@ -149,8 +163,7 @@ def _prompt_ids(prompt: Any, tokenize: Tokenize | None, limits: Limits) -> list[
         raise _bad("prompt", f"expected a string or a list of token ids, got {_describe(prompt)}")
     bad = [t for t in ids if not 0 <= t < limits.vocab_size]
     if bad:
-        raise _bad("prompt", f"token ids {bad[:5]} outside the vocabulary "
-                             f"[0, {limits.vocab_size})")  # fmt: skip
+        raise _bad("prompt", f"token ids {bad[:5]} outside the vocabulary [0, {limits.vocab_size})")
     return ids
 
 
@@ -160,20 +173,26 @@ def _common(
     """Sampling, stream and extension fields shared by both endpoints."""
     room = limits.max_model_len - len(ids)
     if room < 1:
-        raise _bad("prompt" if max_name == "max_tokens" else "messages",
-                   f"{len(ids)} prompt tokens leave no room to generate: the context holds "
-                   f"{limits.max_model_len} tokens")  # fmt: skip
+        raise _bad(
+            "prompt" if max_name == "max_tokens" else "messages",
+            f"{len(ids)} prompt tokens leave no room to generate: the context holds "
+            f"{limits.max_model_len} tokens",
+        )
     max_tokens = _get(body, max_name, _is_int, "an integer", None)
     if max_tokens is None:
         max_tokens = max(1, min(default_max, room, limits.max_tokens))
     elif max_tokens < 1:
         raise _bad(max_name, f"must be >= 1, got {max_tokens}")
     elif max_tokens > limits.max_tokens:
-        raise _bad(max_name, f"{max_tokens} is more than this server's limit of "
-                             f"{limits.max_tokens}")  # fmt: skip
+        raise _bad(
+            max_name, f"{max_tokens} is more than this server's limit of {limits.max_tokens}"
+        )
     elif max_tokens > room:
-        raise _bad(max_name, f"{len(ids)} prompt tokens + {max_tokens} new tokens exceed "
-                             f"the context of {limits.max_model_len} tokens")  # fmt: skip
+        raise _bad(
+            max_name,
+            f"{len(ids)} prompt tokens + {max_tokens} new tokens exceed "
+            f"the context of {limits.max_model_len} tokens",
+        )
     temperature = float(_get(body, "temperature", _is_number, "a number", 1.0))
     if not 0 <= temperature <= 2:
         raise _bad("temperature", f"must be in [0, 2], got {temperature}")
@@ -204,8 +223,9 @@ def _common(
     options = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object", {})
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
-        raise _bad("stream_options", f"include_usage: expected a boolean, "
-                                     f"got {_describe(include_usage)}")  # fmt: skip
+        raise _bad(
+            "stream_options", f"include_usage: expected a boolean, got {_describe(include_usage)}"
+        )
     if options and not stream:
         raise _bad("stream_options", "only allowed with stream: true")
     user = _get(body, "user", lambda v: isinstance(v, str), "a string", "") or "default"
@@ -215,20 +235,30 @@ def _common(
     ignore_eos = _get(body, "ignore_eos", lambda v: isinstance(v, bool), "a boolean", False)
     trace_len = _get(body, "trace_output_len", _is_int, "an integer", None)
     if trace_len is not None and not 1 <= trace_len <= max_tokens:
-        raise _bad("trace_output_len", f"must be in [1, {max_name}={max_tokens}], got "
-                                       f"{trace_len}")  # fmt: skip
+        raise _bad("trace_output_len", f"must be in [1, {max_name}={max_tokens}], got {trace_len}")
     details = _get(body, "return_details", lambda v: isinstance(v, bool), "a boolean", False)
     _unsupported(body)
     stop_ids = () if ignore_eos or limits.eos_id is None else (limits.eos_id,)
     params = SamplingParams(
-        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        stop_token_ids=stop_ids, stop_strings=tuple(stop), seed=seed,
-    )  # fmt: skip
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_token_ids=stop_ids,
+        stop_strings=tuple(stop),
+        seed=seed,
+    )
     return GenRequest(
-        prompt_ids=ids, params=params, stop=tuple(s for s in stop if s), stream=stream,
-        include_usage=include_usage, user=user, priority=priority, trace_output_len=trace_len,
+        prompt_ids=ids,
+        params=params,
+        stop=tuple(s for s in stop if s),
+        stream=stream,
+        include_usage=include_usage,
+        user=user,
+        priority=priority,
+        trace_output_len=trace_len,
         return_details=details,
-    )  # fmt: skip
+    )
 
 
 def _unsupported(body: dict) -> None:
@@ -270,22 +300,30 @@ def _message_text(i: int, m: Any) -> tuple[str, str]:
         raise ApiError(400, f"{where}: expected an object, got {_describe(m)}", "messages")
     role, content = m.get("role"), m.get("content")
     if role not in ROLES:
-        raise ApiError(400, f"{where}.role: expected one of {ROLES}, got {_describe(role)}",
-                       "messages")  # fmt: skip
+        raise ApiError(
+            400, f"{where}.role: expected one of {ROLES}, got {_describe(role)}", "messages"
+        )
     if isinstance(content, list):  # content parts: only text is served
         parts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"
-                    and isinstance(part.get("text"), str)):  # fmt: skip
-                raise ApiError(400, f"{where}.content: only text parts are supported, got "
-                                    f"{_describe(part)}", "messages")  # fmt: skip
+            if not (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                raise ApiError(
+                    400,
+                    f"{where}.content: only text parts are supported, got {_describe(part)}",
+                    "messages",
+                )
             parts.append(part["text"])
         content = "".join(parts)
     if content is None and role == "assistant":
         content = ""
     if not isinstance(content, str):
-        raise ApiError(400, f"{where}.content: expected a string, got {_describe(content)}",
-                       "messages")  # fmt: skip
+        raise ApiError(
+            400, f"{where}.content: expected a string, got {_describe(content)}", "messages"
+        )
     return role, content
 
 
@@ -300,8 +338,7 @@ def parse_chat(
     _check_model(body, limits)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages", f"expected a non-empty list of messages, got "
-                               f"{_describe(messages)}")  # fmt: skip
+        raise _bad("messages", f"expected a non-empty list of messages, got {_describe(messages)}")
     msgs = [dict(zip(("role", "content"), _message_text(i, m))) for i, m in enumerate(messages)]
     if tokenize is None:
         raise _bad("messages", "this model has no tokenizer: use /v1/completions with token ids")
@@ -315,8 +352,9 @@ def parse_chat(
     bad = [t for t in ids if not 0 <= t < limits.vocab_size]
     if bad:
         raise _bad("messages", f"token ids {bad[:5]} outside the model's vocabulary")
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else (
-        "max_tokens")  # fmt: skip
+    name = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else ("max_tokens")
+    )
     gen = _common(body, ids, limits, default_max=limits.max_tokens, max_name=name)
     gen.chat = True
     return gen
@@ -351,7 +389,8 @@ def jinja_template(
     template = env.from_string(source)
 
     def render(messages: list[dict[str, str]]) -> str:
-        return template.render(messages=messages, add_generation_prompt=True,
-                               bos_token=bos_token, eos_token=eos_token)  # fmt: skip
+        return template.render(
+            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+        )
 
     return render
