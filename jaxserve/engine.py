@@ -144,8 +144,8 @@ class Engine:
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
-        `decode_steps`: decode steps one device call runs when nothing can change meanwhile
-        (a power of two; otherwise one step per call).
+        `decode_steps`: the most decode steps one device call runs when nothing can change
+        meanwhile (a power of two).
         `max_stop_ids`: stop token ids checked on the device per request (the host checks
         all of them; a request with more never runs multi-step).
         `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
@@ -448,9 +448,9 @@ class Engine:
             )
             if k <= 1:
                 return 1
-        # one program per bucket: chunks of `decode_steps` (after a chunk that ends a page, the
-        # next starts at a page boundary, so chunks stay aligned) or single steps
-        return self.decode_steps if k >= self.decode_steps else 1
+        # a power of two: rows of a batch sit at different offsets in their last page, so the
+        # chunk is as long as the shortest room allows, and few programs cover every length
+        return 1 << (k.bit_length() - 1)
 
     def _decode(self, reqs: Sequence[Request], steps: int) -> jax.Array:
         """Bring the slots up to date (one packed transfer if anything changed), then decode
@@ -596,7 +596,7 @@ class Engine:
         batches = [b for b in pow2_range(self._max_rows) if b >= self._min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
         widths = pow2_range(math.ceil(max_context / ps))
-        steps = sorted({1, self.decode_steps}) if self.overlap else [1]
+        steps = pow2_range(self.decode_steps) if self.overlap else [1]
         prefill_outs = [self._no_prefill]
         for b in batches:
             samp = sampling_arrays([], [], b)
