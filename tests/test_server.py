@@ -254,7 +254,8 @@ def test_disconnect_cancels_and_frees_pages(server, chat):
 
 class _SlowSteps:
     """Each engine step takes `delay` seconds longer while active (the engine thread looks the
-    method up every iteration), so a request is surely still running when the test acts."""
+    method up every iteration) and makes one token (no multi-step chunks), so a request is
+    surely still running when the test acts."""
 
     def __init__(self, engine: Engine, delay: float = 0.02):
         self.engine, self.delay = engine, delay
@@ -267,10 +268,12 @@ class _SlowSteps:
             return step()
 
         self.engine.step = slow
+        self.steps, self.engine.decode_steps = self.engine.decode_steps, 1
         return self
 
     def __exit__(self, *exc):
         del self.engine.step
+        self.engine.decode_steps = self.steps
 
 
 @pytest.mark.parametrize("delay, timeout", [(0.02, 0.4), (1.0, 0.3)], ids=["running", "queued"])
