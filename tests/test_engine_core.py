@@ -14,14 +14,14 @@ import pytest
 from conftest import random_model, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine import _config
 
 from jaxserve.batch import SlotUpdates, apply_slot_updates, init_slot_state
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
-from jaxserve.sched import SchedulerConfig
 
-PAGE, MAX_NEW, NUM_PROMPTS = 4, 20, 6
+MAX_NEW, NUM_PROMPTS = 20, 6  # page size: test_engine.PAGE
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +32,6 @@ def model():
 @pytest.fixture(scope="module")
 def runner(model):
     return ModelRunner(model)
-
-
-def _config(num_pages: int, preemption: str = "swap") -> SchedulerConfig:
-    return SchedulerConfig(
-        max_batch=4,
-        num_pages=num_pages,
-        page_size=PAGE,
-        max_seq_len=128,
-        preemption=preemption,
-        host_pages=1000,
-        swap_bandwidth=1e9,
-        prefill_tokens_per_s=1e4,
-        kv_bytes_per_page=1024,
-        q0=1e-4,
-        prefill_table=[(16, 1e-4), (64, 4e-4)],
-    )
 
 
 def _prompts() -> list[list[int]]:
