@@ -172,24 +172,29 @@ def never_runs_reason(
     return reject_reason(config, prompt_len, cap)
 
 
+def trace_for(s: ServeSettings, rate: float, tokenizer):
+    """The trace of one rate: the same arguments and seed for in-process and HTTP replays."""
+    return workload.make_workload(
+        s.workload,
+        rate,
+        s.num_requests,
+        s.seed,
+        arrival=s.arrival,
+        cv=s.cv,
+        scale=s.scale,
+        max_prompt_len=s.max_prompt_len,
+        max_output_len=s.max_output_len,
+        tokenize=tokenizer.encode if tokenizer is not None else None,
+        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
+    )
+
+
 def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
     """Every rate's trace, read and validated in full (`WorkloadError` naming the file and the
     request: empty, malformed, token ids outside the vocabulary) before any profiling."""
     out = []
     for rate in s.rates:
-        trace = workload.make_workload(
-            s.workload,
-            rate,
-            s.num_requests,
-            s.seed,
-            arrival=s.arrival,
-            cv=s.cv,
-            scale=s.scale,
-            max_prompt_len=s.max_prompt_len,
-            max_output_len=s.max_output_len,
-            tokenize=tokenizer.encode if tokenizer is not None else None,
-            length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-        )
+        trace = trace_for(s, rate, tokenizer)
         if not trace:
             raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
         rng = np.random.default_rng(s.seed)

@@ -82,7 +82,7 @@ def stop_server(proc) -> None:
 
 
 def http_run(url: str, s: serve.ServeSettings, rate: float, tokenizer, card) -> dict:
-    trace = load.trace_for(s, rate, tokenizer)
+    trace = serve.trace_for(s, rate, tokenizer)
     prompts, caps = load.requests_for(s, trace, tokenizer, card)
     rep = client.replay(url, card["id"], trace, prompts, caps, details=True)
     return load.summarize(rep, s)

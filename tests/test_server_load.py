@@ -63,7 +63,7 @@ def setup():
 def test_http_replay_matches_in_process_replay(setup):
     make_engine, srv_engine, srv, tok = setup
     s = SETTINGS
-    trace = load.trace_for(s, s.rates[0], tok)
+    trace = serve.trace_for(s, s.rates[0], tok)
     assert len({r.output_len for r in trace}) > 3  # lengths vary, below the cap too
     # in-process, as experiments.serve replays it
     engine = make_engine()

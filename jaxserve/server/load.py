@@ -13,30 +13,13 @@ import os
 import httpx
 import numpy as np
 
-from jaxserve import experiment, metrics, serve, workload
+from jaxserve import experiment, metrics, serve
 from jaxserve.server import client
 from jaxserve.tokenizer import Tokenizer, load_default, load_tokenizer
 
 
 class ServerUnreachable(Exception):
     pass
-
-
-def trace_for(s: serve.ServeSettings, rate: float, tokenizer: Tokenizer | None):
-    """The trace experiments.serve builds for this rate (same arguments, same seed)."""
-    return workload.make_workload(
-        s.workload,
-        rate,
-        s.num_requests,
-        s.seed,
-        arrival=s.arrival,
-        cv=s.cv,
-        scale=s.scale,
-        max_prompt_len=s.max_prompt_len,
-        max_output_len=s.max_output_len,
-        tokenize=tokenizer.encode if tokenizer is not None else None,
-        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-    )
 
 
 def requests_for(
@@ -103,7 +86,7 @@ def run_load(
     if verbose:
         print(HEADER)
     for rate in s.rates:
-        trace = trace_for(s, rate, tokenizer)
+        trace = serve.trace_for(s, rate, tokenizer)
         prompts, caps = requests_for(s, trace, tokenizer, card)
         replayed = client.replay(
             url, card["id"], trace, prompts, caps, details=details, timeout=timeout
