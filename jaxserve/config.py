@@ -76,7 +76,6 @@ class ModelConfig:
 
     @property
     def max_kv_heads(self) -> int:
-        """KV pages are allocated for the widest layer; narrower layers use a prefix."""
         return max(self.num_kv_heads)
 
     @property
@@ -105,7 +104,7 @@ class ModelConfig:
         return total
 
     def kv_bytes_per_token(self, itemsize: int = 4) -> int:
-        return 2 * self.num_layers * self.max_kv_heads * self.head_dim * itemsize
+        return 2 * sum(self.num_kv_heads) * self.head_dim * itemsize  # each layer its own heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,8 +34,9 @@ every result before the next plan, as in a synchronous loop); outputs are the sa
 
 Jobs are preempted between tokens: a job the plan leaves out simply does not run this
 iteration; its KV stays in its pages unless the plan swaps it out or drops it. Shapes are
-bucketed (batch, prompt length, block-table width, update count and decode steps to powers of
-two), so after `warmup` an iteration compiles nothing (`CompileCounter`).
+bucketed (batch, prompt length, block-table width and update count to powers of two; a chunk
+of decode steps is a loop whose length is an argument, one program for every length), so
+after `warmup` an iteration compiles nothing (`CompileCounter`).
 
 A request's sampled token at position p depends only on its seed and p (see sampling.py), and
 swapped KV comes back bit-exact, so greedy and seeded outputs do not depend on preemption.
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -54,62 +54,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxserve.batch import PrefillBatch, SlotUpdates
+from jaxserve.device_batch import DeviceBatch
 from jaxserve.errors import InputError
+from jaxserve.events import Event, Timeline, UnknownRequestError, token_ids
 from jaxserve.kvcache.host import HostKV, HostTier
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
-from jaxserve.sampling import SamplingParams, sampling_arrays
+from jaxserve.sampling import SamplingParams
 from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
-from jaxserve.sched.request import pages_for
 from jaxserve.tokenizer import Tokenizer
-from jaxserve.utils import pow2, pow2_range
 
-
-@dataclasses.dataclass
-class Event:
-    kind: str  # "token" | "finish" | "preempt" | "resume" | "reject"
-    request_id: str
-    time: float  # engine clock, seconds
-    token: int | None = None  # for "token"
-    detail: str | None = None  # finish reason ("stop", "length", "cancelled") or preemption kind
-
-
-@dataclasses.dataclass
-class Timeline:
-    """What happened to one request (the engine's record; metrics are computed from it)."""
-
-    id: str
-    arrival: float
-    prompt_len: int
-    client: str = "default"
-    token_times: list[float] = dataclasses.field(default_factory=list)
-    output_ids: list[int] = dataclasses.field(default_factory=list)
-    finish_time: float | None = None
-    finish_reason: str | None = None
-    preemptions: int = 0
-    swapped_bytes: int = 0
-    swap_time: float = 0.0  # this request's share of the time spent moving KV
-    stall_time: float = 0.0  # time it was ready to compute but waited for swaps
-    rejected: bool = False
-
-
-class UnknownRequestError(KeyError):
-    """An id the engine was never given (`cancel`, `stream`, `output`)."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0])
-
-
-def _token_ids(rid: str, prompt_ids: Sequence[int]) -> list[int]:
-    """The prompt as Python ints; floats, strings and bools are a `TypeError`, not truncated."""
-    ids = []
-    for t in prompt_ids:
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
-            raise TypeError(
-                f"request {rid!r}: token ids must be integers, got {type(t).__name__} {t!r}"
-            )
-        ids.append(int(t))
-    return ids
+__all__ = ["Engine", "Event", "Timeline", "UnknownRequestError"]
 
 
 @dataclasses.dataclass
@@ -171,24 +125,10 @@ class Engine:
         self._stop_at: dict[str, int] = {}  # trace replay: emulated EOS after this many tokens
         self.overlap = overlap
         self.decode_steps = decode_steps
-        # the device-resident decode batch: a slot per resident request that has decoded
-        # batch buckets: powers of two, at least the data axis (rows are split over it)
-        self._min_rows = self.runner.data_size
-        self._max_rows = pow2(sched_config.max_batch, self._min_rows)
-        self._max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
-        self._num_stop = max_stop_ids
-        num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
-        self._slots = self.runner.new_slots(
-            num_slots, self._max_rows, self._max_pages, self._num_stop
-        )
-        self._updates = SlotUpdates(num_slots, self._max_rows, self._max_pages, self._num_stop)
-        self._free_slots = list(range(num_slots - 1, -1, -1))  # pop() gives the lowest
-        self._slot: dict[str, int] = {}  # request -> its slot
-        self._slot_pages: dict[str, tuple[int, ...]] = {}  # pages the slot's record holds
-        self._rows: list[int] = []  # slots the device decodes (as last sent)
-        self._no_prefill = jax.device_put(np.zeros(1, np.int32))
+        # the device side of the batches: prefill arrays and the resident decode slots
+        max_steps = decode_steps if overlap else 1
+        self.device = DeviceBatch(self.runner, sched_config, max_stop_ids, max_steps)
         self._copy_ahead = self.runner.mesh.devices.flat[0].platform != "cpu"
-        self._last_prefill: tuple[jax.Array, dict[str, int]] = (self._no_prefill, {})
         self._inflight: _InFlight | None = None
         self._last_read = self.now()
         self._step_time = 0.0  # running estimate of one decode step, seconds
@@ -229,7 +169,7 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._tokens:
             raise InputError(f"request id {rid!r} already submitted")
-        ids = _token_ids(rid, prompt_ids)
+        ids = token_ids(rid, prompt_ids)
         if not ids:
             raise InputError(f"request {rid!r}: empty prompt")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
@@ -272,7 +212,7 @@ class Engine:
         tl = self._timeline(request_id)
         self.scheduler.cancel(request_id)
         self._host_kv.pop(request_id, None)
-        self._release_slot(request_id)
+        self.device.release(request_id)
         if tl.finish_time is None:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
 
@@ -311,7 +251,7 @@ class Engine:
             current = self._dispatch(plan, swapped_out)
             t2 = clock()
             for r in self.scheduler.commit(now, current.steps):
-                self._release_slot(r.id)  # ended by length: the slot's last step is queued
+                self.device.release(r.id)  # ended by length: the slot's last step is queued
             t3 = clock()
         self.host_time["schedule"] += (t1 - t0) + (t3 - t2)
         self.host_time["dispatch"] += t2 - t1
@@ -328,13 +268,13 @@ class Engine:
         start = self.clock()
         out = []
         for r, pages in plan.swap_out:
-            self._release_slot(r.id)
+            self.device.release(r.id)
             host = self.host.swap_out(self.kv, pages)
             self._host_kv[r.id] = host
             out.append(host)
             self._account_swap(r.id, host.nbytes)
         for r in plan.drop:
-            self._release_slot(r.id)
+            self.device.release(r.id)
             self._host_kv.pop(r.id, None)
         dropped = {r.id for r in plan.drop}
         swapped = {r.id for r, _ in plan.swap_out}
@@ -350,7 +290,7 @@ class Engine:
         if plan.swap_out or plan.swap_in:
             if self.sync_swaps:
                 t = self.clock()
-                self.kv.k.block_until_ready()
+                self.kv.block_until_ready()
                 for host in out:
                     host.settle()
                 self.swap_wait += self.clock() - t
@@ -373,10 +313,7 @@ class Engine:
         if plan.decode:
             steps = self._num_steps(plan)
             decode_out = self._decode(plan.decode, steps)
-        if plan.prefill:  # the next step's inserts may read these first tokens
-            self._last_prefill = (prefill_out, {r.id: i for i, r in enumerate(plan.prefill)})
-        else:
-            self._last_prefill = (self._no_prefill, {})
+        self.device.dispatched(prefill_out, plan.prefill)
         if self._copy_ahead:  # start the tokens' trip to the host now (not needed on CPU)
             for x in (prefill_out, decode_out):
                 if x is not None:
@@ -402,22 +339,9 @@ class Engine:
                     f"{r.id}: prefill of {len(seq)} known tokens, context is {r.context_len}"
                 )
             seqs.append(seq)
-        b = pow2(len(reqs), self._min_rows)
-        t = pow2(max(len(s) for s in seqs), 16)
-        tokens = np.zeros((b, t), np.int32)
-        lengths = np.zeros(b, np.int32)
-        for i, s in enumerate(seqs):
-            tokens[i, : len(s)] = s
-            lengths[i] = len(s)
-        bt = np.zeros((b, math.ceil(t / self.page_size)), np.int32)
-        for i, r in enumerate(reqs):
-            pages = r.pages[: bt.shape[1]]
-            bt[i, : len(pages)] = pages
-        samp = sampling_arrays(
-            [self._params[r.id] for r in reqs], [self._keys[r.id] for r in reqs], b
-        )
-        batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-        self.kv, first = self.runner.prefill(self.kv, batch)
+        params = [self._params[r.id] for r in reqs]
+        keys = [self._keys[r.id] for r in reqs]
+        self.kv, first = self.device.prefill(self.kv, reqs, seqs, params, keys)
         return first
 
     def _num_steps(self, plan: Plan) -> int:
@@ -434,7 +358,7 @@ class Engine:
         limit = sched.config.max_seq_len
         for r in plan.decode:
             p = self._params[r.id]
-            if p.stop_strings or len(p.stop_token_ids) > self._num_stop:
+            if p.stop_strings or len(p.stop_token_ids) > self.device.num_stop:
                 return 1
             stop_at = self._stop_at.get(r.id, r.max_new_tokens)
             # no finish by length before the chunk's last token; no page boundary
@@ -448,59 +372,16 @@ class Engine:
             )
             if k <= 1:
                 return 1
-        # a power of two: rows of a batch sit at different offsets in their last page, so the
-        # chunk is as long as the shortest room allows, and few programs cover every length
-        return 1 << (k.bit_length() - 1)
+        return k  # every length up to decode_steps runs the same program
 
     def _decode(self, reqs: Sequence[Request], steps: int) -> jax.Array:
         """Bring the slots up to date (one packed transfer if anything changed), then decode
         `steps` tokens for `reqs` on the device; returns [2, b, steps] (tokens, emitted)."""
-        prefill_out, prefill_row = self._last_prefill
-        for r in reqs:
-            pages = tuple(r.pages)
-            slot = self._slot.get(r.id)
-            if slot is None:
-                slot = self._slot[r.id] = self._free_slots.pop()
-                self._slot_pages[r.id] = pages
-                seq = self._tokens[r.id]
-                known = len(seq) == r.context_len
-                if not known and r.id not in prefill_row:
-                    raise AssertionError(f"{r.id}: last token neither read nor in the last prefill")
-                p = self._params[r.id]
-                stop_at = self._stop_at.get(r.id, r.max_new_tokens)
-                remaining = min(r.max_new_tokens, stop_at) - r.num_generated
-                self._updates.insert(
-                    slot,
-                    pages,
-                    r.context_len - 1,
-                    remaining,
-                    self._keys[r.id],
-                    p,
-                    p.stop_token_ids,
-                    token=seq[-1] if known else None,
-                    prefill_row=None if known else prefill_row[r.id],
-                )
-            elif pages != self._slot_pages[r.id]:
-                self._slot_pages[r.id] = pages
-                self._updates.grow(slot, pages)
-        rows = [self._slot[r.id] for r in reqs]
-        if len(self._updates) or rows != self._rows:
-            packed = self._updates.pack(rows)
-            self._slots = self.runner.update_slots(self._slots, packed, prefill_out)
-            self._rows = rows
-        b = pow2(len(rows), self._min_rows)
-        reach = max(r.context_len + steps - 1 for r in reqs)
-        width = pow2(pages_for(reach, self.page_size))
-        self.kv, self._slots, out = self.runner.decode_slots(self.kv, self._slots, b, width, steps)
+        self.kv, out = self.device.decode(
+            self.kv, reqs, steps, self._tokens, self._params, self._keys, self._stop_at
+        )
         self.decode_calls += 1
         return out
-
-    def _release_slot(self, rid: str) -> None:
-        slot = self._slot.pop(rid, None)
-        if slot is not None:
-            self._slot_pages.pop(rid)
-            self._free_slots.append(slot)
-            self._free_slots.sort(reverse=True)
 
     # -- read back ------------------------------------------------------------------------
 
@@ -545,7 +426,7 @@ class Engine:
                         stopped.add(rid)
         t2 = clock()
         for r in self.scheduler.complete(flight.plan, t, elapsed, stopped):
-            self._release_slot(r.id)
+            self.device.release(r.id)
         t3 = clock()
         for r in flight.plan.batch:
             tl = self.timelines[r.id]
@@ -592,33 +473,7 @@ class Engine:
         """Compile every prefill, decode, slot-update and swap bucket a run up to these
         lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
-        ps, runner, kv = self.page_size, self.runner, self.kv
-        batches = [b for b in pow2_range(self._max_rows) if b >= self._min_rows]
-        prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
-        widths = pow2_range(math.ceil(max_context / ps))
-        steps = pow2_range(self.decode_steps) if self.overlap else [1]
-        prefill_outs = [self._no_prefill]
-        for b in batches:
-            samp = sampling_arrays([], [], b)
-            for t in prompt_lens:
-                bt = np.zeros((b, math.ceil(t / ps)), np.int32)
-                tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
-                batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-                kv, first = runner.prefill(kv, batch)
-            prefill_outs.append(first)
-        slots = self._slots
-        for u in [0] + pow2_range(self._max_rows):  # the updates of up to max_batch rows
-            for first in prefill_outs:
-                packed = self._updates.pack([], min_records=u)
-                slots = runner.update_slots(slots, packed, first)
-        for b in batches:
-            for w in widths:
-                for k in steps:
-                    kv, slots, _ = runner.decode_slots(kv, slots, b, w, k)
-        for w in widths:  # swaps move one request's pages: up to a full block table
-            kv = self.host.swap_in(kv, self.host.swap_out(kv, [0] * w), [0] * w)
-        kv.k.block_until_ready()
-        self.kv, self._slots = kv, slots
+        self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context)
         return CompileCounter.count() - before
 
     # -- driving ------------------------------------------------------------------------

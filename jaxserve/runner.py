@@ -10,20 +10,9 @@ rules in `sharding.py`; batch arrays lead with the batch axis and are sharded ov
 Pages are donated, so XLA updates them in place. `decode` runs `num_steps` tokens in one
 `lax.scan` with sampling and stop checks on device, so the host syncs once per chunk.
 
-Contiguous decode (the default on one CPU device): a chunk of several steps for fewer than
-`SMALL_DECODE_BATCH` rows copies the rows' cache out of the pages once (`ContiguousKV`),
-decodes on that copy, and writes the chunk's tokens back to the pages at its end. The pages
-would otherwise be gathered and transposed for every layer at every step, which costs more
-than the attention itself at batch 1 on CPU (small preset: 1.48 against 1.56 ms a step).
-The copy holds the rows' whole block-table reach, so it is off by default on accelerators,
-where memory is the scarce resource.
-
-Out-in weights (also the default on one CPU device, while the copy takes at most 1 GiB): a
-decode of one row reads a second copy of every projection weight, stored as one [out, in]
-matrix (`out_in_layout`). XLA:CPU runs that matrix-vector product faster than `x @ W` over
-the model's [in, out] layout (`small` preset, batch 1: 1.43 against 1.57 ms a step), but its
-products of several rows slower (batch 16: 5.8 against 4.9 ms), so everything else reads the
-model's own layout. The model passed in is not changed.
+How decode runs on the backend (the Pallas paged-attention kernel on one GPU / TPU, the CPU's
+contiguous decode and [out, in] weight copy) is one `DecodeStrategy` (`jaxserve.strategy`),
+chosen when the runner is built; the model's attention is the same paged path either way.
 
 Shapes are the caller's to bucket: every new (batch, length, pages) shape compiles once.
 `CompileCounter` counts XLA compilations, to prove that steady-state serving compiles nothing.
@@ -37,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -51,15 +41,16 @@ from jaxserve.batch import (
     take_rows,
 )
 from jaxserve.config import ModelConfig
-from jaxserve.kvcache.pages import (
-    KVPages,
+from jaxserve.kvcache.pages import KVPages, init_pages, layer_shapes
+from jaxserve.models.transformer import Decoder
+from jaxserve.sampling import sample
+from jaxserve.strategy import (
+    DecodeStrategy,
+    contiguous_attention,
     flush_contiguous,
     gather_contiguous,
-    init_pages,
-    pages_shape,
+    out_in_layout,
 )
-from jaxserve.models.transformer import SMALL_DECODE_BATCH, Decoder, out_in_layout
-from jaxserve.sampling import sample
 
 
 @runtime_checkable
@@ -112,15 +103,6 @@ class CompileCounter:
         return cls._count
 
 
-OUT_IN_MAX_BYTES = 1 << 30
-
-
-def _projection_bytes(state: nnx.State) -> int:
-    """Bytes of the projection weights (what `out_in_layout` copies)."""
-    leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return sum(v[...].nbytes for v in leaves if "linear_in" in v.get_metadata())
-
-
 class ModelRunner:
     def __init__(
         self,
@@ -128,24 +110,19 @@ class ModelRunner:
         mesh: Mesh | None = None,
         contiguous_decode: bool | None = None,
         out_in_weights: bool | None = None,
+        kernel: str | None = None,
+        interpret: bool = False,
     ):
-        """contiguous_decode: decode chunks of small batches on a `ContiguousKV`;
-        out_in_weights: decode single rows on an [out, in] copy of the projection weights
-        (both described in the module docstring). None turns either on for a single CPU
-        device (the copy only while it takes at most `OUT_IN_MAX_BYTES`); both need a
-        one-device mesh."""
+        """contiguous_decode, out_in_weights, kernel: the `DecodeStrategy` (None: the default
+        for the mesh; see `jaxserve.strategy`). interpret: run a Pallas kernel in the Pallas
+        interpreter (tests on the CPU)."""
         CompileCounter.install()
         self.config = model.config
         self.mesh = mesh or shd.make_mesh({"data": 1, "model": 1}, jax.devices()[:1])
-        single_cpu = self.mesh.size == 1 and self.mesh.devices.flat[0].platform == "cpu"
-        for name, value in (
-            ("contiguous_decode", contiguous_decode),
-            ("out_in_weights", out_in_weights),
-        ):
-            if value and self.mesh.size > 1:
-                raise ValueError(f"{name} needs a one-device mesh, got {dict(self.mesh.shape)}")
-        self.contiguous_decode = single_cpu if contiguous_decode is None else contiguous_decode
         self.graphdef, state = nnx.split(model)
+        self.strategy = DecodeStrategy.choose(
+            self.mesh, state, kernel, contiguous_decode, out_in_weights, interpret
+        )
         self.state_shardings = shd.state_shardings(state, self.mesh)
         self.state = jax.device_put(state, self.state_shardings)
         # Calls pass the state as a flat list of arrays: flattening an NNX State (Variables)
@@ -153,7 +130,7 @@ class ModelRunner:
         self.leaves, self._treedef = jax.tree.flatten(self.state)
         leaf_shardings = jax.tree.leaves(self.state_shardings)
         self.data_size = self.mesh.shape["data"]
-        self.kv_sharding = shd.kv_sharding(self.mesh, pages_shape(self.config, 2, 1))
+        self.kv_sharding = shd.kv_sharding(self.mesh, layer_shapes(self.config, 2, 1))
         batch = NamedSharding(self.mesh, PartitionSpec("data" if self.data_size > 1 else None))
         self.batch_sharding = batch
         self._prefill = jax.jit(
@@ -170,15 +147,20 @@ class ModelRunner:
         )
         self._decode_slots = self._jit_decode_slots(leaf_shardings, out_in=False)
         # batch-1 decode: the same leaves but for the projection weights, stored [out, in]
-        if out_in_weights is None:
-            out_in_weights = single_cpu and _projection_bytes(self.state) <= OUT_IN_MAX_BYTES
-        self.out_in_weights = out_in_weights
-        if out_in_weights:
+        if self.strategy.out_in_weights:
             row_state = out_in_layout(self.state)
             self._row_leaves, self._row_treedef = jax.tree.flatten(row_state)
             row_shardings = jax.tree.leaves(shd.state_shardings(row_state, self.mesh))
             self._decode_row = self._jit_decode(row_shardings, out_in=True)
             self._decode_slots_row = self._jit_decode_slots(row_shardings, out_in=True)
+
+    @property
+    def contiguous_decode(self) -> bool:
+        return self.strategy.contiguous
+
+    @property
+    def out_in_weights(self) -> bool:
+        return self.strategy.out_in_weights
 
     def _jit_decode(self, leaf_shardings, out_in: bool):
         return jax.jit(
@@ -192,8 +174,8 @@ class ModelRunner:
     def _jit_decode_slots(self, leaf_shardings, out_in: bool):
         return jax.jit(
             functools.partial(self._decode_slots_fn, out_in=out_in),
-            static_argnums=(3, 4, 5),
-            in_shardings=(leaf_shardings, self.kv_sharding, self._replicated),
+            static_argnums=(4, 5, 6),
+            in_shardings=(leaf_shardings, self.kv_sharding, self._replicated, self._replicated),
             out_shardings=(self.kv_sharding, self._replicated, self._replicated),
             donate_argnums=(1, 2),
         )
@@ -231,7 +213,7 @@ class ModelRunner:
         [B, n] and emitted [B, n] (False once a row has stopped)."""
         if isinstance(batch, dict):
             batch = DecodeBatch(**batch)
-        if self.out_in_weights and batch.tokens.shape[0] == 1:
+        if self.strategy.out_in_for(batch.tokens.shape[0]):
             return self._decode_row(self._row_leaves, kv, batch, num_steps)
         return self._decode(self.leaves, kv, batch, num_steps)
 
@@ -246,14 +228,33 @@ class ModelRunner:
         """Apply one step's packed `SlotUpdates` (one host->device transfer)."""
         return self._apply_updates(state, packed, prefill_tokens)
 
-    def decode_slots(self, kv: KVPages, state: SlotState, rows: int, width: int, steps: int):
+    def decode_slots(
+        self,
+        kv: KVPages,
+        state: SlotState,
+        rows: int,
+        width: int,
+        steps: int,
+        max_steps: int | None = None,
+    ):
         """Decode the first `rows` entries of `state.rows` for `steps` tokens, block tables
         cut to `width` pages. No host input: tokens come from the state. Returns kv, state,
-        tokens [rows, steps], emitted [rows, steps] (the last two stacked as [2, rows, steps]
-        int32, so the host reads one array)."""
-        if self.out_in_weights and rows == 1:
-            return self._decode_slots_row(self._row_leaves, kv, state, rows, width, steps)
-        return self._decode_slots(self.leaves, kv, state, rows, width, steps)
+        tokens [rows, n], emitted [rows, n] (the last two stacked as [2, rows, n] int32, so
+        the host reads one array).
+
+        With `max_steps`, every count from 2 to `max_steps` runs one program: a loop whose
+        length is an argument, n = `max_steps` (emitted is 0 past `steps`); a single step
+        keeps its own program (it would not pay for the contiguous copy). Without, the
+        program is compiled for exactly `steps`, and n = `steps`."""
+        if max_steps is None or steps == 1:
+            count, n = None, steps
+        elif not 1 < steps <= max_steps:
+            raise ValueError(f"decode of {steps} steps, more than max_steps={max_steps}")
+        else:
+            count, n = np.int32(steps), max_steps
+        if self.strategy.out_in_for(rows):
+            return self._decode_slots_row(self._row_leaves, kv, state, count, rows, width, n)
+        return self._decode_slots(self.leaves, kv, state, count, rows, width, n)
 
     # -- jitted bodies ------------------------------------------------------------------
 
@@ -270,36 +271,41 @@ class ModelRunner:
         return kv, first
 
     def _decode_slots_fn(
-        self, state, kv, slots: SlotState, rows: int, width: int, steps: int, out_in: bool
+        self, state, kv, slots: SlotState, count, rows: int, width: int, steps: int, out_in: bool
     ):
         batch = take_rows(slots, rows, width)
         if self.data_size > 1 and rows % self.data_size == 0:  # rows over the data axis
             batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
-        kv, batch, toks, emitted = self._decode_fn(state, kv, batch, steps, out_in=out_in)
+        kv, batch, toks, emitted = self._decode_fn(state, kv, batch, steps, out_in, count)
         out = jnp.stack([toks, emitted.astype(toks.dtype)])
         return kv, put_rows(slots, rows, batch), out
 
-    def _decode_fn(self, state, kv: KVPages, batch: DecodeBatch, num_steps: int, out_in: bool):
+    def _decode_fn(
+        self, state, kv: KVPages, batch: DecodeBatch, num_steps: int, out_in: bool, steps=None
+    ):
+        """`num_steps` decode steps, or with `steps` (traced) that many, at most num_steps."""
         model = self._model(state, out_in).decoder
         bt, stop_ids = batch.block_tables, batch.stop_ids
         params = (batch.temperature, batch.top_k, batch.top_p)
         zeros = jnp.zeros_like(batch.positions)
         rows = batch.tokens.shape[0]
-        contiguous = self.contiguous_decode and num_steps > 1 and rows < SMALL_DECODE_BATCH
+        contiguous = self.strategy.contiguous_for(rows, num_steps)
         # what the steps carry: the pages, or the rows' contiguous copy of them
-        cache = (
-            gather_contiguous(kv, bt, [layer.attn.num_kv_heads for layer in model.layers])
-            if contiguous
-            else kv
-        )
+        cache = gather_contiguous(kv, bt) if contiguous else kv
+        attention = contiguous_attention if contiguous else self.strategy.attention
 
-        def step(carry, _):
+        def step(carry):
             cache, tok, pos, active, remaining = carry
             new_pos = pos + 1
             seq_lens = jnp.where(active, new_pos, 0)
-            on = {"contiguous": cache} if contiguous else {"kv": cache, "block_tables": bt}
             logits, cache = model(
-                tok[:, None], pos[:, None], seq_lens=seq_lens, logits_index=zeros, **on
+                tok[:, None],
+                pos[:, None],
+                kv=cache,
+                block_tables=bt,
+                seq_lens=seq_lens,
+                logits_index=zeros,
+                attention=attention,
             )
             nxt = sample(logits, batch.keys, new_pos, *params)
             nxt = jnp.where(active, nxt, tok)
@@ -311,9 +317,23 @@ class ModelRunner:
             return (cache, nxt, pos, active, remaining), (nxt, emitted)
 
         init = (cache, batch.tokens, batch.positions, batch.active, batch.remaining)
-        (cache, tok, pos, active, remaining), (toks, emitted) = jax.lax.scan(
-            step, init, None, length=num_steps
-        )
+        if steps is None:  # exactly num_steps
+            carry, (toks, emitted) = jax.lax.scan(
+                lambda c, _: step(c), init, None, length=num_steps
+            )
+        else:  # `steps` (a traced count <= num_steps): a loop that ends early
+            buffers = (
+                jnp.zeros((num_steps, rows), batch.tokens.dtype),
+                jnp.zeros((num_steps, rows), bool),
+            )
+
+            def body(i, state):
+                carry, (toks, emitted) = state
+                carry, (nxt, emitted_i) = step(carry)
+                return carry, (toks.at[i].set(nxt), emitted.at[i].set(emitted_i))
+
+            carry, (toks, emitted) = jax.lax.fori_loop(0, steps, body, (init, buffers))
+        cache, tok, pos, active, remaining = carry
         # a step writes the cache of the token it is fed (at `pos`), so the chunk wrote
         # positions [start, pos) of each row
         kv = (

@@ -17,6 +17,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxserve.kvcache.pages import KVPages
+
 # logical axis -> mesh axis (None: replicated)
 LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", "data"),
@@ -32,7 +34,7 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("page_slot", None),
 )
 
-KV_PAGE_AXES = ("layers", "pages", "page_slot", "kv_heads", "head_dim")
+KV_PAGE_AXES = ("kv_heads", "pages", "page_slot", "head_dim")  # one layer's K or V
 MESH_AXES = ("data", "model")
 
 
@@ -99,8 +101,10 @@ def shard_state(state: nnx.State, mesh: Mesh) -> nnx.State:
     return jax.device_put(state, state_shardings(state, mesh))
 
 
-def kv_sharding(mesh: Mesh, kv_shape: Sequence[int]) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(KV_PAGE_AXES, kv_shape, mesh))
+def kv_sharding(mesh: Mesh, layer_shapes: Sequence[Sequence[int]]):
+    """The shardings of a `KVPages` with these per-layer shapes (a `KVPages` of them)."""
+    one = tuple(NamedSharding(mesh, logical_to_spec(KV_PAGE_AXES, s, mesh)) for s in layer_shapes)
+    return KVPages(one, one)
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:

@@ -188,7 +188,7 @@ def swap_stalls(args) -> dict:
         host = tier.swap_out(kv, pages)
         host.settle()
         kv = tier.swap_in(kv, host, pages)
-        kv.k.block_until_ready()
+        kv.block_until_ready()
         times.append(time.perf_counter() - t)
     bw = 2 * host.nbytes / statistics.median(times)
     out = {"model": args.swap_model, "mode": tier.mode, "alone_GBps": bw / 1e9}

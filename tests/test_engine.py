@@ -161,7 +161,9 @@ def _serve_with_stop(model, runner, policy, pages, prompts, lens, k, stop, **eng
     engine.run_until_done(max_iterations=5000)
     engine.scheduler.check_invariants()
     assert engine.scheduler.allocator.num_free == pages - 1
-    assert not engine._slot and len(engine._free_slots) == pages - 1  # every slot back
+    assert (
+        not engine.device.resident and engine.device.num_free_slots == pages - 1
+    )  # every slot back
     return engine, {f"r{i}": engine.output(f"r{i}") for i in range(len(prompts))}
 
 
@@ -216,7 +218,7 @@ def test_a_stopped_request_gets_one_extra_step_that_is_never_emitted(model, runn
     assert [e.token for e in events if e.kind == "token" and e.request_id == "r0"] == out
     # its prefill, i decode steps, and the one dispatched before the stop was read
     assert sum(dispatched) == len(out) + 1
-    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine._slot
+    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine.device.resident
 
 
 def test_cancel_with_tokens_in_flight(model, runner):
@@ -224,18 +226,18 @@ def test_cancel_with_tokens_in_flight(model, runner):
     tokens are those of the synchronous loop, and every page and slot comes back."""
     prompts, _ = _workload(2, seed=5)
     _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [16, 16], overlap=False)
-    engine = Engine(model, "fcfs", _config(60), runner=runner)
+    engine = Engine(model, "fcfs", _config(60), runner=runner, decode_steps=4)
     for i, p in enumerate(prompts):
         engine.submit(p, SamplingParams(max_new_tokens=16, seed=5), request_id=f"r{i}")
-    for _ in range(4):
+    for _ in range(3):
         engine.step()
-    assert engine._inflight is not None
+    assert engine._inflight is not None and "r1" in {r.id for r in engine._inflight.plan.batch}
     seen = len(engine.output("r1"))
     engine.cancel("r1")
     engine.run_until_done(max_iterations=100)
     assert len(engine.output("r1")) == seen
     assert engine.output("r0") == ref["r0"]
-    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine._slot
+    assert engine.scheduler.allocator.num_free == 60 - 1 and not engine.device.resident
 
 
 def test_no_recompilation_once_buckets_are_warm(model, runner):

@@ -128,7 +128,7 @@ def test_random_interleavings_keep_outputs_and_pages(model, runner, references, 
     engine.scheduler.check_invariants()
     assert engine.scheduler.allocator.num_free == scenario["pages"] - 1
     assert engine.scheduler.host_used == 0 and not engine._host_kv
-    assert not engine._slot and len(engine._free_slots) == scenario["pages"] - 1
+    assert not engine.device.resident and engine.device.num_free_slots == scenario["pages"] - 1
 
 
 def test_slot_updates_are_applied_as_packed():

@@ -6,52 +6,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxserve import sharding as shd
 from jaxserve.kvcache.host import HostTier
 from jaxserve.kvcache.pages import KVPages
 
+LAYERS, SHAPE = 3, (4, 24, 4, 8)  # per layer: kv heads, pages, page size, head dim
 
-def _random_pages(sharding, shape=(3, 24, 4, 4, 8), seed=0) -> KVPages:
+
+def _shardings(mesh) -> KVPages:
+    return shd.kv_sharding(mesh, [SHAPE] * LAYERS)
+
+
+def _random_pages(sharding: KVPages, seed=0) -> KVPages:
     rs = np.random.RandomState(seed)
-    k, v = (rs.randn(*shape).astype(np.float32) for _ in range(2))
-    return KVPages(jax.device_put(k, sharding), jax.device_put(v, sharding))
+    k, v = (rs.randn(LAYERS, *SHAPE).astype(np.float32) for _ in range(2))
+    return jax.device_put(KVPages(tuple(k), tuple(v)), sharding)
+
+
+def _stacked(arrays) -> np.ndarray:
+    """Per-layer arrays as one [L, K, P, S, D] numpy array (pages on axis 2)."""
+    return np.stack([np.asarray(x) for x in arrays])
 
 
 @pytest.mark.parametrize("mode", ["numpy", "pinned_host"])
 @pytest.mark.parametrize("mesh_spec", [None, "model:4"])
 def test_swap_round_trip_is_bit_exact(mode, mesh_spec):
     mesh = shd.make_mesh(mesh_spec or "data:1")
-    sharding = shd.kv_sharding(mesh, (3, 24, 4, 4, 8))
+    sharding = _shardings(mesh)
     if mesh_spec:
-        assert sharding.spec == P(None, None, None, "model", None)
+        assert sharding.k[0].spec == P("model", None, None, None)
     kv = _random_pages(sharding)
-    before_k, before_v = np.array(kv.k), np.array(kv.v)
+    before_k, before_v = _stacked(kv.k), _stacked(kv.v)
     tier = HostTier(sharding, mode)
     out_pages, in_pages = [3, 4, 5, 17, 9], [20, 21, 22, 1, 2]
     host = tier.swap_out(kv, out_pages)
-    assert host.nbytes == 2 * len(out_pages) * 3 * 4 * 4 * 8 * 4
+    assert host.nbytes == 2 * len(out_pages) * LAYERS * 4 * 4 * 8 * 4
     # the host copy holds both caches of exactly those pages (V is not a copy of K)
-    np.testing.assert_array_equal(np.asarray(host.k)[:, : len(out_pages)], before_k[:, out_pages])
-    np.testing.assert_array_equal(np.asarray(host.v)[:, : len(out_pages)], before_v[:, out_pages])
+    n = len(out_pages)
+    np.testing.assert_array_equal(_stacked(host.k)[:, :, :n], before_k[:, :, out_pages])
+    np.testing.assert_array_equal(_stacked(host.v)[:, :, :n], before_v[:, :, out_pages])
     if mode == "pinned_host":
-        assert host.k.sharding.memory_kind == "pinned_host"
+        assert host.k[0].sharding.memory_kind == "pinned_host"
     # the device pages are free for others now: overwrite them before swapping back
-    kv = KVPages(kv.k.at[:, out_pages].set(0.0), kv.v.at[:, out_pages].set(0.0))
+    kv = jax.tree.map(lambda x: x.at[:, out_pages].set(0.0), kv)
     kv = tier.swap_in(kv, host, in_pages)
-    k, v = np.array(kv.k), np.array(kv.v)
-    np.testing.assert_array_equal(k[:, in_pages], before_k[:, out_pages])
-    np.testing.assert_array_equal(v[:, in_pages], before_v[:, out_pages])
+    k, v = _stacked(kv.k), _stacked(kv.v)
+    np.testing.assert_array_equal(k[:, :, in_pages], before_k[:, :, out_pages])
+    np.testing.assert_array_equal(v[:, :, in_pages], before_v[:, :, out_pages])
     untouched = [p for p in range(1, 24) if p not in in_pages + out_pages]
-    np.testing.assert_array_equal(k[:, untouched], before_k[:, untouched])
-    np.testing.assert_array_equal(v[:, untouched], before_v[:, untouched])
-    assert kv.k.sharding.is_equivalent_to(sharding, 5)
+    np.testing.assert_array_equal(k[:, :, untouched], before_k[:, :, untouched])
+    np.testing.assert_array_equal(v[:, :, untouched], before_v[:, :, untouched])
+    assert kv.k[0].sharding.is_equivalent_to(sharding.k[0], 4)
 
 
 def test_swap_errors():
-    sharding = NamedSharding(shd.make_mesh("data:1"), P())
+    sharding = _shardings(shd.make_mesh("data:1"))
     tier = HostTier(sharding, "numpy")
     kv = _random_pages(sharding)
     with pytest.raises(ValueError, match="zero pages"):
@@ -66,7 +77,7 @@ def test_swap_errors():
 def test_swap_programs_are_bucketed():
     from jaxserve.runner import CompileCounter
 
-    sharding = NamedSharding(shd.make_mesh("data:1"), P())
+    sharding = _shardings(shd.make_mesh("data:1"))
     tier = HostTier(sharding, "numpy")
     kv = _random_pages(sharding)
     for n in (5, 6, 7, 8):  # one bucket of 8
@@ -75,4 +86,4 @@ def test_swap_programs_are_bucketed():
     for n in (5, 7):
         kv = tier.swap_in(kv, tier.swap_out(kv, list(range(1, n + 1))), list(range(9, 9 + n)))
     assert CompileCounter.count() == before
-    assert jnp.isfinite(kv.k).all()
+    assert all(jnp.isfinite(x).all() for x in kv.k)

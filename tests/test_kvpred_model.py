@@ -13,7 +13,7 @@ import pytest
 from conftest import random_model, randomize, tiny_config
 from flax import nnx
 
-from jaxserve.kvcache.pages import KVPages
+from jaxserve.kvcache.pages import init_pages
 from jaxserve.runner import ModelRunner
 from jaxserve.sharding import make_mesh
 from kvpred.aux import build_aux, lp_config, parse_aux_spec
@@ -65,16 +65,16 @@ def test_identity_kvp_equals_base_prefill(qk_norm):
     bt = batch["block_tables"]
 
     def pages():
-        return KVPages(*(jnp.zeros((3, num_pages, PAGE, 2, 12)) for _ in range(2)))
+        return init_pages(base.config, num_pages, PAGE)
 
     ref_logits, ref_kv = base.prefill_paged(*args, pages(), bt)
     logits, kv = kvp.prefill_paged(*args, pages(), bt)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), rtol=1e-5, atol=1e-5)
     # the predicted cache is the real one: same values in the same slots (page 0, the null
     # page, takes padding writes and holds nothing)
-    for got, want in ((kv.k, ref_kv.k), (kv.v, ref_kv.v)):
+    for got, want in zip(kv.k + kv.v, ref_kv.k + ref_kv.v):  # per layer [K, P, S, D]
         np.testing.assert_allclose(np.asarray(got)[:, 1:], np.asarray(want)[:, 1:], atol=1e-5)
-    assert kv.k.dtype == ref_kv.k.dtype and kv.k.shape == ref_kv.k.shape
+        assert got.dtype == want.dtype and got.shape == want.shape
 
 
 def test_identity_kvp_greedy_tokens_and_cache_shardings_match_base():
@@ -107,8 +107,9 @@ def test_identity_kvp_greedy_tokens_and_cache_shardings_match_base():
     np.testing.assert_array_equal(out["kvp"][0], out["base"][0])
     np.testing.assert_array_equal(out["kvp"][1], out["base"][1])
     kb, kk = out["base"][2], out["kvp"][2]
-    assert kk.k.sharding == kb.k.sharding and kk.v.sharding == kb.v.sharding
-    assert kk.k.shape == kb.k.shape and kk.k.dtype == kb.k.dtype
+    for got, want in zip(kk.k + kk.v, kb.k + kb.v):
+        assert got.sharding == want.sharding
+        assert got.shape == want.shape and got.dtype == want.dtype
 
 
 def test_kvp_prefill_uses_prediction_for_prompt_and_base_for_last_token():
@@ -121,11 +122,12 @@ def test_kvp_prefill_uses_prediction_for_prompt_and_base_for_last_token():
     for lin in list(kvp.predictor.k) + list(kvp.predictor.v):
         lin.w.set_value(jnp.zeros_like(lin.w[...]))
     batch = prefill_batch([PROMPTS[0]])
-    pages = KVPages(*(jnp.zeros((2, 9, PAGE, 2, 12)) for _ in range(2)))
+    pages = init_pages(config, 9, PAGE)
     _, kv = kvp.prefill_paged(batch["tokens"], batch["lengths"], pages, batch["block_tables"])
     _, ref = base.prefill_paged(batch["tokens"], batch["lengths"], pages, batch["block_tables"])
     n = len(PROMPTS[0])
-    flat = lambda x: np.asarray(x[:, 1:3].reshape(2, 2 * PAGE, 2, 12))  # noqa: E731
+    # pages 1, 2 of every layer as [L, 2 * PAGE, K, D]
+    flat = lambda x: np.stack(x)[:, :, 1:3].transpose(0, 2, 3, 1, 4).reshape(2, 2 * PAGE, 2, 12)  # noqa: E731
     np.testing.assert_array_equal(flat(kv.v)[:, : n - 1], 0.0)
     np.testing.assert_array_equal(flat(kv.k)[:, : n - 1], 0.0)
     np.testing.assert_allclose(flat(kv.k)[0, n - 1], flat(ref.k)[0, n - 1], rtol=1e-6)

@@ -127,33 +127,35 @@ def test_padding_goes_to_null_page_and_sequences_keep_to_their_pages(name):
     tokens, positions, lens = _prefill_inputs(seqs, np.random.default_rng(2))
     bt = jnp.asarray(BLOCK_TABLES)
     _, kv = paged(tokens, positions, init_pages(config, NUM_PAGES, PAGE_SIZE), bt, lens, False)
-    k, v = np.asarray(kv.k), np.asarray(kv.v)
+    # per layer, pages first: [P, S, K_l, D]
+    ks = [np.asarray(x).transpose(1, 2, 0, 3) for x in kv.k]
+    vs = [np.asarray(x).transpose(1, 2, 0, 3) for x in kv.v]
+    # Each layer's pages hold exactly its own KV heads.
+    assert [x.shape[2] for x in ks] == list(config.num_kv_heads)
 
-    # The padding writes all land in the null page.
-    assert np.abs(k[:, NULL_PAGE]).max() > 0 and np.abs(v[:, NULL_PAGE]).max() > 0
-    # Pages nobody owns are untouched.
-    owned = set(BLOCK_TABLES.ravel().tolist()) - {NULL_PAGE}
-    free = sorted(set(range(NUM_PAGES)) - owned - {NULL_PAGE})
-    assert free and not k[:, free].any() and not v[:, free].any()
+    for k, v in zip(ks, vs):
+        # The padding writes all land in the null page.
+        assert np.abs(k[NULL_PAGE]).max() > 0 and np.abs(v[NULL_PAGE]).max() > 0
+        # Pages nobody owns are untouched.
+        owned = set(BLOCK_TABLES.ravel().tolist()) - {NULL_PAGE}
+        free = sorted(set(range(NUM_PAGES)) - owned - {NULL_PAGE})
+        assert free and not k[free].any() and not v[free].any()
 
     for i, n in enumerate(PROMPT_LENS):
         pages = [p for p in BLOCK_TABLES[i] if p != NULL_PAGE]
-        # Slot by slot: written exactly up to the sequence's length, zero after.
-        ks = k[:, pages].reshape(config.num_layers, -1, *k.shape[3:])
-        assert (np.abs(ks[:, :n]).sum(axis=(0, 2, 3)) > 0).all()
-        assert not ks[:, n:].any()
-        # The same sequence prefilled alone writes the same values into its pages.
         alone = init_pages(config, NUM_PAGES, PAGE_SIZE)
         _, alone = paged(
             tokens[i : i + 1], positions[i : i + 1], alone, bt[i : i + 1], lens[i : i + 1], False
         )
-        np.testing.assert_allclose(k[:, pages], np.asarray(alone.k)[:, pages], atol=1e-6)
-        np.testing.assert_allclose(v[:, pages], np.asarray(alone.v)[:, pages], atol=1e-6)
-
-    # Layers with fewer kv heads than the widest use a prefix of the head axis only.
-    for layer, kh in enumerate(config.num_kv_heads):
-        assert not k[layer, :, :, kh:].any() and not v[layer, :, :, kh:].any()
-        assert k[layer, 1:, :, :kh].any()
+        for layer, (k, v) in enumerate(zip(ks, vs)):
+            # Slot by slot: written exactly up to the sequence's length, zero after.
+            seq = k[pages].reshape(-1, *k.shape[2:])
+            assert (np.abs(seq[:n]).sum(axis=(1, 2)) > 0).all()
+            assert not seq[n:].any()
+            # The same sequence prefilled alone writes the same values into its pages.
+            for got, ref in ((k, alone.k[layer]), (v, alone.v[layer])):
+                ref = np.asarray(ref).transpose(1, 2, 0, 3)
+                np.testing.assert_allclose(got[pages], ref[pages], atol=1e-6)
 
 
 @pytest.mark.parametrize("paged_path", [False, True])

@@ -9,8 +9,8 @@ from conftest import random_model, tiny_config
 from flax import nnx
 from test_model import openelm_like_config
 
-from jaxserve import runner as runner_module
 from jaxserve import sharding as shd
+from jaxserve import strategy as strategy_module
 from jaxserve.kvcache.pages import NULL_PAGE
 from jaxserve.runner import ModelRunner
 
@@ -54,7 +54,7 @@ def _run(runner: ModelRunner, stop_ids, remaining):
         kv, batch, t, e = runner.decode(kv, batch, CHUNK)
         toks.append(np.asarray(t))
         emitted.append(np.asarray(e))
-    pages = [np.asarray(x) for x in jax.device_get(kv)]
+    pages = [np.asarray(x) for x in jax.tree.leaves(kv)]  # per layer [K, P, S, D]
     return np.concatenate(toks, 1), np.concatenate(emitted, 1), pages, batch
 
 
@@ -121,9 +121,10 @@ def test_batch_one_decode_on_out_in_weights_equals_the_model_layout():
         kv, first = runner.prefill(kv, prefill)
         batch = _batch(np.asarray(first), [5], prefill["block_tables"], [100], [[-1]])
         kv, _, toks, _ = runner.decode(kv, batch, CHUNK)
-        results.append((np.asarray(toks), np.asarray(kv.k)))
+        results.append((np.asarray(toks), [np.asarray(x) for x in kv.k]))
     np.testing.assert_array_equal(results[1][0], results[0][0])
-    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_out_in_copy_defaults(monkeypatch):
@@ -132,5 +133,25 @@ def test_out_in_copy_defaults(monkeypatch):
     assert not ModelRunner(model, shd.make_mesh("data:2")).out_in_weights
     with pytest.raises(ValueError, match="out_in_weights needs a one-device mesh"):
         ModelRunner(model, shd.make_mesh("data:2"), out_in_weights=True)
-    monkeypatch.setattr(runner_module, "OUT_IN_MAX_BYTES", 1000)
+    monkeypatch.setattr(strategy_module, "OUT_IN_MAX_BYTES", 1000)
     assert not ModelRunner(model).out_in_weights  # the copy would be too large
+
+
+def test_decode_through_the_pallas_kernel_equals_the_xla_path():
+    """The GPU paged-attention kernel (in the Pallas interpreter) inside the runner's decode
+    loop: same tokens, same stops, same pages as the XLA path."""
+    model = random_model(tiny_config(), seed=4)
+    xla = ModelRunner(model, contiguous_decode=False, out_in_weights=False, kernel="xla")
+    pallas = ModelRunner(
+        model, contiguous_decode=False, out_in_weights=False, kernel="pallas_gpu", interpret=True
+    )
+    assert pallas.strategy.attention.kernel == "pallas_gpu"
+    free = np.full((3, 1), -1)
+    toks, _, _, _ = _run(xla, free, [100, 100, 100])
+    stop_ids = np.array([[-1], [toks[1, 3]], [-1]])
+    want_toks, want_emitted, want_pages, _ = _run(xla, stop_ids, [CHUNK + 3, 100, 100])
+    got_toks, got_emitted, got_pages, _ = _run(pallas, stop_ids, [CHUNK + 3, 100, 100])
+    np.testing.assert_array_equal(got_emitted, want_emitted)
+    np.testing.assert_array_equal(got_toks[got_emitted], want_toks[want_emitted])
+    for got, want in zip(got_pages, want_pages):  # the null page takes padding writes
+        np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
 """Host tier: a preempted request's KV pages moved to host memory and back.
 
-    swap_out: pages [n] --jitted gather (all layers, one call)--> [L, n, S, K, hd] on host
+    swap_out: pages [n] --jitted gather (all layers, one call)--> per layer [K, n, S, hd] on host
     swap_in:  host copy --transfer--> jitted scatter into newly allocated pages (donated)
 
 Two host backends, both bit-exact, and both asynchronous: `swap_out` and `swap_in` only
@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
 
 from jaxserve.kvcache.pages import NULL_PAGE, KVPages
 from jaxserve.utils import pow2
@@ -36,49 +35,45 @@ from jaxserve.utils import pow2
 
 @dataclasses.dataclass
 class HostKV:
-    k: object  # [layers, n_bucket, page_size, kv_heads, head_dim]: pinned_host array or numpy
-    v: object
+    k: tuple  # per layer [kv_heads, n_bucket, page_size, head_dim]: pinned_host or numpy
+    v: tuple
     num_pages: int  # real pages; the rest of the bucket is padding
 
     def settle(self) -> None:
         """Hold the copy as numpy arrays (numpy mode), releasing the device buffers. Waits for
         the gather: call it once the steps dispatched after the swap-out have been read."""
-        if isinstance(self.k, jax.Array) and self.k.sharding.memory_kind != "pinned_host":
-            self.k, self.v = np.asarray(self.k), np.asarray(self.v)
+        first = self.k[0]
+        if isinstance(first, jax.Array) and first.sharding.memory_kind != "pinned_host":
+            self.k, self.v = jax.device_get((self.k, self.v))
 
     @property
     def nbytes(self) -> int:
-        per_page = self.k.nbytes // self.k.shape[1]
-        return 2 * per_page * self.num_pages
+        bucket = self.k[0].shape[1]
+        return sum(x.nbytes for x in self.k + self.v) // bucket * self.num_pages
 
 
-def _gather(kv: KVPages, idx: jax.Array):
-    return (
-        kv.k.at[:, idx].get(mode="promise_in_bounds"),
-        kv.v.at[:, idx].get(mode="promise_in_bounds"),
-    )
+def _gather(kv: KVPages, idx: jax.Array) -> KVPages:
+    get = lambda x: x.at[:, idx].get(mode="promise_in_bounds")  # noqa: E731
+    return jax.tree.map(get, kv)
 
 
-def _scatter(kv: KVPages, k: jax.Array, v: jax.Array, idx: jax.Array) -> KVPages:
-    return KVPages(
-        kv.k.at[:, idx].set(k.astype(kv.k.dtype), mode="promise_in_bounds"),
-        kv.v.at[:, idx].set(v.astype(kv.v.dtype), mode="promise_in_bounds"),
-    )
+def _scatter(kv: KVPages, host: KVPages, idx: jax.Array) -> KVPages:
+    put = lambda x, h: x.at[:, idx].set(h.astype(x.dtype), mode="promise_in_bounds")  # noqa: E731
+    return jax.tree.map(put, kv, host)
 
 
 class HostTier:
-    def __init__(self, kv_sharding: NamedSharding, mode: str = "auto"):
+    def __init__(self, kv_sharding: KVPages, mode: str = "auto"):
+        """kv_sharding: the pages' shardings (a `KVPages` of `NamedSharding`s)."""
         if mode == "auto":
             mode = "numpy" if jax.default_backend() == "cpu" else "pinned_host"
         if mode not in ("numpy", "pinned_host"):
             raise ValueError(f"host tier mode must be auto, numpy or pinned_host, not {mode!r}")
         self.mode = mode
         self.device_sharding = kv_sharding
-        self.host_sharding = kv_sharding.with_memory_kind("pinned_host")
-        self._gather = jax.jit(_gather, out_shardings=(kv_sharding, kv_sharding))
-        self._scatter = jax.jit(
-            _scatter, donate_argnums=(0,), out_shardings=KVPages(kv_sharding, kv_sharding)
-        )
+        self.host_sharding = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), kv_sharding)
+        self._gather = jax.jit(_gather, out_shardings=kv_sharding)
+        self._scatter = jax.jit(_scatter, donate_argnums=(0,), out_shardings=kv_sharding)
 
     def _index(self, pages: Sequence[int]) -> np.ndarray:
         idx = np.full(pow2(len(pages)), NULL_PAGE, np.int32)
@@ -90,13 +85,13 @@ class HostTier:
         may be reused by anything dispatched afterwards."""
         if not pages:
             raise ValueError("swap_out of zero pages")
-        k, v = self._gather(kv, self._index(pages))
+        copy = self._gather(kv, self._index(pages))
         if self.mode == "numpy":
-            k.copy_to_host_async()
-            v.copy_to_host_async()
+            for x in copy.k + copy.v:
+                x.copy_to_host_async()
         else:
-            k, v = jax.device_put((k, v), self.host_sharding)
-        return HostKV(k, v, len(pages))
+            copy = jax.device_put(copy, self.host_sharding)
+        return HostKV(copy.k, copy.v, len(pages))
 
     def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
         """Dispatch the write of a host copy into `pages` (newly allocated, as many as were
@@ -104,6 +99,5 @@ class HostTier:
         if len(pages) != host.num_pages:
             raise ValueError(f"swap_in of {host.num_pages} pages into {len(pages)} pages")
         # numpy or host arrays, or a gathered copy not settled yet: one input signature
-        k = jax.device_put(host.k, self.device_sharding)
-        v = jax.device_put(host.v, self.device_sharding)
-        return self._scatter(kv, k, v, self._index(pages))
+        copy = jax.device_put(KVPages(tuple(host.k), tuple(host.v)), self.device_sharding)
+        return self._scatter(kv, copy, self._index(pages))

@@ -1,15 +1,15 @@
-"""One Flax NNX decoder for the Llama / Qwen2 / OpenELM families, with two cache layouts.
+"""One Flax NNX decoder for the Llama / Qwen2 / OpenELM families.
 
     tokens [B, T] -> embed -> L x (RMSNorm -> attention -> + -> RMSNorm -> gated MLP -> +)
                   -> RMSNorm -> logits [B, T, V]   (or [B, V] at `logits_index`)
 
-Attention runs in one of three layouts:
-  * full sequence (no `kv`): causal attention over the tokens given; training and scoring.
-  * paged (`kv`, `block_tables`, `seq_lens`): the new tokens' k, v are written into KV pages,
-    then queries attend to everything the sequence has cached (`prefix=True`) or, for a
-    prefill that starts at position 0, only to the new tokens (`prefix=False`, cheaper).
-  * contiguous (`contiguous`, `seq_lens`): one token per row, appended to a `ContiguousKV`
-    that a chunk of decode steps carries instead of the pages (small batches on CPU).
+Attention runs over the tokens given (no `kv`: causal attention; training and scoring) or
+over a cache (`kv`, `block_tables`, `seq_lens`): each layer hands its new tokens' q, k, v to
+one cached-attention callable, by default `PagedAttention` (`attention.py`), which writes
+them into the KV pages and attends over what each sequence has cached (`prefix=True`) or, for
+a prefill that starts at position 0, over the new tokens only (`prefix=False`, cheaper). A
+runner may pass another callable with the same contract (a Pallas kernel, or a CPU decode
+strategy with its own cache layout: `jaxserve.strategy`).
 
 Keys are produced in three stages so KV prediction can replace the first one:
 `k_raw` (projection, before k-norm and RoPE) -> k-norm (OpenELM) -> RoPE at absolute positions.
@@ -18,7 +18,6 @@ Padding is on the right: a token is valid when its position is < `seq_lens` of i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -26,19 +25,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.config import ModelConfig, rope_inv_freq
-from jaxserve.kvcache.pages import (
-    ContiguousKV,
-    KVPages,
-    gather_layer,
-    token_slots,
-    write_contiguous_layer,
-    write_layer,
-)
+from jaxserve.kvcache.pages import KVPages
+from jaxserve.models.attention import PagedAttention, attend
 
 _INIT = nnx.initializers.normal(0.02)
-# One-query decode batches of at least this many rows attend by multiply-and-reduce over the
-# pages; smaller ones by matrix products (and on a `ContiguousKV`, where the runner uses one).
-SMALL_DECODE_BATCH = 4
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, dtype, init=_INIT) -> nnx.Param:
@@ -54,7 +44,7 @@ def dense(x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
     """x [..., *in] times a projection weight: [..., *out].
 
     The weight is stored [*in, *out] (its `linear_in` metadata counts the input dims) or, after
-    `out_in_layout`, as one [prod(out), prod(in)] matrix.
+    `jaxserve.strategy.out_in_layout`, as one [prod(out), prod(in)] matrix.
     """
     meta = w.get_metadata()
     value = w[...].astype(dtype)
@@ -64,31 +54,6 @@ def dense(x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
     lead = x.shape[: x.ndim - len(in_shape)]
     y = jnp.einsum("OI,...I->...O", value, x.reshape(*lead, -1))
     return y.reshape(*lead, *out_shape)
-
-
-def out_in_layout(state: nnx.State) -> nnx.State:
-    """The state with every projection weight (`_weight`) stored as one [out, in] matrix.
-
-    XLA:CPU runs a matrix-vector product (decode of one row) faster in this orientation, the
-    rows of `W @ x`, than as `x @ W` over a row-major [in, out] matrix, and products of
-    several rows slower (see `ModelRunner`). `dense` reads either layout; the variables are
-    new, so the state passed in is left as it was.
-    """
-
-    def one(var):
-        meta = var.get_metadata()
-        n = meta.get("linear_in")
-        if n is None or "out_in" in meta:
-            return var
-        w = var[...]
-        in_shape, out_shape = tuple(w.shape[:n]), tuple(w.shape[n:])
-        matrix = jnp.reshape(w, (math.prod(in_shape), math.prod(out_shape))).T
-        axes = meta.get("axes")
-        # merged dims keep the name of their outermost axis (heads, not head_dim)
-        axes = (axes[n], axes[0]) if axes else None
-        return var.replace(matrix, axes=axes, out_in=(in_shape, out_shape))
-
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 class RMSNorm(nnx.Module):
@@ -110,58 +75,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention.
-
-    q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K; mask: [B, T, S] (True = attend).
-    Returns [B, T, H, D].
-    """
-    b, t, h, d = q.shape
-    kh = k.shape[2]
-    q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
-    if t == 1 and b >= SMALL_DECODE_BATCH:
-        # one query per row (batched decode): multiply-and-reduce fuses into one pass over
-        # the cache, where XLA:CPU runs the einsum as B*K tiny matrix products (at batch 16
-        # of the small preset: 5.2 against 6.1 ms a step; at batch 1 the einsum is faster)
-        qs = q[:, 0, :, :, None, :].astype(jnp.float32)  # [B, K, G, 1, D]
-        kt = k.astype(jnp.float32).transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, S, D]
-        scores = jnp.sum(qs * kt, axis=-1)[:, :, :, None, :] * (d**-0.5)  # [B, K, G, 1, S]
-        scores = jnp.where(mask[:, None, None], scores, -1e30)
-        probs = jax.nn.softmax(scores, axis=-1)[:, :, :, 0, :, None]  # [B, K, G, S, 1]
-        vt = v.astype(jnp.float32).transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, S, D]
-        return jnp.sum(probs * vt, axis=3).reshape(b, 1, h, d).astype(v.dtype)
-    scores = jnp.einsum("BTKGD,BSKD->BKGTS", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BSKD->BTKGD", probs, v)
-    return out.reshape(b, t, h, d)
-
-
-def attend_contiguous(
-    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, bias: jax.Array
-) -> jax.Array:
-    """Attention of one query per row over a `ContiguousKV` layer.
-
-    q: [B, 1, H, D]; k_cache: [B * K, C, D]; v_cache: [B * K, D, C]; bias: [B, C], 0 where a
-    position is attended and -1e30 where not. Returns [B, 1, H, D].
-    Both products keep the cache as the left operand and the heads of a group as the small
-    right one (XLA:CPU runs that shape several times faster than the transposed one), and the
-    softmax is normalised after the value product, on H x D numbers instead of H x C.
-    """
-    b, _, h, d = q.shape
-    kh = k_cache.shape[0] // b
-    qg = (q[:, 0] * d**-0.5).reshape(b * kh, h // kh, d)  # [B*K, G, D]
-    scores = jnp.einsum("NCD,NGD->NCG", k_cache, qg, preferred_element_type=jnp.float32)
-    scores = scores + jnp.repeat(bias, kh, axis=0)[:, :, None]
-    weights = jnp.exp(scores - jnp.max(scores, axis=1, keepdims=True))  # [B*K, C, G]
-    out = jnp.einsum(
-        "NDC,NCG->NDG", v_cache, weights.astype(v_cache.dtype), preferred_element_type=jnp.float32
-    )
-    out = out / jnp.sum(weights, axis=1)[:, None, :]
-    return out.transpose(0, 2, 1).reshape(b, 1, h, d).astype(q.dtype)
 
 
 class Attention(nnx.Module):
@@ -266,41 +179,26 @@ class Decoder(nnx.Module):
         logits_index: jax.Array | None = None,
         kv_inputs: Sequence[tuple[jax.Array, jax.Array]] | None = None,
         return_kv: bool = False,
-        contiguous: ContiguousKV | None = None,
+        attention=None,
     ):
         """Forward pass.
 
         tokens, positions: [B, T] int32. Without `kv`: full-sequence causal attention.
-        With `kv`: pages [L, P, S, K, hd], block_tables [B, max_pages], seq_lens [B] (the
-        length of each sequence including these tokens); returns `(logits, kv)`.
+        With `kv`: the cache (`KVPages`), block_tables [B, max_pages], seq_lens [B] (the length
+        of each sequence including these tokens); returns `(logits, kv)`.
         logits_index: [B] index into T; when given, logits are [B, V] for those tokens only.
         kv_inputs: per layer (k_raw, v) of shape [B, T, K_l, hd] used instead of the model's
         own projections (KV prediction feeds its predicted cache here).
         return_kv: also return the per-layer (k_raw, v) this pass produced or consumed.
-        contiguous: instead of `kv`, a `ContiguousKV` of these rows (T must be 1, `seq_lens`
-        given); the token is written at `positions` and `(logits, contiguous)` returned.
+        attention: the cached attention, called per layer as
+        `attention(layer, q, k, v, kv, block_tables, positions, seq_lens, prefix) -> (y, kv)`;
+        default `PagedAttention()` (XLA). Another one may carry another cache as `kv`.
         """
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
+        attention = attention or PagedAttention()
         x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
-        if kv is not None:
-            valid = positions < seq_lens[:, None]  # [B, T]
-            page, slot = token_slots(block_tables, positions, valid, kv.page_size)
-            if prefix:
-                ctx = block_tables.shape[1] * kv.page_size
-                k_pos = jnp.arange(ctx, dtype=positions.dtype)[None, :]
-                ctx_mask = (k_pos[:, None, :] <= positions[:, :, None]) & (
-                    k_pos[:, None, :] < seq_lens[:, None, None]
-                )  # [B, T, ctx]
-        local_mask = positions[:, None, :] <= positions[:, :, None]  # [B, T, T] causal
-        if kv is not None:
-            local_mask = local_mask & valid[:, None, :]
-        if contiguous is not None:
-            if tokens.shape[1] != 1 or kv is not None:
-                raise ValueError("a ContiguousKV takes one token per row and no pages")
-            new_k, new_v = list(contiguous.k), list(contiguous.v)
-            k_pos = jnp.arange(new_k[0].shape[1], dtype=positions.dtype)[None, :]
-            seen = (k_pos <= positions) & (k_pos < seq_lens[:, None])  # [B, C]
-            bias = jnp.where(seen, 0.0, -1e30).astype(jnp.float32)
+        if kv is None:
+            causal = positions[:, None, :] <= positions[:, :, None]  # [B, T, T]
         kv_out = []
         for i, layer in enumerate(self.layers):
             attn = layer.attn
@@ -311,27 +209,15 @@ class Decoder(nnx.Module):
                 kv_out.append((k_raw, v))
             k = attn.finish_keys(k_raw.astype(self.dtype), positions, inv_freq)
             v = v.astype(self.dtype)
-            if contiguous is not None:
-                new_k[i], new_v[i] = write_contiguous_layer(
-                    new_k[i], new_v[i], positions[:, 0], k, v
-                )
-                y = attend_contiguous(q, new_k[i], new_v[i], bias)
-            elif kv is None:
-                y = attend(q, k, v, local_mask)
+            if kv is None:
+                y = attend(q, k, v, causal)
             else:
-                kv = write_layer(kv, i, page, slot, k, v)
-                if prefix:
-                    kc, vc = gather_layer(kv, i, block_tables, attn.num_kv_heads)
-                    y = attend(q, kc.astype(self.dtype), vc.astype(self.dtype), ctx_mask)
-                else:
-                    y = attend(q, k, v, local_mask)
+                y, kv = attention(i, q, k, v, kv, block_tables, positions, seq_lens, prefix)
             x = x + attn.out(y)
             x = x + layer.mlp(layer.mlp_norm(x))
         if logits_index is not None:
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
         logits = self.logits(x)
-        if contiguous is not None:
-            return logits, ContiguousKV(tuple(new_k), tuple(new_v))
         out = (logits,) if kv is None else (logits, kv)
         if return_kv:
             out = out + (kv_out,)

@@ -1,0 +1,200 @@
+"""The engine's batches on the device: prefill arrays, and the resident decode slots.
+
+    DeviceBatch(runner, sched_config, max_stop_ids)
+      .prefill(kv, reqs, seqs, params, keys)   -> kv, first tokens [B]
+      .decode(kv, reqs, steps, ...)            -> kv, [2, b, steps] (tokens, emitted)
+      .release(request_id)                     the request's slot is free again
+      .warmup(kv, host, max_prompt, max_context, steps)
+
+A request takes a slot of the device-resident `SlotState` (`jaxserve.batch`) when it first
+decodes and keeps it while its KV is resident. Each decode call first sends what changed
+since the last one (rows inserted, pages grown, the set of slots to decode) as one packed
+`SlotUpdates` transfer, nothing when nothing changed; a prompt's first token goes from the
+last prefill's output into its slot on the device. Shapes are bucketed to powers of two
+(batch at least the mesh's data axis), so `warmup` can compile every one a run can hit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from jaxserve.batch import PrefillBatch, SlotUpdates
+from jaxserve.kvcache.host import HostTier
+from jaxserve.kvcache.pages import KVPages
+from jaxserve.runner import ModelRunner
+from jaxserve.sampling import SamplingParams, sampling_arrays
+from jaxserve.sched import Request, SchedulerConfig
+from jaxserve.sched.request import pages_for
+from jaxserve.utils import pow2, pow2_range
+
+
+class DeviceBatch:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        sched_config: SchedulerConfig,
+        max_stop_ids: int,
+        max_steps: int = 1,
+    ):
+        """max_steps: the most decode steps of one call (every count up to it shares one
+        program: `ModelRunner.decode_slots`)."""
+        self.runner = runner
+        self.max_steps = max_steps
+        self.page_size = sched_config.page_size
+        # batch buckets: powers of two, at least the data axis (rows are split over it)
+        self.min_rows = runner.data_size
+        self.max_rows = pow2(sched_config.max_batch, self.min_rows)
+        self.max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
+        self.num_stop = max_stop_ids
+        num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
+        self._slots = runner.new_slots(num_slots, self.max_rows, self.max_pages, self.num_stop)
+        self._updates = SlotUpdates(num_slots, self.max_rows, self.max_pages, self.num_stop)
+        self._free = list(range(num_slots - 1, -1, -1))  # pop() gives the lowest
+        self._slot: dict[str, int] = {}  # request -> its slot
+        self._slot_pages: dict[str, tuple[int, ...]] = {}  # pages the slot's record holds
+        self._rows: list[int] = []  # slots the device decodes (as last sent)
+        self._no_prefill = jax.device_put(np.zeros(1, np.int32))
+        # the last dispatch's prefill output, and the row of each request in it
+        self._last_prefill: tuple[jax.Array, dict[str, int]] = (self._no_prefill, {})
+
+    def prefill(
+        self,
+        kv: KVPages,
+        reqs: Sequence[Request],
+        seqs: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        keys: Sequence[np.ndarray],
+    ) -> tuple[KVPages, jax.Array]:
+        """Prefill (or recompute) `seqs`, the requests' known tokens, into their pages;
+        returns the pages and each row's next token [B]."""
+        b = pow2(len(reqs), self.min_rows)
+        t = pow2(max(len(s) for s in seqs), 16)
+        tokens = np.zeros((b, t), np.int32)
+        lengths = np.zeros(b, np.int32)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = s
+            lengths[i] = len(s)
+        bt = np.zeros((b, math.ceil(t / self.page_size)), np.int32)
+        for i, r in enumerate(reqs):
+            pages = r.pages[: bt.shape[1]]
+            bt[i, : len(pages)] = pages
+        samp = sampling_arrays(list(params), list(keys), b)
+        batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
+        return self.runner.prefill(kv, batch)
+
+    def dispatched(self, prefill_out: jax.Array | None, reqs: Sequence[Request]) -> None:
+        """Record this dispatch's prefill: the next decode's inserts may read its tokens."""
+        if prefill_out is None:
+            self._last_prefill = (self._no_prefill, {})
+        else:
+            self._last_prefill = (prefill_out, {r.id: i for i, r in enumerate(reqs)})
+
+    def decode(
+        self,
+        kv: KVPages,
+        reqs: Sequence[Request],
+        steps: int,
+        tokens: dict[str, list[int]],
+        params: dict[str, SamplingParams],
+        keys: dict[str, np.ndarray],
+        stop_at: dict[str, int],
+    ) -> tuple[KVPages, jax.Array]:
+        """Bring the slots up to date (one packed transfer if anything changed), then decode
+        `steps` tokens for `reqs`; returns the pages and [2, b, steps] (tokens, emitted).
+        tokens: each request's tokens read so far; stop_at: emulated stops (trace replay)."""
+        prefill_out, prefill_row = self._last_prefill
+        for r in reqs:
+            pages = tuple(r.pages)
+            slot = self._slot.get(r.id)
+            if slot is None:
+                slot = self._slot[r.id] = self._free.pop()
+                self._slot_pages[r.id] = pages
+                seq = tokens[r.id]
+                known = len(seq) == r.context_len
+                if not known and r.id not in prefill_row:
+                    raise AssertionError(f"{r.id}: last token neither read nor in the last prefill")
+                p = params[r.id]
+                remaining = min(r.max_new_tokens, stop_at.get(r.id, r.max_new_tokens))
+                self._updates.insert(
+                    slot,
+                    pages,
+                    r.context_len - 1,
+                    remaining - r.num_generated,
+                    keys[r.id],
+                    p,
+                    p.stop_token_ids,
+                    token=seq[-1] if known else None,
+                    prefill_row=None if known else prefill_row[r.id],
+                )
+            elif pages != self._slot_pages[r.id]:
+                self._slot_pages[r.id] = pages
+                self._updates.grow(slot, pages)
+        rows = [self._slot[r.id] for r in reqs]
+        if len(self._updates) or rows != self._rows:
+            packed = self._updates.pack(rows)
+            self._slots = self.runner.update_slots(self._slots, packed, prefill_out)
+            self._rows = rows
+        b = pow2(len(rows), self.min_rows)
+        reach = max(r.context_len + steps - 1 for r in reqs)
+        width = pow2(pages_for(reach, self.page_size))
+        kv, self._slots, out = self.runner.decode_slots(
+            kv, self._slots, b, width, steps, self.max_steps
+        )
+        return kv, out
+
+    @property
+    def resident(self) -> dict[str, int]:
+        """Request -> slot, for every request holding a slot."""
+        return dict(self._slot)
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free)
+
+    def release(self, request_id: str) -> None:
+        slot = self._slot.pop(request_id, None)
+        if slot is not None:
+            self._slot_pages.pop(request_id)
+            self._free.append(slot)
+            self._free.sort(reverse=True)
+
+    def warmup(
+        self,
+        kv: KVPages,
+        host: HostTier,
+        max_prompt: int,
+        max_context: int,
+    ) -> KVPages:
+        """Compile every prefill, slot-update, decode and swap bucket a run up to these
+        lengths can hit; returns the pages."""
+        ps, runner = self.page_size, self.runner
+        batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
+        prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
+        widths = pow2_range(math.ceil(max_context / ps))
+        prefill_outs = [self._no_prefill]
+        for b in batches:
+            samp = sampling_arrays([], [], b)
+            for t in prompt_lens:
+                bt = np.zeros((b, math.ceil(t / ps)), np.int32)
+                tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
+                batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
+                kv, first = runner.prefill(kv, batch)
+            prefill_outs.append(first)
+        slots = self._slots
+        for u in [0] + pow2_range(self.max_rows):  # the updates of up to max_batch rows
+            for first in prefill_outs:
+                packed = self._updates.pack([], min_records=u)
+                slots = runner.update_slots(slots, packed, first)
+        for b in batches:
+            for w in widths:
+                for k in sorted({1, self.max_steps}):  # one step, and every longer chunk
+                    kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
+        for w in widths:  # swaps move one request's pages: up to a full block table
+            kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
+        kv.block_until_ready()
+        self._slots = slots
+        return kv
