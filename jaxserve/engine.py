@@ -134,6 +134,7 @@ class Engine:
         self._step_time = 0.0  # running estimate of one decode step, seconds
         self.next_arrival: float | None = None  # engine clock; multi-step stays before it
         self.timelines: dict[str, Timeline] = {}
+        self._release_after_read: set[str] = set()  # released while tokens were in flight
         self.iterations = 0
         self.decode_calls = 0  # decode device calls (an iteration may run several steps)
         self.busy_time = 0.0  # seconds between reads of consecutive steps
@@ -216,6 +217,27 @@ class Engine:
         if tl.finish_time is None:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
 
+    def release(self, request_id: str) -> None:
+        """Forget an ended request (its timeline, tokens and scheduler record), so a
+        long-running server does not grow without end. Read what you need of it first. A
+        request with tokens still in flight is forgotten once they are read."""
+        tl = self._timeline(request_id)
+        if tl.finish_time is None:
+            raise ValueError(f"release of request {request_id!r}, which has not ended")
+        flight = self._inflight
+        if flight is not None and any(r.id == request_id for r in flight.plan.batch):
+            self._release_after_read.add(request_id)
+            return
+        self._forget(request_id)
+
+    def _forget(self, rid: str) -> None:
+        self._release_after_read.discard(rid)
+        self.scheduler.forget(rid)
+        self.device.release(rid)
+        for table in (self.timelines, self._tokens, self._params, self._keys, self._stop_at):
+            table.pop(rid, None)
+        self._host_kv.pop(rid, None)
+
     def output(self, request_id: str) -> list[int]:
         return self._timeline(request_id).output_ids
 
@@ -261,6 +283,9 @@ class Engine:
         if previous is not None:
             events += self._read(previous)
         self._inflight = current
+        for rid in list(self._release_after_read):
+            if current is None or all(r.id != rid for r in current.plan.batch):
+                self._forget(rid)
         return events
 
     def _swaps(self, plan: Plan, now: float, events: list[Event]) -> list[HostKV]:

@@ -15,6 +15,9 @@ class Event:
     time: float  # engine clock, seconds
     token: int | None = None  # for "token"
     detail: str | None = None  # finish reason ("stop", "length", "cancelled") or preemption kind
+    # the request's `Timeline`, attached to a terminal event by whoever then releases it from
+    # the engine (`Engine.release`), so readers of the event still have it
+    record: Timeline | None = None
 
 
 @dataclasses.dataclass

@@ -240,6 +240,34 @@ def test_cancel_with_tokens_in_flight(model, runner):
     assert engine.scheduler.allocator.num_free == 60 - 1 and not engine.device.resident
 
 
+def test_release_forgets_ended_requests_and_waits_for_tokens_in_flight(model, runner):
+    prompts, _ = _workload(3, seed=6)
+    engine = Engine(model, "fcfs", _config(60), runner=runner, decode_steps=4)
+    for i, p in enumerate(prompts):
+        engine.submit(p, SamplingParams(max_new_tokens=12, seed=i), request_id=f"r{i}")
+    for _ in range(3):
+        engine.step()
+    with pytest.raises(ValueError, match="has not ended"):
+        engine.release("r0")
+    engine.cancel("r1")  # its step is in flight: forgotten only once that step is read
+    assert "r1" in {r.id for r in engine._inflight.plan.batch}
+    engine.release("r1")
+    assert "r1" in engine.timelines
+    engine.run_until_done(max_iterations=100)
+    assert "r1" not in engine.timelines and "r1" not in engine.scheduler.requests
+    for rid in ("r0", "r2"):
+        assert len(engine.output(rid)) == 12
+        engine.release(rid)
+    assert not engine.timelines and not engine.scheduler.requests and not engine.device.resident
+    assert engine.scheduler.allocator.num_free == 60 - 1
+    with pytest.raises(UnknownRequestError):
+        engine.release("r0")
+    # the id can be used again
+    engine.submit(prompts[0], SamplingParams(max_new_tokens=3), request_id="r0")
+    engine.run_until_done(max_iterations=50)
+    assert len(engine.output("r0")) == 3
+
+
 def test_no_recompilation_once_buckets_are_warm(model, runner):
     prompts, lens = _workload(seed=3)
     Engine(model, "fcfs", _config(24), runner=runner).warmup(20, 50)

@@ -185,6 +185,15 @@ class Scheduler:
         self._finish(r, now, "cancelled")
         return True
 
+    def forget(self, request_id: str) -> None:
+        """Drop the record of an ended request (FINISHED or REJECTED and reported)."""
+        r = self.requests.get(request_id)
+        if r is None:
+            return
+        if r.live or r in self._rejected:
+            raise ValueError(f"request {request_id!r} has not ended")
+        del self.requests[request_id]
+
     @property
     def done(self) -> bool:
         """Nothing left: every request is FINISHED or REJECTED, and every rejection has been

@@ -207,8 +207,9 @@ class Api:
         p = len(handle.request.prompt_ids)
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
-    def _details(self, handle: Handle) -> dict[str, Any]:
-        tl = self.loop.engine.timelines[handle.id]
+    def _details(self, terminal: Event) -> dict[str, Any]:
+        """The request's record, from its terminal event (the engine has released it)."""
+        tl = terminal.record or self.loop.engine.timelines[terminal.request_id]
         off = self.loop.clock_offset
         return {
             "clock": "perf_counter",
@@ -253,7 +254,7 @@ class Api:
         out["choices"] = [choice]
         out["usage"] = self._usage(handle, n)
         if handle.request.return_details:
-            out["details"] = self._details(handle)
+            out["details"] = self._details(events[-1])
         return out
 
     def _chunk(self, handle: Handle, delta: str, reason: str | None, first: bool) -> bytes:
@@ -304,7 +305,7 @@ class Api:
                 if handle.request.include_usage:
                     tail["usage"] = self._usage(handle, n)
                 if handle.request.return_details:
-                    tail["details"] = self._details(handle)
+                    tail["details"] = self._details(e)
                 yield _sse(tail)
             yield b"data: [DONE]\n\n"
         finally:

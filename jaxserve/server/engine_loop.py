@@ -159,6 +159,10 @@ class EngineLoop:
                     if e.kind in ("finish", "reject"):
                         self._live.discard(e.request_id)
                 self.metrics.observe(engine, out, stepped)
+                for e in out:  # the record travels with its terminal event from now on
+                    if e.kind in ("finish", "reject") and e.request_id in engine.timelines:
+                        e.record = engine.timelines[e.request_id]
+                        engine.release(e.request_id)
                 self._post(out)
                 # hand the GIL to the event loop, which has this step's tokens to send;
                 # otherwise it may wait a whole switch interval (5 ms) behind the next step
