@@ -36,13 +36,16 @@ def _inputs(lengths, width, seed=0):
 
 @pytest.mark.parametrize(
     "lengths, width",
-    [([9], 4), ([1, 16, 7], 4), ([5, 12, 3, 8, 16], 3)],  # batch 1, a small and a large batch
+    # batch 1, a small batch, and a large one whose 3-page tables the kernel pads to 4
+    [([9], 4), ([1, 16, 7], 4), ([5, 12, 3, 8, 11], 3)],
     ids=["b1", "b3", "b5"],
 )
 def test_pallas_gpu_kernel_equals_xla_path(lengths, width):
     args = _inputs(lengths, width)
     want, want_kv = jax.jit(PagedAttention("xla"), static_argnums=0)(0, *args)
     kernel = PagedAttention("pallas_gpu", interpret=True)
+    q, _, _, pages, bt, _, lens = args
+    assert kernel._kernel(q[:, 0], pages.k[0], pages.v[0], bt, lens) is not None  # no fallback
     got, got_kv = jax.jit(kernel, static_argnums=0)(0, *args)
     assert got.shape == want.shape == (len(lengths), 1, HEADS, DIM)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

@@ -137,10 +137,21 @@ def test_out_in_copy_defaults(monkeypatch):
     assert not ModelRunner(model).out_in_weights  # the copy would be too large
 
 
-def test_decode_through_the_pallas_kernel_equals_the_xla_path():
+def test_decode_through_the_pallas_kernel_equals_the_xla_path(monkeypatch):
     """The GPU paged-attention kernel (in the Pallas interpreter) inside the runner's decode
     loop: same tokens, same stops, same pages as the XLA path."""
-    model = random_model(tiny_config(), seed=4)
+    from jaxserve.models.attention import PagedAttention
+
+    kernel_calls = []
+    real = PagedAttention._kernel
+
+    def counted(self, *args):
+        out = real(self, *args)
+        kernel_calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(PagedAttention, "_kernel", counted)
+    model = random_model(tiny_config(head_dim=16), seed=4)
     xla = ModelRunner(model, contiguous_decode=False, out_in_weights=False, kernel="xla")
     pallas = ModelRunner(
         model, contiguous_decode=False, out_in_weights=False, kernel="pallas_gpu", interpret=True
@@ -151,6 +162,7 @@ def test_decode_through_the_pallas_kernel_equals_the_xla_path():
     stop_ids = np.array([[-1], [toks[1, 3]], [-1]])
     want_toks, want_emitted, want_pages, _ = _run(xla, stop_ids, [CHUNK + 3, 100, 100])
     got_toks, got_emitted, got_pages, _ = _run(pallas, stop_ids, [CHUNK + 3, 100, 100])
+    assert kernel_calls and all(kernel_calls)  # traced through the kernel, no fallback
     np.testing.assert_array_equal(got_emitted, want_emitted)
     np.testing.assert_array_equal(got_toks[got_emitted], want_toks[want_emitted])
     for got, want in zip(got_pages, want_pages):  # the null page takes padding writes

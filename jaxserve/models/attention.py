@@ -19,7 +19,6 @@ A runner picks the kernel once (`jaxserve.strategy.DecodeStrategy`); the model j
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -71,6 +70,10 @@ def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,KBSD->BTKGD", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _splits(pages: int, most: int) -> int:
@@ -134,8 +137,16 @@ class PagedAttention:
         if self.kernel == "pallas_gpu":
             from jax.experimental.pallas.ops.gpu import paged_attention as gpu
 
-            k_splits = _splits(pages, 16)
-            per_block = math.gcd(pages // k_splits, 8)
+            # Triton's dot needs blocks of >= 16 keys: whole pages per compute block, the
+            # block tables padded with the null page (masked by `lengths`) to whole blocks
+            page_size = k_pages.shape[2]
+            per_block = max(min(_pow2_ceil(pages), 8), _pow2_ceil(-(-16 // page_size)))
+            if k_pages.shape[-1] % 16:
+                return None
+            padded = -(-pages // per_block) * per_block
+            if padded != pages:
+                block_tables = jnp.pad(block_tables, ((0, 0), (0, padded - pages)))
+            k_splits = _splits(padded // per_block, 16)
             y = gpu.paged_attention(
                 q,
                 k_pages,
