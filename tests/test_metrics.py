@@ -103,14 +103,22 @@ def test_summary_by_hand():
             "num_finished": 2,
             "mean_jct": 2.75,
             "mean_ttft": 2.0,
+            "p99_ttft": 2.98,  # TTFTs 1.0, 3.0: 1.0 + 0.99 * 2
             "service_tokens": 10,
+            "service": 10.0,
+            "weighted_service": 10.0,
+            "weight": 1.0,
         },
         "b": {
             "num_requests": 2,
             "num_finished": 1,
             "mean_jct": 2.5,
             "mean_ttft": 1.0,
+            "p99_ttft": 1.0,
             "service_tokens": 7,
+            "service": 7.0,
+            "weighted_service": 7.0,
+            "weight": 1.0,
         },
     }
     json.dumps(s)  # a summary is plain JSON
