@@ -549,7 +549,7 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_o
 HEADER = (
     f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
     f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'rejected':>8} "
-    f"{'compiles':>8} {'Jain':>5}"
+    f"{'compiles':>8}"
 )
 
 
@@ -564,6 +564,5 @@ def _row(name: str, rate: float, s: dict) -> str:
         f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
         f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
         f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
-        f"{s['compiles_during_run']:8d} "
-        + (f"{s['jain_fairness']:5.3f}" if s.get("jain_fairness") is not None else f"{'-':>5}")
+        f"{s['compiles_during_run']:8d}"
     )
