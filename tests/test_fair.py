@@ -132,8 +132,8 @@ def test_fair_priority_reranks_every_n_iterations_and_preempts_what_falls_out():
 
 
 def test_fair_priority_swaps_out_what_falls_out_when_pages_run_short():
-    """4 usable pages of 4 tokens; a1 and b1 (prompts of 8, up to 8 new tokens) at t=0; batch 1, re-rank every 2;
-    input and output 1 a token.
+    """4 usable pages of 4 tokens; a1 and b1 (prompts of 8, up to 8 new tokens) at t=0;
+    batch 1, re-rank every 2; input and output 1 a token.
 
         iter 0: prefill=[a1] (2 pages)            a: 9
         iter 1: decode=[a1] (grows to 3 pages)    a: 10
