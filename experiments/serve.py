@@ -5,10 +5,13 @@
     python -m experiments.serve --checkpoint=DIR --workload=trace.jsonl --rates=1,2,4 --out=runs/x
     python -m experiments.serve --checkpoint=runs/lm_tiny/final \
         --prefill=kv_prediction:runs/kvp_c/final
+    python -m experiments.serve --schedulers=vllm,vtc,fair_priority --workload=multiturn_synth \
+        --rate=1 --num_requests=48 --out=runs/fair     # clients, weights, conversations
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from absl import app, flags
@@ -64,6 +67,24 @@ _PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period,
 _STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
 _RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "Swapped jobs to prefetch ahead of running.")
+_INPUT_COST = flags.DEFINE_float(
+    "input_cost", 1.0, "vtc / fair_priority and service metrics: charge per prompt token."
+)
+_OUTPUT_COST = flags.DEFINE_float(
+    "output_cost", 2.0, "vtc / fair_priority and service metrics: charge per generated token."
+)
+_RERANK = flags.DEFINE_integer(
+    "rerank_every",
+    8,
+    "fair_priority: iterations between re-rankings by client service.",
+    lower_bound=1,
+)
+_CLOSED_LOOP = flags.DEFINE_bool(
+    "closed_loop",
+    True,
+    "Release a conversation's next turn when the previous one ended plus the think time "
+    "(else every turn at its trace arrival).",
+)
 _SLO_TTFT = flags.DEFINE_float("slo_ttft", None, "TTFT target, s.")
 _SLO_TBT = flags.DEFINE_float("slo_tbt", None, "TBT target, s.")
 _PROFILE = flags.DEFINE_string("profile", None, "Load a saved profile.json instead of profiling.")
@@ -105,6 +126,10 @@ _ALL = (
     _STARVE,
     _RESERVE,
     _PREFETCH,
+    _INPUT_COST,
+    _OUTPUT_COST,
+    _RERANK,
+    _CLOSED_LOOP,
     _SLO_TTFT,
     _SLO_TBT,
     _PROFILE,
@@ -175,6 +200,11 @@ def check_engine_flags() -> None:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
         raise app.UsageError(f"--profile: {_PROFILE.value!r} does not exist")
+    for flag in (_INPUT_COST, _OUTPUT_COST):
+        if not (math.isfinite(flag.value) and flag.value >= 0):
+            raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
+    if _INPUT_COST.value == 0 and _OUTPUT_COST.value == 0:
+        raise app.UsageError("--input_cost and --output_cost cannot both be 0")
     try:
         serve.parse_prefill(_PREFILL.value)
     except ValueError as e:
@@ -212,6 +242,10 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         decode_steps=_DECODE_STEPS.value,
         slo_tbt=_SLO_TBT.value,
         prefill=_PREFILL.value,
+        input_cost=_INPUT_COST.value,
+        output_cost=_OUTPUT_COST.value,
+        rerank_every=_RERANK.value,
+        closed_loop=_CLOSED_LOOP.value,
     )
 
 

@@ -15,6 +15,7 @@ shows in the table's rejected column, with a line per reason, and in results.jso
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import os
 import time
@@ -98,6 +99,10 @@ class ServeSettings:
     slo_ttft: float | None = None
     slo_tbt: float | None = None
     prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
+    input_cost: float = 1.0  # fair policies and service metrics: charge per prompt token
+    output_cost: float = 2.0  # ... and per generated token
+    rerank_every: int = 8  # fair_priority: iterations between re-rankings
+    closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
 
 
 def parse_prefill(spec: str) -> str | None:
@@ -112,7 +117,13 @@ def parse_prefill(spec: str) -> str | None:
     return path
 
 
-def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_bytes: int):
+def scheduler_config(
+    s: ServeSettings,
+    prof: Profile,
+    max_seq_len: int,
+    kv_page_bytes: int,
+    client_weights: dict[str, float] | None = None,
+):
     q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
     return SchedulerConfig(
         max_batch=s.max_batch,
@@ -132,6 +143,10 @@ def scheduler_config(s: ServeSettings, prof: Profile, max_seq_len: int, kv_page_
         reserve_pages=s.reserve_pages,
         prefetch=s.prefetch,
         prefill_table=list(prof.prefill),
+        input_cost=s.input_cost,
+        output_cost=s.output_cost,
+        client_weights=client_weights or None,
+        rerank_every=s.rerank_every,
     )
 
 
@@ -159,6 +174,7 @@ class PreparedTrace:
     prompts: dict[str, list[int]]  # request id -> prompt token ids
     caps: dict[str, int]  # request id -> max_new_tokens it is replayed with
     never_runs: dict[str, str]  # request id -> why the scheduler will reject it
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)  # client -> weight
 
 
 def never_runs_reason(
@@ -214,7 +230,8 @@ def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
             )
             if why is not None:
                 never[r.id] = why
-        out.append(PreparedTrace(rate, trace, prompts, caps, never))
+        weights = workload.client_weights(trace)
+        out.append(PreparedTrace(rate, trace, prompts, caps, never, weights))
     return out
 
 
@@ -295,13 +312,13 @@ def run_serve(
     labels = [name + suffix for name in s.schedulers for suffix, _, _ in variants]
     sweep: dict[str, list] = {label: [] for label in labels}
     for t in traces:
-        rate, trace, prompts = t.rate, t.requests, t.prompts
+        rate, trace = t.rate, t.requests
         reach = warmup_lengths(t, config.max_seq_len)
         by_sched = {}
         for name in s.schedulers:
             for tag, run_runner, run_prof in variants:
                 label = name + tag
-                sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes)
+                sc = scheduler_config(s, run_prof, config.max_seq_len, page_bytes, t.weights)
                 engine = Engine(
                     model,
                     name,
@@ -315,15 +332,17 @@ def run_serve(
                 warm = engine.warmup(*reach) if reach is not None else 0
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
-                engine.replay(
-                    [
-                        (r.arrival, _submitter(engine, r, prompts[r.id], s.max_output_len))
-                        for r in trace
-                    ]
-                )
+                replay_trace(engine, t, s.max_output_len, closed_loop=s.closed_loop)
                 wall = time.perf_counter() - start
                 records = [to_record(engine.timelines[r.id]) for r in trace]
-                summary = metrics.summarize(records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
+                summary = metrics.summarize(
+                    records,
+                    slo_ttft=s.slo_ttft,
+                    slo_tbt=s.slo_tbt,
+                    client_weights=t.weights,
+                    input_cost=s.input_cost,
+                    output_cost=s.output_cost,
+                )
                 compiles = CompileCounter.count() - compiles_before
                 summary.update(
                     wall_seconds=wall,
@@ -345,7 +364,7 @@ def run_serve(
                     }
                 )
                 print(_row(label, rate, summary), flush=True)
-                for line in rejection_lines(summary):
+                for line in rejection_lines(summary) + detail_lines(summary):
                     print(line, flush=True)
         suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
         plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
@@ -409,6 +428,97 @@ def ttft_comparison(runs: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def detail_lines(summary: dict) -> list[str]:
+    """Under a table row: tail latencies, stalls and bytes moved; with several clients, each
+    client's service and TTFT, Jain's index and the largest service gap."""
+    s, pad = summary, f"{'':>18}"
+
+    def f(key: str) -> str:
+        return _s(s.get(key))
+
+    lines = [
+        f"{pad} TTFT p95/p99/p99.9 {f('p95_ttft')}/{f('p99_ttft')}/{f('p99.9_ttft')} s, "
+        f"TBT {f('p95_tbt')}/{f('p99_tbt')}/{f('p99.9_tbt')} s, stall {f('mean_stall_time')} "
+        f"s/request ({_pct(s.get('p99_stall_share'))} of p99 JCT), "
+        f"{s['total_swapped_bytes'] / 1e6:.2f} MB device<->host"
+    ]
+    clients = s.get("clients", {})
+    if len(clients) > 1:
+        gap = s["max_service_gap"]
+        between = " vs ".join(gap["clients"]) if gap["clients"] else "-"
+        lines.append(
+            f"{pad} Jain {s['jain_fairness']:.3f}, largest service gap between backlogged "
+            f"clients {gap['gap']:.1f} ({between})"
+        )
+        for name, c in clients.items():
+            lines.append(
+                f"{pad}   {name:>10} w={c['weight']:g}: service {c['service']:.0f} "
+                f"(weighted {c['weighted_service']:.0f}), TTFT mean {_s(c['mean_ttft'])} "
+                f"p99 {_s(c['p99_ttft'])} s"
+            )
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def replay_trace(
+    engine: Engine, t: PreparedTrace, max_output_len: int, *, closed_loop: bool = True
+) -> None:
+    """Serve `t` on `engine` in real time, as `Engine.replay` does, with conversations in a
+    closed loop: a later turn is released when the previous turn of its conversation has
+    ended plus the think time (their arrival gap, `workload.next_turn_release`), and its
+    prompt is that turn's prompt and actual output followed by the new message (the last
+    prompt_len - previous prompt_len - previous output_len tokens of its trace prompt, at
+    least one). Everything else (and every turn with `closed_loop=False`) arrives at its
+    trace time with its trace prompt."""
+    by_turn = {(r.conversation, r.turn): r for r in t.requests if r.conversation is not None}
+    trace = {r.id: r for r in t.requests}
+    order = {r.id: k for k, r in enumerate(t.requests)}
+    prev_of: dict[str, str] = {}  # a later turn -> the turn it waits for
+    heap: list[tuple[float, int, str]] = []  # (release, trace order, id)
+    for k, r in enumerate(t.requests):
+        prev = by_turn.get((r.conversation, r.turn - 1)) if r.conversation is not None else None
+        if closed_loop and prev is not None and r.turn > 0:
+            prev_of[r.id] = prev.id
+        else:
+            heap.append((r.arrival, k, r.id))
+    heapq.heapify(heap)
+    waiting = {p: r for r, p in prev_of.items()}  # previous turn -> next turn, not released
+    prompts: dict[str, list[int]] = {}  # id -> the prompt it was submitted with
+    base = engine.now()
+
+    def submit(rid: str, at: float) -> None:
+        r, ids, pid = trace[rid], t.prompts[rid], prev_of.get(rid)
+        if pid is not None:
+            p = trace[pid]
+            new = max(1, r.prompt_len - p.prompt_len - p.output_len)
+            ids = prompts[pid] + engine.output(pid) + ids[-new:]
+        prompts[rid] = ids
+        _submitter(engine, r, ids, max_output_len)(base + at)
+
+    while heap or waiting or engine.has_work:
+        for pid in [p for p in waiting if p in prompts]:
+            done = engine.timelines[pid].finish_time
+            if done is not None:
+                nxt = trace[waiting.pop(pid)]
+                release = workload.next_turn_release(trace[pid], done - base, nxt)
+                heapq.heappush(heap, (release, order[nxt.id], nxt.id))
+        now = engine.now() - base
+        while heap and heap[0][0] <= now:
+            at, _, rid = heapq.heappop(heap)
+            submit(rid, at)
+        engine.next_arrival = base + heap[0][0] if heap else None
+        if engine.has_work:
+            engine.step()
+        elif heap:
+            time.sleep(max(0.0, heap[0][0] - (engine.now() - base)))
+        elif not any(p in prompts for p in waiting):
+            raise AssertionError(f"turns wait on turns never submitted: {sorted(waiting)}")
+    engine.next_arrival = None
 
 
 def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:

@@ -103,14 +103,22 @@ def test_summary_by_hand():
             "num_finished": 2,
             "mean_jct": 2.75,
             "mean_ttft": 2.0,
+            "p99_ttft": 2.98,  # TTFTs 1.0, 3.0: 1.0 + 0.99 * 2
             "service_tokens": 10,
+            "service": 10.0,
+            "weighted_service": 10.0,
+            "weight": 1.0,
         },
         "b": {
             "num_requests": 2,
             "num_finished": 1,
             "mean_jct": 2.5,
             "mean_ttft": 1.0,
+            "p99_ttft": 1.0,
             "service_tokens": 7,
+            "service": 7.0,
+            "weighted_service": 7.0,
+            "weight": 1.0,
         },
     }
     json.dumps(s)  # a summary is plain JSON
@@ -219,3 +227,50 @@ def test_plots_write_png(tmp_path):
     sweep["empty"] = [(1.0, metrics.summarize([]))]
     out = plots.jct_vs_rate(sweep, tmp_path / "rate.png")
     assert _is_png(out)
+
+
+def _gap_records() -> list[RequestRecord]:
+    """Clients a and b, everything arriving at 0 (input and output cost 1 unless said).
+
+    id  client prompt token_times   service received (time: amount)
+    a1  a      2      [1, 2, 3]     1: 2 + 1, 2: 1, 3: 1
+    a2  a      2      [4, 5]        4: 2 + 1, 5: 1
+    b1  b      1      [6]           6: 1 + 1
+    a waits for a first token over [0, 4), b over [0, 6): both backlogged in [0, 4).
+    S_a - S_b at 0, 1, 2, 3 = 0, 3, 4, 5 (4 is outside): the gap is 5, over [0, 3].
+    """
+    return [
+        RequestRecord("a1", 0.0, 2, 3, 1.0, 3.0, [1.0, 2.0, 3.0], client="a"),
+        RequestRecord("a2", 0.0, 2, 2, 4.0, 5.0, [4.0, 5.0], client="a"),
+        RequestRecord("b1", 0.0, 1, 1, 6.0, 6.0, [6.0], client="b"),
+    ]
+
+
+def test_service_gap_by_hand():
+    gap = metrics.max_service_gap(_gap_records())
+    assert gap == {"gap": 5.0, "clients": ["a", "b"], "interval": [0.0, 3.0]}
+    # a of weight 2: its weighted service at 1, 2, 3 is 1.5, 2, 2.5
+    assert metrics.max_service_gap(_gap_records(), {"a": 2.0})["gap"] == 2.5
+    # output tokens at 2 each: S_a at 3 is 2 + 2 * 3 = 8
+    assert metrics.max_service_gap(_gap_records(), output_cost=2.0)["gap"] == 8.0
+    # b alone, or never backlogged together: no gap
+    late = [RequestRecord("b1", 5.0, 1, 1, 6.0, 6.0, [6.0], client="b")]
+    assert metrics.max_service_gap(_gap_records()[:2] + late)["gap"] == 0.0
+
+
+def test_fairness_tail_and_stall_in_the_summary():
+    """Input 1, output 2: a received 2 + 2 * 3 + 2 + 2 * 2 = 14, b 1 + 2 = 3; Jain's index
+    of (14, 3) is 17^2 / (2 * (196 + 9)) = 289 / 410. JCTs are 3, 5, 6: the p99 JCT is
+    5.98, so the p99 tail is b1 alone, whose stall is 1.5 s of 6 (25%)."""
+    records = _gap_records()
+    records[2].stall_time = 1.5
+    records[0].stall_time = 0.3
+    s = metrics.summarize(records, input_cost=1.0, output_cost=2.0)
+    assert s["clients"]["a"]["service"] == 14.0 and s["clients"]["b"]["service"] == 3.0
+    assert s["clients"]["a"]["service_tokens"] == 9  # plain tokens, not weighed
+    assert s["jain_fairness"] == pytest.approx(289 / 410)
+    assert s["max_service_gap"]["gap"] == 8.0
+    assert s["mean_stall_time"] == pytest.approx(1.8 / 3)
+    assert s["p99_stall_share"] == pytest.approx(0.25)
+    assert s["p99.9_jct"] == pytest.approx(5.998)  # index 2 * 0.999 of [3, 5, 6]
+    assert s["p99.9_ttft"] is not None and s["p95_tbt"] is not None

@@ -73,9 +73,17 @@ def test_import_does_not_import_jax():
 
 
 def test_unknown_policy_names_the_known_ones():
-    with pytest.raises(ValueError, match="fcfs, vllm, mlfq, skip_join_mlfq, srpt"):
+    with pytest.raises(ValueError, match="fcfs, vllm, mlfq, skip_join_mlfq, srpt, vtc, fair_pri"):
         make_scheduler("lottery", config())
-    assert set(POLICIES) == {"fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"}
+    assert set(POLICIES) == {
+        "fcfs",
+        "vllm",
+        "mlfq",
+        "skip_join_mlfq",
+        "srpt",
+        "vtc",
+        "fair_priority",
+    }
 
 
 def test_config_validates():
@@ -651,7 +659,7 @@ def check_plan(s: Scheduler, plan: Plan) -> None:
         assert r.pages[: len(pages)] == pages
     moved = [r.id for r, _ in plan.swap_out] + [r.id for r in plan.drop]
     assert len(set(moved)) == len(moved) and not set(moved) & {r.id for r in batch}
-    if s.policy.name == "fcfs":
+    if s.policy.name in ("fcfs", "vtc"):
         assert not (plan.preempted or plan.swap_out or plan.drop or plan.swap_in)
 
 

@@ -403,3 +403,101 @@ def test_synthetic_length_params_reach_the_distribution():
     assert out(heavy).std() / out(heavy).mean() > 1.5 * out(base).std() / out(base).mean()
     with pytest.raises(WorkloadError, match="length_params"):
         make_workload("sharegpt_synth", 10, 4, 0, length_params={"no_such": 1})
+
+
+# ----------------------------------------------------------------------------- multiturn_synth
+
+
+def _multiturn(n=120, **params):
+    return wl.make_workload(
+        "multiturn_synth",
+        2.0,
+        n,
+        seed=1,
+        scale=0.25,
+        max_prompt_len=256,
+        max_output_len=256,
+        length_params=params or None,
+    )
+
+
+def test_multiturn_clients_rates_weights_and_growing_prompts():
+    """One heavy client with half the conversations and weight 2, three light clients and
+    one on/off client of weight 1; turns of a conversation follow each other with prompts
+    that hold the history; an on/off client starts conversations only in on periods."""
+    reqs = _multiturn(n=400, on_s=5.0, off_s=5.0)
+    assert len(reqs) == 400 and [r.arrival for r in reqs] == sorted(r.arrival for r in reqs)
+    clients = {r.client for r in reqs}
+    assert clients == {"heavy", "light0", "light1", "light2", "onoff0"}
+    assert wl.client_weights(reqs) == {"heavy": 2.0, **{c: 1.0 for c in clients - {"heavy"}}}
+    heavy = sum(r.client == "heavy" for r in reqs) / len(reqs)
+    assert 0.35 < heavy < 0.65
+    convs: dict[str, list[TraceRequest]] = {}
+    for r in reqs:
+        convs.setdefault(r.conversation, []).append(r)
+        assert r.id == f"{r.conversation}-t{r.turn}" and r.conversation.startswith(r.client)
+    assert max(len(c) for c in convs.values()) > 1
+    for turns in convs.values():
+        assert [t.turn for t in turns] == list(range(len(turns)))  # a prefix of turns
+        for prev, cur in zip(turns, turns[1:]):
+            assert cur.arrival >= prev.arrival
+            assert cur.prompt_len > prev.prompt_len + prev.output_len
+        assert turns[-1].prompt_len + turns[-1].output_len <= 512  # max_prompt + max_output
+    for r in reqs:
+        if r.client == "onoff0" and r.turn == 0:
+            assert r.arrival % 10.0 < 5.0
+    assert _multiturn() == _multiturn()  # seeded
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"heavy_share": 1.5}, "heavy_share must be a number in"),
+        ({"on_off": 5}, "on_off=5 > light_clients=4"),
+        ({"heavy_weight": 0}, "heavy_weight must be a number > 0"),
+        ({"light_clients": -1}, "light_clients must be an integer >= 0"),
+        ({"colour": 1}, r"unknown parameter\(s\) \['colour'\]"),
+    ],
+)
+def test_multiturn_errors_name_the_parameter(params, match):
+    with pytest.raises(WorkloadError, match=match):
+        _multiturn(**params)
+
+
+def test_multiturn_trace_round_trips_and_old_traces_still_read(tmp_path):
+    reqs = _multiturn(n=60)
+    path = tmp_path / "mt.jsonl"
+    wl.write_trace(path, reqs)
+    back = wl.read_trace(path)
+    assert [(r.id, r.client, r.conversation, r.turn, r.weight) for r in back] == [
+        (r.id, r.client, r.conversation, r.turn, r.weight) for r in reqs
+    ]
+    assert back == reqs
+    old = tmp_path / "old.jsonl"  # a trace written before clients, turns and weights
+    old.write_text('{"id": "a", "arrival": 0.5, "prompt_len": 3, "output_len": 2}\n')
+    (r,) = wl.read_trace(old)
+    assert (r.client, r.conversation, r.turn, r.weight) == ("default", None, 0, None)
+    assert wl.client_weights([r]) == {}
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (['{"arrival": 0, "prompt_len": 1, "output_len": 1, "weight": 0}'], "weight must be"),
+        (['{"arrival": 0, "prompt_len": 1, "output_len": 1, "weight": "2"}'], "weight must be"),
+        (
+            [
+                '{"id": "a", "arrival": 0, "prompt_len": 1, "output_len": 1, "client": "c",'
+                ' "weight": 1}',
+                '{"id": "b", "arrival": 0, "prompt_len": 1, "output_len": 1, "client": "c",'
+                ' "weight": 2}',
+            ],
+            r"t.jsonl:2: client 'c' has weight 2.0, but 1.0 on line 1",
+        ),
+    ],
+)
+def test_trace_weight_errors_name_the_line(tmp_path, lines, match):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(WorkloadError, match=match):
+        wl.read_trace(path)

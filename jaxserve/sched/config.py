@@ -7,8 +7,10 @@ from its cost model. Their defaults are placeholders, not measurements.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 PREEMPTION_MODES = ("swap", "recompute", "auto")
 QUANTUM_CHARGES = ("own", "iteration")
@@ -36,6 +38,14 @@ class SchedulerConfig:
     # prefill its profiled first-iteration time and a decode the iteration less the profiled
     # time of the prefills that shared it; "iteration": every member the whole iteration.
     quantum_charge: str = "own"
+    # Fair policies (vtc, fair_priority): a client is charged input_cost per prompt token
+    # (once, when it is first prefilled) and output_cost per generated token, divided by its
+    # weight (`client_weights`, default 1 each: a client of weight 2 is owed twice the service).
+    input_cost: float = 1.0
+    output_cost: float = 2.0  # the VTC paper's w_q = 2 w_p (decode costs more per token)
+    # client -> weight (> 0); kept as a sorted tuple of (client, weight) pairs
+    client_weights: Mapping[str, float] | Sequence[tuple[str, float]] | None = None
+    rerank_every: int = 8  # fair_priority: iterations between re-rankings by attained service
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "page_size", "max_seq_len", "num_queues"):
@@ -61,6 +71,23 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.starve_s < 0:
             raise ValueError(f"starve_s must be >= 0, got {self.starve_s}")
+        for name in ("input_cost", "output_cost"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.input_cost == 0 and self.output_cost == 0:
+            raise ValueError("input_cost and output_cost cannot both be 0 (nothing is charged)")
+        if self.rerank_every < 1:
+            raise ValueError(f"rerank_every must be >= 1, got {self.rerank_every}")
+        if self.client_weights is not None:
+            weights = dict(self.client_weights)
+            for client, w in weights.items():
+                if not isinstance(client, str):
+                    raise ValueError(f"client_weights: client ids are strings, got {client!r}")
+                if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+                    raise ValueError(f"client_weights[{client!r}] must be > 0, got {w!r}")
+            # a sorted tuple of pairs keeps the config frozen and hashable
+            object.__setattr__(self, "client_weights", tuple(sorted(weights.items())))
         if self.prefill_table is not None:
             table = tuple(sorted((int(n), float(t)) for n, t in self.prefill_table))
             if not table or len({n for n, _ in table}) != len(table):
@@ -71,6 +98,14 @@ class SchedulerConfig:
     def usable_pages(self) -> int:
         """Pages that can ever be owned (all but the null page)."""
         return self.num_pages - 1
+
+    def weight(self, client: str) -> float:
+        """A client's fairness weight (`client_weights`, default 1)."""
+        return self._weights.get(client, 1.0)
+
+    @cached_property
+    def _weights(self) -> dict[str, float]:
+        return dict(self.client_weights or ())
 
     def quantum(self, queue: int) -> float:
         """MLFQ quantum of `queue`, seconds."""

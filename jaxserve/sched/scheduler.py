@@ -138,6 +138,7 @@ class Scheduler:
                 raise ValueError(f"{r.id}: {n} tokens in one step")
             r.num_generated += n
             r.last_run = now
+            self.policy.on_tokens(self, r, n)
             if r.first_token_time is None:
                 r.first_token_time = now
             if r.id in stopped:

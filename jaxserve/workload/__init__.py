@@ -5,6 +5,7 @@
         ->  prompt, output lengths [n]
     -> list[TraceRequest] (request.py) sorted by arrival  <->  trace JSONL (trace.py)
     conversations.py: multi-turn conversations; clients.py: several tenants in one workload
+    multiturn.py: "multiturn_synth", heavy, light and on/off clients in conversations
 
 `make_workload` (registry.py) is the one entry point experiments call: it finds the source
 registered for a name or file and builds the trace. A new workload is one module that
@@ -22,7 +23,7 @@ from jaxserve.workload.arrivals import (
     gamma_arrivals,
     poisson_arrivals,
 )
-from jaxserve.workload.clients import assign_clients, merge_workloads
+from jaxserve.workload.clients import assign_clients, client_weights, merge_workloads
 from jaxserve.workload.conversations import conversation_workload, next_turn_release
 from jaxserve.workload.datasets import detect_layout, read_alpaca, read_dataset, read_sharegpt
 from jaxserve.workload.lengths import (
@@ -33,6 +34,7 @@ from jaxserve.workload.lengths import (
     alpaca_synth,
     sharegpt_synth,
 )
+from jaxserve.workload.multiturn import multiturn_workload
 from jaxserve.workload.registry import (
     SOURCES,
     Source,
@@ -61,6 +63,7 @@ __all__ = [
     "alpaca_synth",
     "arrivals",
     "assign_clients",
+    "client_weights",
     "burst_arrivals",
     "conversation_workload",
     "detect_layout",
@@ -69,6 +72,7 @@ __all__ = [
     "known_workloads",
     "make_workload",
     "merge_workloads",
+    "multiturn_workload",
     "named_workloads",
     "next_turn_release",
     "poisson_arrivals",

@@ -31,3 +31,19 @@ def merge_workloads(*workloads: Sequence[TraceRequest]) -> list[TraceRequest]:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise WorkloadError(f"merge_workloads: duplicate id {dup!r}; give each workload a client")
     return merged
+
+
+def client_weights(requests: Sequence[TraceRequest]) -> dict[str, float]:
+    """{client: weight} of the clients whose requests give one (the others weigh 1); a client
+    given two different weights is an error naming both requests."""
+    out: dict[str, tuple[float, str]] = {}
+    for r in requests:
+        if r.weight is None:
+            continue
+        seen = out.setdefault(r.client, (r.weight, r.id))
+        if seen[0] != r.weight:
+            raise WorkloadError(
+                f"client {r.client!r} has weight {seen[0]} (request {seen[1]!r}) and "
+                f"{r.weight} (request {r.id!r}); give a client one weight"
+            )
+    return {c: w for c, (w, _) in out.items()}

@@ -26,6 +26,7 @@ class TraceRequest:
     client: str = "default"  # tenant, for fairness experiments
     conversation: str | None = None  # conversation id for multi-turn workloads
     turn: int = 0  # 0 for the first turn of a conversation
+    weight: float | None = None  # the client's fairness weight (None: 1); one per client
 
 
 def whitespace_tokenize(text: str) -> list[str]:

@@ -78,6 +78,11 @@ def _request_from_row(row: Any, where: str, tokenize: Tokenize | None) -> TraceR
     turn = row.get("turn", 0)
     if not (_is_int(turn) and turn >= 0):
         raise bad(f"turn must be an integer >= 0, got {turn!r}")
+    weight = row.get("weight")
+    if weight is not None:
+        if not ((_is_int(weight) or isinstance(weight, float)) and 0 < weight < math.inf):
+            raise bad(f"weight must be a number > 0, got {weight!r}")
+        weight = float(weight)
     return TraceRequest(
         id=row.get("id", ""),
         arrival=arrival,
@@ -88,6 +93,7 @@ def _request_from_row(row: Any, where: str, tokenize: Tokenize | None) -> TraceR
         client=row.get("client", "default"),
         conversation=row.get("conversation"),
         turn=turn,
+        weight=weight,
     )
 
 
@@ -96,15 +102,17 @@ def read_trace(path: str | os.PathLike, tokenize: Tokenize | None = None) -> lis
 
     Required per line: arrival, output_len, and one of prompt_len / prompt / prompt_ids (a
     missing prompt_len is len(prompt_ids), else the token count of prompt by `tokenize`,
-    default whitespace words). Unknown fields, wrong types and duplicate ids are errors that
-    name the file and the line. Blank lines are skipped; a missing id becomes "line<N>".
+    default whitespace words). Optional: id, prompt, prompt_ids, client, conversation, turn,
+    weight (the client's; one per client). Unknown fields, wrong types, duplicate ids and a
+    client with two weights are errors that name the file and the line. Blank lines are
+    skipped; a missing id becomes "line<N>".
     """
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise WorkloadError(f"{path}: file not found") from None
-    requests, first_line = [], {}
+    requests, first_line, weights = [], {}, {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -121,6 +129,13 @@ def read_trace(path: str | os.PathLike, tokenize: Tokenize | None = None) -> lis
                 f"{where}: duplicate id {r.id!r} (first on line {first_line[r.id]})"
             )
         first_line[r.id] = lineno
+        if r.weight is not None:
+            w, line0 = weights.setdefault(r.client, (r.weight, lineno))
+            if w != r.weight:
+                raise WorkloadError(
+                    f"{where}: client {r.client!r} has weight {r.weight}, but {w} on line "
+                    f"{line0}; give a client one weight"
+                )
         requests.append(r)
     requests.sort(key=lambda r: r.arrival)
     return requests

@@ -5,21 +5,27 @@
     mlfq            token-level MLFQ, quantum q0 * 2**i, demotion, starvation guard
     skip_join_mlfq  FastServe: MLFQ whose new jobs skip queues their prefill overruns
     srpt            oracle (knows output_len): shortest remaining first; an upper bound
+    vtc             Virtual Token Counter: admit from the least-served backlogged client
+    fair_priority   FastSwitch: re-rank by client service every N iterations, preempt
 
-mlfq, skip_join_mlfq and srpt share the preemptive planner and proactive KV manager of
-`priority.py`.
+mlfq, skip_join_mlfq, srpt and fair_priority share the preemptive planner and proactive KV
+manager of `priority.py`.
 """
 
 from __future__ import annotations
 
 from jaxserve.sched.policies.base import Policy
+from jaxserve.sched.policies.fair_priority import FairPriority
 from jaxserve.sched.policies.fcfs import FCFS
 from jaxserve.sched.policies.mlfq import MLFQ
 from jaxserve.sched.policies.skip_join import SkipJoinMLFQ, skip_join_queue
 from jaxserve.sched.policies.srpt import SRPT
 from jaxserve.sched.policies.vllm import VLLM
+from jaxserve.sched.policies.vtc import VTC, vtc_bound
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)}
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT, VTC, FairPriority)
+}
 
 
 def get_policy(name: str) -> type[Policy]:
@@ -29,4 +35,4 @@ def get_policy(name: str) -> type[Policy]:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
 
 
-__all__ = ["POLICIES", "Policy", "get_policy", "skip_join_queue"]
+__all__ = ["POLICIES", "Policy", "get_policy", "skip_join_queue", "vtc_bound"]

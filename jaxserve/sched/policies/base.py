@@ -3,6 +3,7 @@
 add        -> on_add(sched, r)            e.g. choose the MLFQ queue
 schedule   -> before_schedule(sched, now) e.g. starvation promotion
               plan(sched, plan)           choose the batch, evict, prefetch (via sched)
+commit     -> on_tokens(sched, r, n)      e.g. charge the client n output tokens (vtc)
 update     -> on_step(sched, r, seconds)  e.g. charge the quantum, demote
 """
 
@@ -44,3 +45,6 @@ class Policy:
 
     def on_step(self, sched: Scheduler, r: Request, seconds: float) -> None:
         """`r` ran one step of `seconds` and did not finish."""
+
+    def on_tokens(self, sched: Scheduler, r: Request, n: int) -> None:
+        """`r` was credited `n` generated tokens (every batch request, finishing or not)."""
