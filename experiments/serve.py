@@ -52,6 +52,15 @@ _DECODE_STEPS = flags.DEFINE_integer(
     "two; 1: one step per call).",
 )
 _HOST_MODE = flags.DEFINE_enum("host_mode", "auto", ["auto", "numpy", "pinned_host"], "Host tier.")
+_SWITCH = flags.DEFINE_enum(
+    "switch",
+    "all",
+    list(serve.SWITCHES),
+    "Context-switch mechanisms (FastSwitch's ablation): baseline = one transfer per page, "
+    "each swap waited for (vLLM); block_groups = one transfer per contiguous run of pages, "
+    "waited for; async = block groups never waited for; all = the engine's own: one "
+    "gathered transfer per swap, never waited for.",
+)
 _Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
 _Q0_IT = flags.DEFINE_float(
     "q0_iterations", 8.0, "Default q0 = this many profiled decode iterations at --max_batch."
@@ -117,6 +126,7 @@ _ALL = (
     _PREEMPTION,
     _HOST_PAGES,
     _HOST_MODE,
+    _SWITCH,
     _DECODE_STEPS,
     _Q0,
     _Q0_IT,
@@ -238,6 +248,7 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         prefetch=_PREFETCH.value,
         host_pages=_HOST_PAGES.value,
         host_mode=_HOST_MODE.value,
+        switch=_SWITCH.value,
         slo_ttft=_SLO_TTFT.value,
         decode_steps=_DECODE_STEPS.value,
         slo_tbt=_SLO_TBT.value,

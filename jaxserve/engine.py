@@ -95,6 +95,7 @@ class Engine:
         decode_steps: int = 16,
         max_stop_ids: int = 4,
         sync_swaps: bool = False,
+        swap_transfer: str = "gather",
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
@@ -103,7 +104,9 @@ class Engine:
         `max_stop_ids`: stop token ids checked on the device per request (the host checks
         all of them; a request with more never runs multi-step).
         `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
-        baseline that measurements compare against)."""
+        baseline that measurements compare against).
+        `swap_transfer`: how swaps are cut into transfers (`HostTier`): "gather" (one per
+        swap), "groups" (one per contiguous run of pages), "pages" (one per page)."""
         if decode_steps < 1 or decode_steps & (decode_steps - 1):
             raise ValueError(f"decode_steps must be a power of two >= 1, got {decode_steps}")
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
@@ -114,7 +117,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.page_size = sched_config.page_size
         self.kv = self.runner.new_kv(sched_config.num_pages, self.page_size)
-        self.host = HostTier(self.runner.kv_sharding, host_mode)
+        self.host = HostTier(self.runner.kv_sharding, host_mode, swap_transfer)
         self.clock = clock
         self._t0 = clock()
         self._ids = itertools.count()

@@ -144,7 +144,7 @@ def profile(
     def swap():
         host = tier.swap_out(state["kv"], pages)
         state["kv"] = tier.swap_in(state["kv"], host, pages)
-        state["kv"].k.block_until_ready()
+        state["kv"].block_until_ready()
         return host.nbytes
 
     nbytes = tier.swap_out(state["kv"], pages).nbytes

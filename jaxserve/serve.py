@@ -96,6 +96,7 @@ class ServeSettings:
     host_pages: int | None = None  # default: 4x the device pool
     host_mode: str = "auto"
     decode_steps: int = 16  # most decode steps in one device call (a power of two)
+    switch: str = "all"  # context-switch mechanisms, a key of SWITCHES
     slo_ttft: float | None = None
     slo_tbt: float | None = None
     prefill: str = "base"  # or "kv_prediction:CKPT": every scheduler also runs with KVP prefill
@@ -103,6 +104,15 @@ class ServeSettings:
     output_cost: float = 2.0  # ... and per generated token
     rerank_every: int = 8  # fair_priority: iterations between re-rankings
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
+
+
+# FastSwitch's ablation: --switch -> (host tier transfer, wait for every swap)
+SWITCHES = {
+    "baseline": {"swap_transfer": "pages", "sync_swaps": True},
+    "block_groups": {"swap_transfer": "groups", "sync_swaps": True},
+    "async": {"swap_transfer": "groups", "sync_swaps": False},
+    "all": {"swap_transfer": "gather", "sync_swaps": False},
+}
 
 
 def parse_prefill(spec: str) -> str | None:
@@ -327,6 +337,7 @@ def run_serve(
                     runner=run_runner,
                     host_mode=s.host_mode,
                     decode_steps=s.decode_steps,
+                    **SWITCHES[s.switch],
                 )
                 # only the buckets a request that can run reaches (none when none can)
                 warm = engine.warmup(*reach) if reach is not None else 0

@@ -87,6 +87,21 @@ def test_swap_preemption_does_not_change_outputs(model, runner, policy, temperat
     assert engine.swap_wait == 0.0
 
 
+@pytest.mark.parametrize("switch", ["baseline", "block_groups"])
+def test_switch_ablations_change_no_output(model, runner, switch):
+    """Per-page and block-group transfers, each swap waited for: same tokens, and the waits
+    are counted."""
+    from jaxserve.serve import SWITCHES
+
+    prompts, lens = _workload(seed=2)
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    engine, out = _serve(model, runner, "vllm", _config(24), prompts, lens, **SWITCHES[switch])
+    assert out == ref
+    assert engine.host.transfer == SWITCHES[switch]["swap_transfer"]
+    assert sum(t.preemptions for t in engine.timelines.values()) > 0
+    assert engine.swap_wait > 0 and sum(t.stall_time for t in engine.timelines.values()) > 0
+
+
 def test_recompute_preemption_agrees(model, runner):
     prompts, lens = _workload(seed=1)
     _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)

@@ -30,25 +30,37 @@ def _stacked(arrays) -> np.ndarray:
     return np.stack([np.asarray(x) for x in arrays])
 
 
-@pytest.mark.parametrize("mode", ["numpy", "pinned_host"])
-@pytest.mark.parametrize("mesh_spec", [None, "model:4"])
-def test_swap_round_trip_is_bit_exact(mode, mesh_spec):
+@pytest.mark.parametrize(
+    "mode, mesh_spec, transfer",
+    [
+        ("numpy", None, "gather"),
+        ("pinned_host", None, "gather"),
+        ("numpy", "model:4", "gather"),
+        ("pinned_host", "model:4", "gather"),
+        ("numpy", None, "groups"),
+        ("pinned_host", None, "pages"),
+    ],
+)
+def test_swap_round_trip_is_bit_exact(mode, mesh_spec, transfer):
     mesh = shd.make_mesh(mesh_spec or "data:1")
     sharding = _shardings(mesh)
     if mesh_spec:
         assert sharding.k[0].spec == P("model", None, None, None)
     kv = _random_pages(sharding)
     before_k, before_v = _stacked(kv.k), _stacked(kv.v)
-    tier = HostTier(sharding, mode)
+    tier = HostTier(sharding, mode, transfer)
     out_pages, in_pages = [3, 4, 5, 17, 9], [20, 21, 22, 1, 2]
     host = tier.swap_out(kv, out_pages)
     assert host.nbytes == 2 * len(out_pages) * LAYERS * 4 * 4 * 8 * 4
+    # one transfer per block group ([3, 4, 5], [17], [9]) or per page, or one for all
+    assert host.sizes == {"gather": [5], "groups": [3, 1, 1], "pages": [1] * 5}[transfer]
     # the host copy holds both caches of exactly those pages (V is not a copy of K)
-    n = len(out_pages)
-    np.testing.assert_array_equal(_stacked(host.k)[:, :, :n], before_k[:, :, out_pages])
-    np.testing.assert_array_equal(_stacked(host.v)[:, :, :n], before_v[:, :, out_pages])
+    got_k = np.concatenate([_stacked(p.k)[:, :, :n] for p, n in zip(host.parts, host.sizes)], 2)
+    got_v = np.concatenate([_stacked(p.v)[:, :, :n] for p, n in zip(host.parts, host.sizes)], 2)
+    np.testing.assert_array_equal(got_k, before_k[:, :, out_pages])
+    np.testing.assert_array_equal(got_v, before_v[:, :, out_pages])
     if mode == "pinned_host":
-        assert host.k[0].sharding.memory_kind == "pinned_host"
+        assert all(p.k[0].sharding.memory_kind == "pinned_host" for p in host.parts)
     # the device pages are free for others now: overwrite them before swapping back
     kv = jax.tree.map(lambda x: x.at[:, out_pages].set(0.0), kv)
     kv = tier.swap_in(kv, host, in_pages)
@@ -72,6 +84,8 @@ def test_swap_errors():
         tier.swap_in(kv, host, [5, 6, 7])
     with pytest.raises(ValueError, match="mode"):
         HostTier(sharding, "disk")
+    with pytest.raises(ValueError, match="swap transfer must be one of"):
+        HostTier(sharding, "numpy", "blocks")
 
 
 def test_swap_programs_are_bucketed():

@@ -30,26 +30,44 @@ import jax
 import numpy as np
 
 from jaxserve.kvcache.pages import NULL_PAGE, KVPages
+from jaxserve.sched.allocator import contiguous_runs
 from jaxserve.utils import pow2
 
 
 @dataclasses.dataclass
 class HostKV:
-    k: tuple  # per layer [kv_heads, n_bucket, page_size, head_dim]: pinned_host or numpy
-    v: tuple
-    num_pages: int  # real pages; the rest of the bucket is padding
+    """A request's pages on the host: one copy per transfer (`HostTier.transfer`), each a
+    `KVPages` with pages on axis 1, padded to a power of two, `sizes[i]` of them real."""
+
+    parts: list[KVPages]  # pinned_host arrays, or numpy once settled
+    sizes: list[int]
+
+    @property
+    def num_pages(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def k(self) -> tuple:  # the first copy's (the only one, unless transfers were split)
+        return self.parts[0].k
+
+    @property
+    def v(self) -> tuple:
+        return self.parts[0].v
 
     def settle(self) -> None:
         """Hold the copy as numpy arrays (numpy mode), releasing the device buffers. Waits for
         the gather: call it once the steps dispatched after the swap-out have been read."""
-        first = self.k[0]
-        if isinstance(first, jax.Array) and first.sharding.memory_kind != "pinned_host":
-            self.k, self.v = jax.device_get((self.k, self.v))
+        for i, part in enumerate(self.parts):
+            first = part.k[0]
+            if isinstance(first, jax.Array) and first.sharding.memory_kind != "pinned_host":
+                self.parts[i] = KVPages(*jax.device_get((part.k, part.v)))
 
     @property
     def nbytes(self) -> int:
-        bucket = self.k[0].shape[1]
-        return sum(x.nbytes for x in self.k + self.v) // bucket * self.num_pages
+        total = 0
+        for part, n in zip(self.parts, self.sizes):
+            total += sum(x.nbytes for x in part.k + part.v) // part.k[0].shape[1] * n
+        return total
 
 
 def _gather(kv: KVPages, idx: jax.Array) -> KVPages:
@@ -62,9 +80,28 @@ def _scatter(kv: KVPages, host: KVPages, idx: jax.Array) -> KVPages:
     return jax.tree.map(put, kv, host)
 
 
+TRANSFERS = ("gather", "groups", "pages")
+
+
+def split_transfers(pages: Sequence[int], transfer: str) -> list[list[int]]:
+    """The pages each transfer moves: all at once ("gather"), one contiguous run of page ids
+    each ("groups", FastSwitch's block groups), or one page each ("pages", vLLM's swaps)."""
+    if transfer == "gather":
+        return [list(pages)]
+    if transfer == "pages":
+        return [[p] for p in pages]
+    return [list(range(a, a + n)) for a, n in contiguous_runs(pages)]
+
+
 class HostTier:
-    def __init__(self, kv_sharding: KVPages, mode: str = "auto"):
-        """kv_sharding: the pages' shardings (a `KVPages` of `NamedSharding`s)."""
+    def __init__(self, kv_sharding: KVPages, mode: str = "auto", transfer: str = "gather"):
+        """kv_sharding: the pages' shardings (a `KVPages` of `NamedSharding`s).
+        transfer: how a swap is cut into device<->host transfers (`split_transfers`): the
+        default moves a request's pages as one gathered block; "groups" and "pages" are the
+        block-group and per-page designs, kept to measure them against."""
+        if transfer not in TRANSFERS:
+            raise ValueError(f"swap transfer must be one of {TRANSFERS}, not {transfer!r}")
+        self.transfer = transfer
         if mode == "auto":
             mode = "numpy" if jax.default_backend() == "cpu" else "pinned_host"
         if mode not in ("numpy", "pinned_host"):
@@ -85,19 +122,27 @@ class HostTier:
         may be reused by anything dispatched afterwards."""
         if not pages:
             raise ValueError("swap_out of zero pages")
-        copy = self._gather(kv, self._index(pages))
-        if self.mode == "numpy":
-            for x in copy.k + copy.v:
-                x.copy_to_host_async()
-        else:
-            copy = jax.device_put(copy, self.host_sharding)
-        return HostKV(copy.k, copy.v, len(pages))
+        parts, sizes = [], []
+        for group in split_transfers(pages, self.transfer):
+            copy = self._gather(kv, self._index(group))
+            if self.mode == "numpy":
+                for x in copy.k + copy.v:
+                    x.copy_to_host_async()
+            else:
+                copy = jax.device_put(copy, self.host_sharding)
+            parts.append(copy)
+            sizes.append(len(group))
+        return HostKV(parts, sizes)
 
     def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
         """Dispatch the write of a host copy into `pages` (newly allocated, as many as were
         swapped out); returns the new page arrays at once."""
         if len(pages) != host.num_pages:
             raise ValueError(f"swap_in of {host.num_pages} pages into {len(pages)} pages")
-        # numpy or host arrays, or a gathered copy not settled yet: one input signature
-        copy = jax.device_put(KVPages(tuple(host.k), tuple(host.v)), self.device_sharding)
-        return self._scatter(kv, copy, self._index(pages))
+        start = 0
+        for part, n in zip(host.parts, host.sizes):
+            # numpy or host arrays, or a gathered copy not settled yet: one input signature
+            copy = jax.device_put(KVPages(tuple(part.k), tuple(part.v)), self.device_sharding)
+            kv = self._scatter(kv, copy, self._index(pages[start : start + n]))
+            start += n
+        return kv

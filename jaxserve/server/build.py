@@ -47,6 +47,7 @@ def make_engine(
         runner=runner,
         host_mode=s.host_mode,
         decode_steps=s.decode_steps,
+        **serve.SWITCHES[s.switch],
     )
     engine.warmup(
         min(s.max_prompt_len, config.max_seq_len),
