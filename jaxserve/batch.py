@@ -55,6 +55,21 @@ class PrefillBatch:
 
 
 @_pytree
+class ExtendBatch:
+    """New tokens appended to sequences whose earlier tokens are already in the pages (the
+    next turn of a conversation whose KV came back from the host)."""
+
+    tokens: jax.Array  # [B, T] int32, the new tokens, 0-padded
+    starts: jax.Array  # [B] int32, tokens already cached (the first new token's position)
+    lengths: jax.Array  # [B] int32, new tokens per row
+    block_tables: jax.Array  # [B, P] int32, every page of the row, cached and new
+    keys: jax.Array  # [B, 2] uint32
+    temperature: jax.Array  # [B] float32
+    top_k: jax.Array  # [B] int32
+    top_p: jax.Array  # [B] float32
+
+
+@_pytree
 class DecodeBatch:
     tokens: jax.Array  # [B] int32, each row's last token (the next step's input)
     positions: jax.Array  # [B] int32, that token's position

@@ -20,9 +20,10 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxserve.batch import PrefillBatch, SlotUpdates
+from jaxserve.batch import ExtendBatch, PrefillBatch, SlotUpdates
 from jaxserve.kvcache.host import HostTier
 from jaxserve.kvcache.pages import KVPages
 from jaxserve.runner import ModelRunner
@@ -30,6 +31,14 @@ from jaxserve.sampling import SamplingParams, sampling_arrays
 from jaxserve.sched import Request, SchedulerConfig
 from jaxserve.sched.request import pages_for
 from jaxserve.utils import pow2, pow2_range
+
+
+@jax.jit
+def _place(out: jax.Array, x: jax.Array, offset: jax.Array, k: jax.Array) -> jax.Array:
+    """out with x[:k] written at out[offset:offset + k] (one program per pair of shapes)."""
+    at = jnp.arange(out.shape[0]) - offset
+    take = (at >= 0) & (at < k)
+    return jnp.where(take, x[jnp.clip(at, 0, x.shape[0] - 1)].astype(out.dtype), out)
 
 
 class DeviceBatch:
@@ -85,6 +94,41 @@ class DeviceBatch:
         samp = sampling_arrays(list(params), list(keys), b)
         batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
         return self.runner.prefill(kv, batch)
+
+    def extend(
+        self,
+        kv: KVPages,
+        req: Request,
+        seq: Sequence[int],
+        start: int,
+        params: SamplingParams,
+        key: np.ndarray,
+    ) -> tuple[KVPages, jax.Array]:
+        """Prefill `seq[start:]` of one request whose first `start` tokens are already in
+        its pages; returns the pages and its next token (row 0 of [min_rows])."""
+        b = self.min_rows
+        new = seq[start:]
+        t = pow2(len(new), 16)
+        tokens = np.zeros((b, t), np.int32)
+        tokens[0, : len(new)] = new
+        starts, lengths = np.zeros(b, np.int32), np.zeros(b, np.int32)
+        starts[0], lengths[0] = start, len(new)
+        bt = np.zeros((b, pow2(pages_for(len(seq), self.page_size))), np.int32)
+        pages = req.pages[: bt.shape[1]]
+        bt[0, : len(pages)] = pages
+        samp = sampling_arrays([params], [key], b)
+        batch = ExtendBatch(tokens=tokens, starts=starts, lengths=lengths, block_tables=bt, **samp)
+        return self.runner.extend(kv, batch)
+
+    def assemble(self, parts: Sequence[tuple[jax.Array, int]], n: int) -> jax.Array:
+        """One [pow2(n)] array of next tokens from several calls' outputs: the first `k` rows
+        of each (out, k), in order."""
+        out = jax.device_put(np.zeros(pow2(n, self.min_rows), np.int32))
+        offset = 0
+        for x, k in parts:
+            out = _place(out, x, np.int32(offset), np.int32(k))
+            offset += k
+        return out
 
     def dispatched(self, prefill_out: jax.Array | None, reqs: Sequence[Request]) -> None:
         """Record this dispatch's prefill: the next decode's inserts may read its tokens."""
@@ -155,6 +199,10 @@ class DeviceBatch:
     def num_free_slots(self) -> int:
         return len(self._free)
 
+    def slot_pages(self, request_id: str) -> tuple[int, ...] | None:
+        """The pages the request's slot decodes over (None without a slot)."""
+        return self._slot_pages.get(request_id)
+
     def release(self, request_id: str) -> None:
         slot = self._slot.pop(request_id, None)
         if slot is not None:
@@ -168,9 +216,11 @@ class DeviceBatch:
         host: HostTier,
         max_prompt: int,
         max_context: int,
+        extend: bool = False,
     ) -> KVPages:
         """Compile every prefill, slot-update, decode and swap bucket a run up to these
-        lengths can hit; returns the pages."""
+        lengths can hit (and with `extend`, the continuation of a kept conversation);
+        returns the pages."""
         ps, runner = self.page_size, self.runner
         batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
@@ -195,6 +245,18 @@ class DeviceBatch:
                     kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
         for w in widths:  # swaps move one request's pages: up to a full block table
             kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
+        if extend:
+            b = self.min_rows
+            samp = sampling_arrays([], [], b)
+            zeros = np.zeros(b, np.int32)
+            for t in prompt_lens:
+                for w in widths:
+                    tokens, bt = np.zeros((b, t), np.int32), np.zeros((b, w), np.int32)
+                    batch = ExtendBatch(tokens, zeros, zeros, bt, **samp)
+                    kv, first = runner.extend(kv, batch)
+            for n in batches:  # assembling a prefill's rows with continuations'
+                for x in prefill_outs[1:] + [first]:
+                    _place(jnp.zeros(n, np.int32), x, np.int32(0), np.int32(1))
         kv.block_until_ready()
         self._slots = slots
         return kv

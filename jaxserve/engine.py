@@ -58,9 +58,11 @@ from jaxserve.device_batch import DeviceBatch
 from jaxserve.errors import InputError
 from jaxserve.events import Event, Timeline, UnknownRequestError, token_ids
 from jaxserve.kvcache.host import HostKV, HostTier
+from jaxserve.kvcache.reuse import ConversationKV, Kept
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
+from jaxserve.sched.request import pages_for
 from jaxserve.tokenizer import Tokenizer
 
 __all__ = ["Engine", "Event", "Timeline", "UnknownRequestError"]
@@ -96,6 +98,7 @@ class Engine:
         max_stop_ids: int = 4,
         sync_swaps: bool = False,
         swap_transfer: str = "gather",
+        reuse: bool = False,
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
@@ -106,7 +109,9 @@ class Engine:
         `sync_swaps`: wait for every swap before going on, as a synchronous engine does (the
         baseline that measurements compare against).
         `swap_transfer`: how swaps are cut into transfers (`HostTier`): "gather" (one per
-        swap), "groups" (one per contiguous run of pages), "pages" (one per page)."""
+        swap), "groups" (one per contiguous run of pages), "pages" (one per page).
+        `reuse`: keep a finished turn's KV on the host for the next turn of its conversation
+        (`submit(conversation=...)`), which then prefills only its new tokens."""
         if decode_steps < 1 or decode_steps & (decode_steps - 1):
             raise ValueError(f"decode_steps must be a power of two >= 1, got {decode_steps}")
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
@@ -118,6 +123,10 @@ class Engine:
         self.page_size = sched_config.page_size
         self.kv = self.runner.new_kv(sched_config.num_pages, self.page_size)
         self.host = HostTier(self.runner.kv_sharding, host_mode, swap_transfer)
+        self.reuse = reuse
+        self.conversations = ConversationKV()  # kept turns (host), by conversation
+        self._conv: dict[str, str] = {}  # request -> its conversation
+        self._reuse: dict[str, Kept] = {}  # request -> kept KV its first prefill starts from
         self.clock = clock
         self._t0 = clock()
         self._ids = itertools.count()
@@ -137,7 +146,6 @@ class Engine:
         self._step_time = 0.0  # running estimate of one decode step, seconds
         self.next_arrival: float | None = None  # engine clock; multi-step stays before it
         self.timelines: dict[str, Timeline] = {}
-        self._release_after_read: set[str] = set()  # released while tokens were in flight
         self.iterations = 0
         self.decode_calls = 0  # decode device calls (an iteration may run several steps)
         self.busy_time = 0.0  # seconds between reads of consecutive steps
@@ -162,12 +170,16 @@ class Engine:
         output_len: int | None = None,
         client: str = "default",
         stop_at_output_len: bool = False,
+        conversation: str | None = None,
     ) -> str:
         """Queue a request; returns its id. `output_len` is known only to oracle policies.
 
         `stop_at_output_len` replays a trace: the request ends ("stop") after `output_len`
         tokens, as if the model had emitted EOS there. Its page needs stay bounded by
         `params.max_new_tokens`, which is all a non-oracle policy can plan with.
+        `conversation`: with `reuse`, the prompt may start with an earlier turn of the same
+        conversation (its prompt and output); that turn's kept KV then comes back from the
+        host and only the new tokens are prefilled.
         """
         params = params if params is not None else SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -192,6 +204,11 @@ class Engine:
             [params.seed & 0xFFFFFFFF, zlib.crc32(rid.encode())], np.uint32
         )
         self.timelines[rid] = Timeline(rid, arrival, len(ids), client)
+        if conversation is not None:
+            self._conv[rid] = conversation
+            kept = self.conversations.take(conversation, ids) if self.reuse else None
+            if kept is not None:
+                self._reuse[rid] = kept
         self.scheduler.add(
             Request(
                 id=rid,
@@ -216,28 +233,23 @@ class Engine:
         tl = self._timeline(request_id)
         self.scheduler.cancel(request_id)
         self._host_kv.pop(request_id, None)
+        self._reuse.pop(request_id, None)
         self.device.release(request_id)
         if tl.finish_time is None:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
 
     def release(self, request_id: str) -> None:
         """Forget an ended request (its timeline, tokens and scheduler record), so a
-        long-running server does not grow without end. Read what you need of it first. A
-        request with tokens still in flight is forgotten once they are read."""
+        long-running server does not grow without end. Read what you need of it first; its
+        tokens still in flight are dropped when they arrive, as after a cancel."""
         tl = self._timeline(request_id)
         if tl.finish_time is None:
             raise ValueError(f"release of request {request_id!r}, which has not ended")
-        flight = self._inflight
-        if flight is not None and any(r.id == request_id for r in flight.plan.batch):
-            self._release_after_read.add(request_id)
-            return
-        self._forget(request_id)
-
-    def _forget(self, rid: str) -> None:
-        self._release_after_read.discard(rid)
+        rid = request_id
         self.scheduler.forget(rid)
         self.device.release(rid)
-        for table in (self.timelines, self._tokens, self._params, self._keys, self._stop_at):
+        tables = (self.timelines, self._tokens, self._params, self._keys, self._stop_at)
+        for table in tables + (self._conv, self._reuse):
             table.pop(rid, None)
         self._host_kv.pop(rid, None)
 
@@ -251,7 +263,8 @@ class Engine:
             return True
         flight = self._inflight
         return flight is not None and any(
-            self.timelines[r.id].finish_time is None for r in flight.plan.batch
+            r.id in self.timelines and self.timelines[r.id].finish_time is None
+            for r in flight.plan.batch
         )
 
     # -- the loop -------------------------------------------------------------------------
@@ -276,7 +289,8 @@ class Engine:
             current = self._dispatch(plan, swapped_out)
             t2 = clock()
             for r in self.scheduler.commit(now, current.steps):
-                self.device.release(r.id)  # ended by length: the slot's last step is queued
+                self._keep(r)  # ended by length: the slot's last step is queued
+                self.device.release(r.id)
             t3 = clock()
         self.host_time["schedule"] += (t1 - t0) + (t3 - t2)
         self.host_time["dispatch"] += t2 - t1
@@ -286,9 +300,6 @@ class Engine:
         if previous is not None:
             events += self._read(previous)
         self._inflight = current
-        for rid in list(self._release_after_read):
-            if current is None or all(r.id != rid for r in current.plan.batch):
-                self._forget(rid)
         return events
 
     def _swaps(self, plan: Plan, now: float, events: list[Event]) -> list[HostKV]:
@@ -336,19 +347,19 @@ class Engine:
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self, plan: Plan, swapped_out: list[HostKV]) -> _InFlight:
-        prefill_out = self._prefill(plan.prefill) if plan.prefill else None
+        prefill_out, prefill_rows = self._prefill(plan.prefill) if plan.prefill else (None, [])
         decode_out, steps = None, 1
         if plan.decode:
             steps = self._num_steps(plan)
             decode_out = self._decode(plan.decode, steps)
-        self.device.dispatched(prefill_out, plan.prefill)
+        self.device.dispatched(prefill_out, prefill_rows)
         if self._copy_ahead:  # start the tokens' trip to the host now (not needed on CPU)
             for x in (prefill_out, decode_out):
                 if x is not None:
                     x.copy_to_host_async()
         return _InFlight(
             plan,
-            list(plan.prefill),
+            prefill_rows,
             prefill_out,
             list(plan.decode),
             decode_out,
@@ -357,8 +368,9 @@ class Engine:
             steps,
         )
 
-    def _prefill(self, reqs: Sequence[Request]) -> jax.Array:
-        """Prefill (or recompute) each request's known tokens; their next tokens [B]."""
+    def _prefill(self, reqs: Sequence[Request]) -> tuple[jax.Array, list[Request]]:
+        """Prefill (or recompute) each request's known tokens; their next tokens [B] and the
+        requests in row order."""
         seqs = []
         for r in reqs:
             seq = self._tokens[r.id]
@@ -369,8 +381,28 @@ class Engine:
             seqs.append(seq)
         params = [self._params[r.id] for r in reqs]
         keys = [self._keys[r.id] for r in reqs]
-        self.kv, first = self.device.prefill(self.kv, reqs, seqs, params, keys)
-        return first
+        reused = [i for i, r in enumerate(reqs) if r.id in self._reuse]
+        if not reused:
+            self.kv, first = self.device.prefill(self.kv, reqs, seqs, params, keys)
+            return first, list(reqs)
+        # turns that continue a kept conversation: its KV back from the host, then only the
+        # new tokens; they come after the plain prefill's rows in the output
+        fresh = [i for i in range(len(reqs)) if i not in reused]
+        parts = []
+        if fresh:
+            pick = lambda xs: [xs[i] for i in fresh]  # noqa: E731
+            self.kv, out = self.device.prefill(
+                self.kv, pick(reqs), pick(seqs), pick(params), pick(keys)
+            )
+            parts.append((out, len(fresh)))
+        for i in reused:
+            r, kept = reqs[i], self._reuse.pop(reqs[i].id)
+            self.kv = self.host.swap_in(self.kv, kept.host, r.pages[: kept.num_pages])
+            self.timelines[r.id].swapped_bytes += kept.host.nbytes
+            self.kv, out = self.device.extend(self.kv, r, seqs[i], kept.cached, params[i], keys[i])
+            parts.append((out, 1))
+        rows = [reqs[i] for i in fresh + reused]
+        return self.device.assemble(parts, len(rows)), rows
 
     def _num_steps(self, plan: Plan) -> int:
         """Decode steps for this plan's one device call: 1, or up to `decode_steps` when
@@ -442,7 +474,9 @@ class Engine:
         events: list[Event] = []
         stopped = set()
         for rid, toks in sampled:
-            tl = self.timelines[rid]
+            tl = self.timelines.get(rid)
+            if tl is None:
+                continue  # released meanwhile
             for tok in toks:
                 if tl.finish_time is not None:
                     break  # ended meanwhile (stop, cancel): later tokens are never emitted
@@ -454,11 +488,18 @@ class Engine:
                         stopped.add(rid)
         t2 = clock()
         for r in self.scheduler.complete(flight.plan, t, elapsed, stopped):
+            if r.id in self.timelines:
+                self._keep(r)
             self.device.release(r.id)
         t3 = clock()
         for r in flight.plan.batch:
-            tl = self.timelines[r.id]
-            if tl.finish_time is None and r.state == State.FINISHED and not self._behind(r):
+            tl = self.timelines.get(r.id)
+            if (
+                tl is not None
+                and tl.finish_time is None
+                and r.state == State.FINISHED
+                and not self._behind(r)
+            ):
                 self._finish(r.id, t, "length")  # the scheduler's context limit
                 events.append(Event("finish", r.id, t, detail="length"))
         self.host_time["wait"] += t1 - t0
@@ -496,12 +537,39 @@ class Engine:
         tl = self.timelines[rid]
         tl.finish_time, tl.finish_reason = t, reason
         self._host_kv.pop(rid, None)
+        self._reuse.pop(rid, None)
+        conv = self._conv.get(rid)
+        if conv is not None and reason in ("stop", "length"):
+            self.conversations.complete(conv, rid, self._tokens[rid])
 
-    def warmup(self, max_prompt: int, max_context: int) -> int:
+    def _keep(self, r: Request) -> None:
+        """A turn of a conversation ended: dispatch the copy of its KV to the host, kept for
+        the next turn (the device pages may be reused at once, as after a swap-out)."""
+        conv = self._conv.get(r.id)
+        pages = self.device.slot_pages(r.id)
+        tl = self.timelines[r.id]
+        if not self.reuse or conv is None or pages is None or tl.finish_reason == "cancelled":
+            return
+        # KV exists for every token but the last generated one (never fed back)
+        ended = tl.finish_time is not None
+        cached = (tl.prompt_len + len(tl.output_ids) if ended else r.context_len) - 1
+        if cached < 1:
+            return
+        host = self.host.swap_out(self.kv, pages[: pages_for(cached, self.page_size)])
+        self.conversations.keep(conv, r.id, host, cached)
+        tl.swapped_bytes += host.nbytes
+        if ended:  # its tokens are all read (a stop): the entry is complete now
+            self.conversations.complete(conv, r.id, self._tokens[r.id])
+        budget = self.sched_config.host_pages
+        if budget is not None:  # the scheduler's swaps come first
+            self.conversations.evict(budget - self.scheduler.host_used)
+
+    def warmup(self, max_prompt: int, max_context: int, extend: bool | None = None) -> int:
         """Compile every prefill, decode, slot-update and swap bucket a run up to these
         lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
-        self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context)
+        extend = self.reuse if extend is None else extend
+        self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context, extend)
         return CompileCounter.count() - before
 
     # -- driving ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxserve import sharding as shd
 from jaxserve.batch import (
     DecodeBatch,
+    ExtendBatch,
     PrefillBatch,
     SlotState,
     apply_slot_updates,
@@ -139,6 +140,12 @@ class ModelRunner:
             out_shardings=(self.kv_sharding, batch),
             donate_argnums=(1,),
         )
+        self._extend = jax.jit(
+            self._extend_fn,
+            in_shardings=(leaf_shardings, self.kv_sharding, batch),
+            out_shardings=(self.kv_sharding, batch),
+            donate_argnums=(1,),
+        )
         self._decode = self._jit_decode(leaf_shardings, out_in=False)
         # the engine's device-resident batch (`SlotState`): replicated, donated every step
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -207,6 +214,12 @@ class ModelRunner:
             batch = PrefillBatch(**batch)
         return self._prefill(self.leaves, kv, batch)
 
+    def extend(self, kv: KVPages, batch: ExtendBatch) -> tuple[KVPages, jax.Array]:
+        """Append `batch.tokens` to sequences cached up to `batch.starts` (attending to the
+        cache, with the decoder: a predicted-cache prefill never applies here); returns the
+        next sampled token of each row [B]."""
+        return self._extend(self.leaves, kv, batch)
+
     def decode(self, kv: KVPages, batch: DecodeBatch | dict, num_steps: int):
         """`num_steps` tokens for each row in one call; rows stop on a stop id or when
         `remaining` reaches 0. Returns kv, the batch advanced (a `DecodeBatch`), tokens
@@ -268,6 +281,23 @@ class ModelRunner:
         lengths = batch.lengths
         logits, kv = model.prefill_paged(batch.tokens, lengths, kv, batch.block_tables)
         first = sample(logits, batch.keys, lengths, batch.temperature, batch.top_k, batch.top_p)
+        return kv, first
+
+    def _extend_fn(self, state, kv: KVPages, batch: ExtendBatch):
+        model = self._model(state).decoder
+        b, t = batch.tokens.shape
+        positions = batch.starts[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+        seq_lens = batch.starts + batch.lengths
+        logits, kv = model(
+            batch.tokens,
+            positions,
+            kv=kv,
+            block_tables=batch.block_tables,
+            seq_lens=seq_lens,
+            logits_index=jnp.maximum(batch.lengths - 1, 0),
+            attention=self.strategy.attention,
+        )
+        first = sample(logits, batch.keys, seq_lens, batch.temperature, batch.top_k, batch.top_p)
         return kv, first
 
     def _decode_slots_fn(

@@ -108,10 +108,11 @@ class ServeSettings:
 
 # FastSwitch's ablation: --switch -> (host tier transfer, wait for every swap)
 SWITCHES = {
-    "baseline": {"swap_transfer": "pages", "sync_swaps": True},
-    "block_groups": {"swap_transfer": "groups", "sync_swaps": True},
-    "async": {"swap_transfer": "groups", "sync_swaps": False},
-    "all": {"swap_transfer": "gather", "sync_swaps": False},
+    "baseline": {"swap_transfer": "pages", "sync_swaps": True, "reuse": False},
+    "block_groups": {"swap_transfer": "groups", "sync_swaps": True, "reuse": False},
+    "async": {"swap_transfer": "groups", "sync_swaps": False, "reuse": False},
+    "reuse": {"swap_transfer": "groups", "sync_swaps": False, "reuse": True},
+    "all": {"swap_transfer": "gather", "sync_swaps": False, "reuse": True},
 }
 
 
@@ -340,7 +341,8 @@ def run_serve(
                     **SWITCHES[s.switch],
                 )
                 # only the buckets a request that can run reaches (none when none can)
-                warm = engine.warmup(*reach) if reach is not None else 0
+                turns = any(r.conversation is not None for r in trace)
+                warm = engine.warmup(*reach, extend=engine.reuse and turns) if reach else 0
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
                 replay_trace(engine, t, s.max_output_len, closed_loop=s.closed_loop)
@@ -362,6 +364,9 @@ def run_serve(
                     swap_seconds=engine.swap_time,
                     warmup_compiles=warm,
                     compiles_during_run=compiles,
+                    reuse_hits=engine.conversations.hits,
+                    reused_prompt_tokens=engine.conversations.tokens_reused,
+                    prompt_tokens=sum(r.prompt_len for r in records),
                 )
                 by_sched[label] = records
                 sweep[label].append((rate, summary))
@@ -455,6 +460,11 @@ def detail_lines(summary: dict) -> list[str]:
         f"s/request ({_pct(s.get('p99_stall_share'))} of p99 JCT), "
         f"{s['total_swapped_bytes'] / 1e6:.2f} MB device<->host"
     ]
+    if s.get("reuse_hits"):
+        lines.append(
+            f"{pad} KV reuse: {s['reuse_hits']} turns continued from kept KV, "
+            f"{s['reused_prompt_tokens']} of {s['prompt_tokens']} prompt tokens not prefilled"
+        )
     clients = s.get("clients", {})
     if len(clients) > 1:
         gap = s["max_service_gap"]
@@ -552,6 +562,7 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_o
             output_len=req.output_len,
             client=req.client,
             stop_at_output_len=True,
+            conversation=req.conversation,
         )
 
     return submit

@@ -255,23 +255,23 @@ def test_cancel_with_tokens_in_flight(model, runner):
     assert engine.scheduler.allocator.num_free == 60 - 1 and not engine.device.resident
 
 
-def test_release_forgets_ended_requests_and_waits_for_tokens_in_flight(model, runner):
-    prompts, _ = _workload(3, seed=6)
+def test_release_forgets_ended_requests_even_with_tokens_in_flight(model, runner):
+    prompts, lens = _workload(3, seed=6)
+    _, ref = _serve(model, runner, "fcfs", _config(60), prompts, [12] * 3, overlap=False)
     engine = Engine(model, "fcfs", _config(60), runner=runner, decode_steps=4)
     for i, p in enumerate(prompts):
-        engine.submit(p, SamplingParams(max_new_tokens=12, seed=i), request_id=f"r{i}")
+        engine.submit(p, SamplingParams(max_new_tokens=12, seed=5), request_id=f"r{i}")
     for _ in range(3):
         engine.step()
     with pytest.raises(ValueError, match="has not ended"):
         engine.release("r0")
-    engine.cancel("r1")  # its step is in flight: forgotten only once that step is read
+    engine.cancel("r1")  # its step is in flight: its tokens are dropped when they arrive
     assert "r1" in {r.id for r in engine._inflight.plan.batch}
     engine.release("r1")
-    assert "r1" in engine.timelines
-    engine.run_until_done(max_iterations=100)
     assert "r1" not in engine.timelines and "r1" not in engine.scheduler.requests
+    engine.run_until_done(max_iterations=100)
     for rid in ("r0", "r2"):
-        assert len(engine.output(rid)) == 12
+        assert engine.output(rid) == ref[rid]
         engine.release(rid)
     assert not engine.timelines and not engine.scheduler.requests and not engine.device.resident
     assert engine.scheduler.allocator.num_free == 60 - 1
@@ -368,3 +368,38 @@ def test_jaxserve_never_imports_kvpred():
     assert isinstance(random_model(tiny_config()), ServingModel)
     assert all(callable(getattr(KVPModel, name, None)) for name in ("prefill_paged",))
     assert isinstance(KVPModel.decoder, property)
+
+
+@pytest.mark.parametrize("ending", ["length", "stop"])
+def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
+    """Turn 2 (and 3) start from the previous turn's KV brought back from the host and
+    prefill only the new tokens; greedy outputs equal serving each whole conversation from
+    scratch. A turn ends by its length limit or by a stop (the trace's emulated EOS)."""
+    rs = np.random.RandomState(11)
+    new = [[int(t) for t in rs.randint(3, 128, n)] for n in (13, 7, 21)]
+    kept = Engine(model, "fcfs", _config(60), runner=runner, reuse=True)
+    fresh = Engine(model, "fcfs", _config(60), runner=runner)
+    prompt, saved = [], 0
+    for turn, tokens in enumerate(new):
+        prompt = prompt + tokens
+        kw = {"output_len": 6, "stop_at_output_len": True} if ending == "stop" else {}
+        params = SamplingParams(max_new_tokens=9)
+        outs = []
+        if turn:  # admitted first, it takes (and overwrites) the pages the last turn left
+            filler = [int(t) for t in rs.randint(3, 128, 40 * turn)]
+            kept.submit(filler, SamplingParams(max_new_tokens=2), request_id=f"filler{turn}")
+        for engine, conv in ((kept, "c"), (fresh, None)):
+            rid = engine.submit(prompt, params, request_id=f"t{turn}", conversation=conv, **kw)
+            engine.run_until_done(max_iterations=200)
+            outs.append(engine.output(rid))
+        assert outs[0] == outs[1]
+        assert kept.conversations.hits == turn
+        if turn:  # everything but the previous turn's last token came back
+            assert kept.conversations.tokens_reused - saved == len(prompt) - len(tokens) - 1
+        saved = kept.conversations.tokens_reused
+        prompt = prompt + outs[0]
+    assert kept.scheduler.allocator.num_free == 60 - 1
+    # a prompt that does not continue the kept turn prefills from scratch
+    kept.submit(new[0], SamplingParams(max_new_tokens=3), request_id="other", conversation="c")
+    kept.run_until_done(max_iterations=50)
+    assert kept.conversations.hits == len(new) - 1 and kept.conversations.misses >= 1

@@ -58,9 +58,22 @@ def reference(parts, prompt_ids, n, ignore_eos=False) -> list[int]:
     return engine.output(rid)
 
 
+def keep_released(engine) -> dict:
+    """The timelines the server loop releases from `engine`, kept for the test to read."""
+    records, forget = {}, engine.release
+
+    def release(rid: str) -> None:
+        records[rid] = engine.timelines[rid]
+        forget(rid)
+
+    engine.release = release
+    return records
+
+
 class Server:
     def __init__(self, parts, policy="fcfs", max_inflight=64, max_tokens=48, **sched):
         self.engine = _engine(parts, policy, **sched)
+        self.records = keep_released(self.engine)
         self.app, self.loop = build_app(
             self.engine, parts[2], MODEL, max_inflight=max_inflight, max_tokens=max_tokens
         )
@@ -69,6 +82,10 @@ class Server:
         self.openai = openai.OpenAI(
             base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=TIMEOUT
         )
+
+    def record(self, rid: str):
+        """A request's timeline, once the engine has released it (or while it runs)."""
+        return self.records.get(rid) or self.engine.timelines[rid]
 
     def idle(self, timeout=TIMEOUT) -> bool:
         """Wait until the engine holds no request (bounded); True if it got there."""
@@ -246,7 +263,7 @@ def test_disconnect_cancels_and_frees_pages(server, chat):
         url = server.url + "/v1/completions"
     rid = _first_chunks(url, body, 2)
     assert server.idle()
-    tl = server.engine.timelines[rid]
+    tl = server.record(rid)
     assert tl.finish_reason == "cancelled" and 2 <= len(tl.output_ids) < 48
     server.assert_no_leak()
     assert server.metric("jaxserve_requests_total", '{outcome="cancelled"}') == before + 1
@@ -287,13 +304,14 @@ def test_disconnect_of_a_non_streaming_request_cancels_it(server, delay, timeout
         "ignore_eos": True,
     }
     httpx.post(server.url + "/v1/completions", json={**body, "max_tokens": 3}, timeout=TIMEOUT)
-    n = len(server.engine.timelines)  # (that compiled what this request runs)
+    assert server.idle()
+    n = len(server.records)  # (that compiled what this request runs)
     with _SlowSteps(server.engine, delay):
         with pytest.raises(httpx.TimeoutException):
             httpx.post(server.url + "/v1/completions", json=body, timeout=timeout)
         assert server.idle()
-    (rid,) = list(server.engine.timelines)[n:]
-    tl = server.engine.timelines[rid]
+    (rid,) = list(server.records)[n:]
+    tl = server.record(rid)
     assert tl.finish_reason == "cancelled"
     assert (len(tl.output_ids) > 1) if delay < 1 else (len(tl.output_ids) <= 1)
     server.assert_no_leak()
@@ -445,7 +463,7 @@ def test_shutdown_cancels_what_is_left(parts):
             s.running.server.config.timeout_graceful_shutdown = 0.2
             s.stop()
     assert not s.running.thread.is_alive() and not s.loop.healthy
-    tl = s.engine.timelines[rid]
+    tl = s.record(rid)
     assert tl.finish_reason == "cancelled" and len(tl.output_ids) < 48
     assert s.engine.scheduler.num_live == 0
     assert s.engine.scheduler.allocator.num_free == s.engine.scheduler.config.usable_pages
@@ -474,7 +492,7 @@ def test_engine_loop_stop_ends_open_streams(parts):
                 rest = [ln[6:] for ln in lines if ln.startswith("data: ")]
         assert rest[-1] == "[DONE]"
         assert json.loads(rest[-2])["choices"][0]["finish_reason"] == "abort"
-        tl = s.engine.timelines[first["id"]]
+        tl = s.record(first["id"])
         assert tl.finish_reason == "cancelled" and len(tl.output_ids) < 48
         assert s.engine.scheduler.allocator.num_free == s.engine.scheduler.config.usable_pages
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, timeout=TIMEOUT)
@@ -499,6 +517,7 @@ def _soak(parts, n: int, seed: int):
         max_tokens=40,
         max_inflight=n + 8,
     )
+    released = s.records  # the engine forgets each request once it ended
     try:
         tok = parts[2]
         rng = np.random.default_rng(seed)
@@ -546,7 +565,7 @@ def _soak(parts, n: int, seed: int):
         rep = asyncio.run(both())
         assert rep.statuses == {200: n}
         # `user` is the engine's client (what fair schedulers and per-client metrics see)
-        served = collections.Counter(tl.client for tl in s.engine.timelines.values())
+        served = collections.Counter(tl.client for tl in released.values())
         assert served == collections.Counter([r.client for r in trace] + ["default"] * 3)
         for r, rec in zip(trace, rep.records):
             assert rec.state == "finished", rec
@@ -557,10 +576,12 @@ def _soak(parts, n: int, seed: int):
         assert s.metric("jaxserve_preemptions_total", '{kind="swap"}') > 0
         assert s.metric("jaxserve_preemptions_total", '{kind="drop"}') > 0
         s.assert_no_leak()
+        # nothing of an ended request stays behind (a long-running server would grow)
+        assert not s.engine.timelines and not s.engine.scheduler.requests
         assert httpx.get(s.url + "/health", timeout=TIMEOUT).json()["status"] == "ok"
         # metrics agree with what the clients received (3 dropped streams: cancelled)
         tokens = sum(rec.output_len for rec in rep.records)
-        dropped = [tl for tl in s.engine.timelines.values() if tl.finish_reason == "cancelled"]
+        dropped = [tl for tl in released.values() if tl.finish_reason == "cancelled"]
         assert len(dropped) == 3
         assert s.metric("jaxserve_requests_total", '{outcome="stop"}') == n
         assert s.metric("jaxserve_requests_total", '{outcome="cancelled"}') == 3

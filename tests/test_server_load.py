@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import random_model, tiny_config
+from test_server import keep_released
 
 from jaxserve import metrics, serve
 from jaxserve.engine import Engine
@@ -55,6 +56,7 @@ def setup():
         return Engine(model, "vllm", sc, tok, runner=runner)
 
     srv_engine = engine()
+    srv_engine.records = keep_released(srv_engine)
     app, _ = build_app(srv_engine, tok, "test-tiny", max_tokens=s.max_output_len)
     with RunningServer(app) as srv:
         yield engine, srv_engine, srv, tok
@@ -85,7 +87,7 @@ def test_http_replay_matches_in_process_replay(setup):
         assert b.state == a.state == "finished"
         assert b.first_token_time >= b.arrival and b.finish_time >= b.first_token_time
     # the server got the same prompts
-    served = {tl.prompt_len for tl in srv_engine.timelines.values()}
+    served = {tl.prompt_len for tl in srv_engine.records.values()}
     assert served == {len(p) for p in prompts.values()}
     ours, theirs = metrics.summarize(local), load.summarize(rep, s)
     assert set(ours) <= set(theirs) and ours["num_finished"] == theirs["num_finished"]
