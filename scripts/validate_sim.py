@@ -1,0 +1,220 @@
+"""The calibrated simulator against the engine: every policy on traces this CPU can serve.
+
+    python -m scripts.validate_sim --out=runs/validate_sim            # serve, fit, simulate
+    python -m scripts.validate_sim --out=runs/validate_sim --reuse    # re-simulate only
+
+1. Profile the engine's model (`jaxserve.profiler.profile`: prefill by length, decode by
+   batch x context x steps per call, swaps by size) and measure its host seconds per
+   iteration on a calibration trace (its own seed, not one of the validation traces).
+2. Serve each validation trace with every policy on the engine (`experiments.serve`'s
+   replay: same scheduler config, same request caps, emulated EOS at the trace length).
+3. Fit `CalibratedCost` to the profile and simulate the same traces with the same scheduler
+   config and the engine's timing (one step ahead, multi-step chunks, host cost).
+4. Print the errors of the simulator's mean JCT, P99 JCT and mean TTFT against the engine's
+   and write everything to DIR/validate.json (the engine's records to DIR/engine.json, which
+   `--reuse` reads instead of serving again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+from jaxserve import metrics
+from jaxserve.sched.policies import POLICIES
+from jaxserve.sim import Timing, fit_profile
+from jaxserve.sim.run import simulate_trace
+
+# name -> (what it stresses, ServeSettings overrides)
+TRACES = {
+    "load": ("high load, default lengths", {"rates": [40.0]}),
+    "tail": ("heavy output tail (sigma 2)", {"rates": [25.0], "output_sigma": 2.0}),
+    "memory": ("long requests, memory pressure", {"rates": [12.0], "scale": 0.6}),
+}
+CALIBRATION = ("calibration", {"rates": [30.0], "seed": 100})
+BASE = {
+    "workload": "sharegpt_synth",
+    "max_batch": 8,
+    "kv_pages": 96,
+    "page_size": 16,
+    "scale": 0.25,
+    "max_prompt_len": 128,
+    "max_output_len": 128,
+}
+
+
+def settings(args, overrides: dict):
+    from jaxserve.serve import ServeSettings
+
+    kw = dict(BASE, num_requests=args.num_requests, seed=args.seed, schedulers=args.policies)
+    kw["rates"] = [1.0]
+    return ServeSettings(**(kw | overrides))
+
+
+def serve_all(args, names: list[str]) -> dict:
+    """Profile, calibrate the host cost, serve every trace with every policy."""
+    import jax
+
+    from jaxserve import cli, experiment, profiler, serve
+    from jaxserve.engine import Engine
+    from jaxserve.runner import ModelRunner
+    from jaxserve.sampling import SamplingParams
+
+    cli.use_compilation_cache()
+    model, tokenizer, source = experiment.resolve_model(None, args.model, args.seed)
+    runner = ModelRunner(model)
+    base = settings(args, {})
+    t0 = time.perf_counter()
+    lengths = [16 << i for i in range(4)]  # 16 .. 128: every prefill bucket of the traces
+    prof = profiler.profile(
+        runner,
+        base.page_size,
+        lengths=lengths,
+        batches=[1, 2, 4, 8],
+        contexts=[16, 64, 256],
+        steps=[1, 4, 16],
+        swap_pages=[1, 4, 16],
+    )
+    print(f"profiled in {time.perf_counter() - t0:.0f} s", flush=True)
+    page_bytes = serve.page_nbytes(model.config, base.page_size)
+
+    def run(s, name: str, trace) -> tuple[list, Engine]:
+        sc = serve.scheduler_config(s, prof, model.config.max_seq_len, page_bytes)
+        engine = Engine(model, name, sc, tokenizer, runner=runner, decode_steps=s.decode_steps)
+        reach = serve.warmup_lengths(trace, model.config.max_seq_len)
+        if reach is not None:
+            engine.warmup(*reach)
+
+        def submitter(r):
+            cap = trace.caps[r.id]
+            params = SamplingParams(max_new_tokens=cap, seed=0)
+
+            def submit(arrival: float) -> str:
+                return engine.submit(
+                    trace.prompts[r.id],
+                    params,
+                    request_id=r.id,
+                    arrival=arrival,
+                    output_len=r.output_len,
+                    stop_at_output_len=True,
+                )
+
+            return submit
+
+        engine.replay([(r.arrival, submitter(r)) for r in trace.requests])
+        return [serve.to_record(engine.timelines[r.id]) for r in trace.requests], engine
+
+    calib = settings(args, CALIBRATION[1])
+    (ctrace,) = serve.prepare_traces(calib, tokenizer, model.config)
+    host = []
+    for name in args.policies:
+        _, engine = run(calib, name, ctrace)
+        host.append(profiler.host_seconds(engine))
+        print(f"calibration {name}: host {host[-1] * 1e3:.3f} ms/iteration", flush=True)
+    prof.host_per_iteration = sum(host) / len(host)
+    prof.save(os.path.join(args.out, "profile.json"))
+    out = {
+        "model": source,
+        "device": str(jax.devices()[0].device_kind),
+        "page_bytes": page_bytes,
+        "max_seq_len": model.config.max_seq_len,
+        "traces": {},
+    }
+    for tname in names:
+        s = settings(args, TRACES[tname][1])
+        (trace,) = serve.prepare_traces(s, tokenizer, model.config)
+        entry = {"settings": dataclasses.asdict(s), "runs": {}}
+        for name in args.policies:
+            records, engine = run(s, name, trace)
+            summary = metrics.summarize(records)
+            summary["iterations"] = engine.iterations
+            entry["runs"][name] = {"summary": summary, "requests": metrics.records_to_json(records)}
+            print(f"engine {tname:>7} {name:>15}: mean JCT {summary['mean_jct']:.4f} s", flush=True)
+        out["traces"][tname] = entry
+    return out
+
+
+def simulate_all(args, engine: dict, timing: Timing) -> dict:
+    from jaxserve.serve import ServeSettings, scheduler_config
+    from jaxserve.workload import TraceRequest
+
+    prof = json.load(open(os.path.join(args.out, "profile.json")))
+    cost = fit_profile(prof, engine["page_bytes"])
+    rows = {}
+    for tname, entry in engine["traces"].items():
+        s = ServeSettings(**entry["settings"])
+        from jaxserve.profiler import Profile
+
+        sc = scheduler_config(s, Profile.load(os.path.join(args.out, "profile.json")),
+                              engine["max_seq_len"], engine["page_bytes"])  # fmt: skip
+        for name, run in entry["runs"].items():
+            recs = metrics.records_from_json(run["requests"])
+            trace = [TraceRequest(r.id, r.arrival, r.prompt_len, _trace_len(r)) for r in recs]
+            t0 = min(r.arrival for r in recs)
+            trace = [dataclasses.replace(t, arrival=t.arrival - t0) for t in trace]
+            sim_records, results = simulate_trace(name, trace, sc, cost, timing, s.max_output_len)
+            sim = metrics.summarize(sim_records)
+            eng = run["summary"]
+            rows[(tname, name)] = {
+                k: (eng[k], sim[k], sim[k] / eng[k] - 1)
+                for k in ("mean_jct", "p99_jct", "mean_ttft")
+            } | {"iterations": (eng["iterations"], results[0].iterations, None)}
+    return {"cost": dataclasses.asdict(cost), "timing": dataclasses.asdict(timing), "rows": rows}
+
+
+def _trace_len(r: metrics.RequestRecord) -> int:
+    """The trace length a served request was replayed with (it ended there, "stop")."""
+    return r.output_len
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/validate_sim")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--traces", default=",".join(TRACES))
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--num_requests", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true", help="re-simulate the saved engine runs")
+    p.add_argument("--serial_host", action="store_true", help="host work delays the device")
+    args = p.parse_args()
+    args.policies = args.policies.split(",")
+    names = args.traces.split(",")
+    unknown = sorted(set(names) - set(TRACES)) + sorted(set(args.policies) - set(POLICIES))
+    if unknown:
+        p.error(f"unknown traces or policies {unknown}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "engine.json")
+    if args.reuse:
+        engine = json.load(open(path))
+    else:
+        engine = serve_all(args, names)
+        with open(path, "w") as f:
+            json.dump(engine, f)
+    prof = json.load(open(os.path.join(args.out, "profile.json")))
+    timing = Timing(host=prof["host_per_iteration"] or 0.0, serial_host=args.serial_host)
+    val = simulate_all(args, engine, timing)
+    print(f"\n{engine['model']} on {engine['device']}; errors = simulated / engine - 1")
+    head = ("trace", "policy", "mean JCT", "p99 JCT", "mean TTFT", "iterations")
+    print("{:>7} {:>15} {:>20} {:>20} {:>20} {:>11}".format(*head))
+    worst = {"mean_jct": 0.0, "p99_jct": 0.0, "mean_ttft": 0.0}
+    for (tname, name), row in val["rows"].items():
+        cells = []
+        for k in ("mean_jct", "p99_jct", "mean_ttft"):
+            e, s, err = row[k]
+            worst[k] = max(worst[k], abs(err))
+            cells.append(f"{e:7.4f} {s:7.4f} {err:+5.0%}")
+        it = row["iterations"]
+        print(f"{tname:>7} {name:>15} " + " ".join(f"{c:>20}" for c in cells), it[0], it[1])
+    print("worst |error|: " + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))
+    val["rows"] = [{"trace": t, "policy": n, **row} for (t, n), row in val["rows"].items()]
+    val["worst"] = worst
+    with open(os.path.join(args.out, "validate.json"), "w") as f:
+        json.dump(val, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

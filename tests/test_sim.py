@@ -1,0 +1,127 @@
+"""The simulator's loop: schedules worked by hand, under the synchronous and the engine's
+timing. Every cost here is `LinearCost(a=1 s)` unless said otherwise, so times are counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxserve.sched import Request, SchedulerConfig, State, make_scheduler
+from jaxserve.sim import SYNC, LinearCost, Timing, simulate
+
+ONE = LinearCost(a=1.0, b=0.0, b_prefill=0.0)
+
+
+def cfg(**kw) -> SchedulerConfig:
+    base = dict(max_batch=4, num_pages=64, page_size=16, max_seq_len=1024)
+    return SchedulerConfig(**(base | kw))
+
+
+def req(rid, prompt=4, out=3, cap=10, arrival=0.0) -> Request:
+    return Request(rid, arrival=arrival, prompt_len=prompt, max_new_tokens=cap, output_len=out)
+
+
+def test_sync_timing_reads_every_step_before_the_next():
+    """SYNC: prefill [0,1] -> token 1 at 1; decodes [1,2], [2,3] -> tokens at 2, 3; the third
+    token is the trace's last: JCT 3, TTFT 1, three iterations, nothing wasted."""
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=SYNC)
+    rec = res.records["a"]
+    assert rec.token_times == [1.0, 2.0, 3.0] and rec.finish_reason == "stop"
+    assert res.jct() == {"a": 3.0} and res.iterations == 3 and res.device_busy == 3.0
+
+
+def test_one_step_ahead_computes_one_wasted_step_and_hides_host_time():
+    """Engine timing, host 0.5 s an iteration. Plan k is dispatched after its host work and
+    runs after plan k-1; plan k-1's tokens are read while plan k runs:
+        plan 1 (prefill) host [0, .5] device [.5, 1.5]
+        plan 2 (decode)  host [.5, 1]  device [1.5, 2.5]  then read plan 1: token 1 at 1.5
+        plan 3           host [1.5, 2] device [2.5, 3.5]  read plan 2: token 2 at 2.5
+        plan 4           host [2.5, 3] device [3.5, 4.5]  read plan 3: token 3 at 3.5, stop
+    The scheduler learns of the stop one step late, so plan 4 is a wasted row: 4
+    iterations for 3 tokens. A synchronous loop with the same host cost pays it every step:
+    tokens at 1.5, 3, 4.5."""
+    timing = Timing(decode_steps=1, host=0.5)
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=timing)
+    assert res.records["a"].token_times == [1.5, 2.5, 3.5]
+    assert res.iterations == 4 and res.device_busy == 4.0
+    sync = Timing(overlap=False, decode_steps=1, host=0.5)
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=sync)
+    assert res.records["a"].token_times == [1.5, 3.0, 4.5] and res.iterations == 3
+
+
+def test_multi_step_chunks_follow_the_engines_rule():
+    """Prompt 16 (1 page), 10 tokens by length, chunks of up to 4 steps, a = 1 s a step.
+    Plan 1 prefills [0,1]. Plan 2: context 17 gets a second page (room 32-17+1 = 16), 9 tokens
+    left -> 4 steps [1,5]. Plan 3: 5 left -> 4 steps [5,9]. Plan 4: 1 left -> 1 step [9,10],
+    which ends the request by length at commit. Tokens are read when their call ends."""
+    timing = Timing(decode_steps=4)
+    r = req("a", prompt=16, out=None, cap=10)
+    res = simulate(make_scheduler("fcfs", cfg()), [r], ONE, timing=timing)
+    assert res.records["a"].token_times == [1.0] + [5.0] * 4 + [9.0] * 4 + [10.0]
+    assert res.iterations == 4 and res.records["a"].finish_reason == "length"
+
+
+def test_multi_step_needs_every_live_request_in_the_batch():
+    """max_batch 1, a and b arrive together, 3 tokens each, engine timing with chunks of up
+    to 16. While b waits, a's calls are single steps (b could change the plan): a prefill
+    [0,1], decodes [1,2] [2,3] and the wasted [3,4]; tokens read at 1, 2, 3. Then b prefills
+    [4,5]; alone, its decode runs 2 steps in one call [5,7] (its trace has 2 tokens left),
+    then one wasted step [7,8]: b's tokens at 5, 7, 7. 7 calls, 8 steps of device time."""
+    timing = Timing(decode_steps=16)
+    res = simulate(make_scheduler("fcfs", cfg(max_batch=1)), [req("a"), req("b")], ONE,
+                   timing=timing)  # fmt: skip
+    assert res.records["a"].token_times == [1.0, 2.0, 3.0]
+    assert res.records["b"].token_times == [5.0, 7.0, 7.0]
+    assert res.iterations == 7 and res.device_busy == 8.0
+
+
+def test_rejected_cancelled_and_later_turns():
+    """SYNC. r0 never fits (prompt 100 > max_seq_len 64): rejected, no tokens. r1 and r4 run
+    together, a token each per second. r1's cancellation at 1.5 s takes effect at the next
+    iteration boundary, 2 s, after its second token. r4 ends at 3 s; r3, its next turn, is
+    released 0.5 s of think time later, at 3.5 s, and emits its 3 tokens at 4.5, 5.5, 6.5."""
+    s = make_scheduler("fcfs", cfg(max_seq_len=64))
+    rs = [req("r0", prompt=100), req("r1", out=10, cap=10), req("r4"), req("r3", arrival=0.0)]
+    res = simulate(s, rs, ONE, cancels=[(1.5, "r1")], after={"r3": ("r4", 0.5)})
+    assert res.records["r0"].state == "rejected" and res.records["r0"].output_len == 0
+    assert res.records["r0"].finish_reason.startswith("rejected")
+    r1 = res.records["r1"]
+    assert r1.state == "cancelled" and r1.token_times == [1.0, 2.0] and r1.finish_time == 2.0
+    assert res.records["r4"].finish_time == 3.0
+    r3 = res.records["r3"]
+    assert r3.arrival == 3.5 and r3.token_times == [4.5, 5.5, 6.5]
+    assert s.allocator.num_free == s.config.usable_pages and s.done
+    summary = res.summary()
+    assert summary["num_rejected"] == 1 and summary["num_finished"] == 2
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_swaps_and_recompute_cost_what_the_plans_move(mode):
+    """vllm on a pool of 3 usable pages, two 16-token prompts: each prefill takes a page, then
+    each decode needs a second one, so the newer request is preempted. With swapping, every
+    page a plan moves costs 1 s (1-byte pages at 1 B/s) on top of 1 s per computing plan;
+    with recompute nothing is copied and the victim is prefilled again."""
+    moved, computing, prefills = [], [], []
+
+    def watch(sched, plan):
+        moved.append(plan.swap_in_pages + plan.swap_out_pages)
+        computing.append(bool(plan.batch))
+        prefills.extend(r.id for r in plan.prefill)
+
+    cost = LinearCost(a=1.0, b=0.0, b_prefill=0.0, swap_bandwidth=1.0, kv_bytes_per_page=1)
+    s = make_scheduler("vllm", cfg(num_pages=4, preemption=mode, max_batch=2))
+    rs = [req("a", prompt=16, out=6), req("b", prompt=16, out=6, arrival=0.1)]
+    res = simulate(s, rs, cost, on_step=watch)
+    assert res.device_busy == pytest.approx(sum(computing) + sum(moved))
+    assert all(res.records[r].output_len == 6 for r in "ab")
+    if mode == "swap":
+        assert sum(moved) > 0 and prefills.count("b") == 1
+    else:
+        assert sum(moved) == 0 and prefills.count("b") == 2
+    assert rs[1].state is State.FINISHED and rs[1].preemptions >= 1
+
+
+def test_timing_rejects_bad_settings():
+    with pytest.raises(ValueError, match="power of two"):
+        Timing(decode_steps=3)
+    with pytest.raises(ValueError, match="host"):
+        Timing(host=-1.0)
