@@ -125,3 +125,67 @@ def test_timing_rejects_bad_settings():
         Timing(decode_steps=3)
     with pytest.raises(ValueError, match="host"):
         Timing(host=-1.0)
+
+
+def random_case(seed: int, policy: str):
+    """Requests with bursts of arrivals, mixed lengths, a pool that forces preemption, MLFQ
+    demotions (small q0) and frequent starvation checks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    arrivals = np.cumsum(rng.exponential(0.02, n))
+    reqs = [
+        Request(
+            f"r{i}",
+            arrival=float(arrivals[i]),
+            prompt_len=int(rng.integers(1, 80)),
+            max_new_tokens=int(rng.integers(20, 120)),
+            output_len=int(rng.integers(1, 100)),
+        )
+        for i in range(n)
+    ]
+    config = SchedulerConfig(
+        max_batch=int(rng.integers(2, 9)),
+        num_pages=int(rng.integers(24, 60)),
+        page_size=int(rng.choice([4, 16])),
+        max_seq_len=256,
+        preemption=str(rng.choice(["swap", "recompute"])),
+        host_pages=int(rng.choice([10, 1000])),
+        q0=float(rng.choice([0.005, 0.05])),
+        promote_every=int(rng.choice([7, 50])),
+        starve_s=0.05,
+        reserve_pages=int(rng.integers(0, 3)),
+        prefetch=int(rng.integers(0, 3)),
+        swap_bandwidth=1e6,
+        kv_bytes_per_page=1000,
+        prefill_table=[(1, 0.002), (128, 0.02)],
+    )
+    return make_scheduler(policy, config), reqs
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"])
+def test_fast_path_gives_the_same_run(policy):
+    """Steady stretches run without re-planning (`fast=True`, the default) give exactly the
+    run that plans every iteration: every token time, every scheduler field, every page."""
+    cost = LinearCost(a=1e-3, b=1e-4, b_prefill=2e-5, c=1e-6, swap_bandwidth=1e6,
+                      kv_bytes_per_page=1000)  # fmt: skip
+    timing = Timing(overlap=False, decode_steps=1, host=2e-4)
+    skipped = 0
+    for seed in range(4):
+        runs = []
+        for fast in (False, True):
+            s, reqs = random_case(seed, policy)
+            res = simulate(s, reqs, cost, timing=timing, fast=fast)
+            state = [
+                (r.id, r.state, r.num_generated, r.queue, r.entered_queue, r.preemptions,
+                 r.quantum_used, r.last_run, tuple(r.pages))
+                for r in reqs
+            ]  # fmt: skip
+            recs = [(x.id, x.token_times, x.finish_time, x.state) for x in res.records.values()]
+            runs.append((recs, state, s.allocator.free_runs(), s.iteration, res.iterations,
+                         res.time, res.device_busy, res.finished_events))  # fmt: skip
+            s.check_invariants()
+        assert runs[0] == runs[1]
+        skipped += runs[0][4]
+    assert skipped > 0

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 
 from jaxserve.metrics import RequestRecord, summarize
 from jaxserve.sched.plan import Plan
+from jaxserve.sched.policies.fcfs import FCFS
+from jaxserve.sched.policies.mlfq import MLFQ
+from jaxserve.sched.policies.skip_join import SkipJoinMLFQ
+from jaxserve.sched.policies.srpt import SRPT
+from jaxserve.sched.policies.vllm import VLLM
 from jaxserve.sched.request import Request, State
 from jaxserve.sched.scheduler import Scheduler
 
@@ -115,6 +120,7 @@ def simulate(
     after: Mapping[str, tuple[str, float]] | None = None,
     max_iterations: int = 10_000_000,
     on_step: Callable[[Scheduler, Plan], None] | None = None,
+    fast: bool = True,
 ) -> SimResult:
     """Run `sched` over `requests` until every one has ended (module docstring).
 
@@ -123,14 +129,19 @@ def simulate(
     cancels: (time, request id): cancelled at the first iteration boundary at or after time.
     after: request id -> (previous turn's id, think seconds): released that long after the
         previous turn finished (its `arrival` becomes that time).
-    on_step(sched, plan): called after each `schedule` (tests check invariants there).
+    on_step(sched, plan): called after each `schedule` (tests check invariants there; it
+        turns the fast path off, so that it sees every plan).
+    fast: run steady stretches without re-planning (`_Loop.steady`); the result is the same.
     Raises if the scheduler stalls with work left and nothing due, or after `max_iterations`.
     """
-    return _Loop(sched, requests, cost, timing, cancels, after or {}).run(max_iterations, on_step)
+    loop = _Loop(sched, requests, cost, timing, cancels, after or {})
+    loop.fast = fast and on_step is None and type(sched.policy) in _STEADY_POLICIES
+    return loop.run(max_iterations, on_step)
 
 
 class _Loop:
     def __init__(self, sched, requests, cost, timing, cancels, after):
+        self.fast = False  # repeat steady plans without re-planning (`steady`)
         self.sched = sched
         self.cost = _plan_cost(cost)
         self.timing = timing
@@ -229,6 +240,85 @@ class _Loop:
                 if emitted[r.id] >= r.num_generated:
                     self.finish(r, now, "length")
 
+    def steady(self, plan: Plan, max_iterations: int) -> None:
+        """Run `plan`'s batch again and again, without calling `schedule`, for as long as the
+        scheduler is certain to plan exactly that batch: what `schedule` and `commit` /
+        `complete` would do is done directly (pages grown in plan order through the
+        allocator, tokens counted, quanta charged through the policy's own `on_step`).
+
+        `plan` was decode-only and moved nothing (`_steady_plan`), and the policy is one whose
+        choice depends only on request keys and free pages (`_STEADY_POLICIES`). Its next
+        plan is then the same batch in the same order until something happens: an arrival or
+        cancellation, a member finishing, a member's MLFQ queue changing, a starvation
+        check, or a step whose new pages would leave less than the free pages (and the
+        reserve) it needs. Free pages only shrink meanwhile, so a request left out of `plan`
+        (it did not fit) still does not fit. The stretch stops before any such iteration,
+        which then runs normally."""
+        sched, cfg, res, records = self.sched, self.sched.config, self.res, self.records
+        policy, alloc, timing = sched.policy, sched.allocator, self.timing
+        rows = plan.decode
+        if not all(r.live for r in rows):
+            return
+        ids = [r.id for r in rows]
+        recs = [records[i] for i in ids]
+        emitted, target = self.emitted, self.target
+        ps, max_seq = cfg.page_size, cfg.max_seq_len
+        every = cfg.promote_every if isinstance(policy, MLFQ) else 0
+        reserve = cfg.reserve_pages if type(policy) is not VLLM else 0
+        host = timing.host + timing.host_per_row * len(rows)
+        serial = timing.serial_host
+        while True:
+            t = self.t
+            if self.i < len(self.pending) and self.pending[self.i].arrival <= t:
+                return
+            if self.c < len(self.cancels) and self.cancels[self.c][0] <= t:
+                return
+            if every > 0 and sched.iteration % every == 0:
+                return  # the policy checks for starving jobs in this schedule
+            grow = []
+            for r, i in zip(rows, ids):
+                n = r.num_generated + 1
+                if n >= r.max_new_tokens or r.prompt_len + n > max_seq:
+                    return  # finishes by length at commit
+                if emitted[i] + 1 >= target[i]:
+                    return  # its trace ends with this token
+                if r.prompt_len + r.num_generated > len(r.pages) * ps:
+                    grow.append(r)
+            if grow and (len(grow) > alloc.num_free or alloc.num_free - len(grow) < reserve):
+                return
+            if res.iterations >= max_iterations:
+                return
+            # schedule: the same batch; members that cross a page boundary grow (plan order)
+            for r in grow:
+                r.pages += alloc.allocate(1, hint=r.pages[-1] + 1 if r.pages else None)
+            res.iterations += 1
+            if serial and self.device_free > t:
+                self.device_free += min(host, self.device_free - t)
+            self.t = dispatched = t + host
+            seconds = self.cost(plan, 1)
+            end = self.device_free = max(self.t, self.device_free) + seconds
+            res.device_busy += seconds
+            for r in rows:  # commit
+                r.num_generated += 1
+                r.last_run = t
+            sched.iteration += 1
+            now = self.t = max(self.t, end)  # read
+            elapsed = now - max(self.last_read, dispatched)
+            self.last_read = now
+            for rec, i in zip(recs, ids):
+                emitted[i] += 1
+                rec.output_len += 1
+                rec.token_times.append(now)
+            _, charge = cfg.charges(elapsed, [], len(rows))  # complete
+            moved = False
+            for r in rows:
+                r.quantum_used += charge
+                key = (r.queue, r.entered_queue)
+                policy.on_step(sched, r, elapsed)
+                moved = moved or key != (r.queue, r.entered_queue)
+            if moved:
+                return
+
     def run(self, max_iterations, on_step) -> SimResult:
         sched, timing, res, records = self.sched, self.timing, self.res, self.records
         cfg = sched.config
@@ -296,13 +386,31 @@ class _Loop:
             else:
                 self.host_work(timing.host_idle)
             if not timing.overlap and current is not None:
+                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan)
+                keys = [(r.queue, r.entered_queue) for r in plan.decode] if steady else None
                 self.read(current)
                 current = None
+                if steady and keys == [(r.queue, r.entered_queue) for r in plan.decode]:
+                    self.steady(plan, max_iterations)  # its own step moved nobody's queue
             if inflight is not None:
                 self.read(inflight)
             inflight = current
         res.time = self.t
         return res
+
+
+# Policies whose plan depends only on request keys that a decode step leaves alone (or, for
+# srpt, only improves for the batch) and on free pages: `_Loop.steady` may repeat their plans.
+_STEADY_POLICIES = (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)
+
+
+def _steady_plan(plan: Plan) -> bool:
+    """Decode only, nothing moved, nobody preempted or rejected."""
+    return bool(
+        plan.decode
+        and not (plan.prefill or plan.swap_out or plan.swap_in or plan.drop)
+        and not (plan.preempted or plan.rejected)
+    )
 
 
 def _num_steps(
