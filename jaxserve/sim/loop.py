@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from jaxserve.metrics import RequestRecord, summarize
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.policies.fcfs import FCFS
+from jaxserve.sched.policies.mlfq import _QUANTUM_RTOL as QUANTUM_RTOL
 from jaxserve.sched.policies.mlfq import MLFQ
 from jaxserve.sched.policies.skip_join import SkipJoinMLFQ
 from jaxserve.sched.policies.srpt import SRPT
@@ -263,7 +264,8 @@ class _Loop:
         recs = [records[i] for i in ids]
         emitted, target = self.emitted, self.target
         ps, max_seq = cfg.page_size, cfg.max_seq_len
-        every = cfg.promote_every if isinstance(policy, MLFQ) else 0
+        mlfq = isinstance(policy, MLFQ)
+        every = cfg.promote_every if mlfq else 0
         reserve = cfg.reserve_pages if type(policy) is not VLLM else 0
         host = timing.host + timing.host_per_row * len(rows)
         serial = timing.serial_host
@@ -313,9 +315,11 @@ class _Loop:
             moved = False
             for r in rows:
                 r.quantum_used += charge
-                key = (r.queue, r.entered_queue)
-                policy.on_step(sched, r, elapsed)
-                moved = moved or key != (r.queue, r.entered_queue)
+                # MLFQ's on_step acts only on a used-up quantum; the others' do nothing
+                if mlfq and r.quantum_used >= cfg.quantum(r.queue) * (1 - QUANTUM_RTOL):
+                    key = (r.queue, r.entered_queue)
+                    policy.on_step(sched, r, elapsed)
+                    moved = moved or key != (r.queue, r.entered_queue)
             if moved:
                 return
 
