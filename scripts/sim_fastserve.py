@@ -3,7 +3,7 @@ oracle) on GPT-3 175B over 16 A100-80G (tensor parallel 8, pipeline parallel 2),
 P99 JCT against arrival rate.
 
     python -m scripts.sim_fastserve --out=runs/sim_fastserve
-    python -m scripts.sim_fastserve --rates=0.5,1,1.5,2 --num_requests=1000 --out=DIR
+    python -m scripts.sim_fastserve --rates=1,2,4,8 --num_requests=1000 --output_sigma=2 --out=DIR
 
 Runs `experiments.simulate`'s library call (so DIR/results.json and DIR/jct_vs_rate.png are
 the same files), then prints fcfs / skip_join_mlfq for mean and P99 JCT at each rate next to
@@ -21,10 +21,10 @@ PAPER = {"mean": 5.1, "p99": 6.4}
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rates", default="0.5,1,1.5,2,3")
+    p.add_argument("--rates", default="2,4,6,8")
     p.add_argument("--num_requests", type=int, default=500)
     p.add_argument("--max_batch", type=int, default=16)
-    p.add_argument("--output_sigma", type=float, default=None)
+    p.add_argument("--output_sigma", type=float, default=2.5, help="output length tail")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/sim_fastserve")
     args = p.parse_args()

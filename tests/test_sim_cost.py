@@ -154,3 +154,22 @@ def test_calibrated_fit_names_a_bad_profile(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match="not a JSON profile"):
         fit_profile(str(bad), 4096)
+
+
+def test_calibrated_cost_reads_measured_decode_calls_off_the_grid():
+    """A grid point that the formula misses (batch 2, context 64, 1 step measured at 9 ms) is
+    what the cost model answers for that call, and halfway to the next context it
+    interpolates; a batch bucket the grid lacks (16) falls back to the fit."""
+    prof = made_profile()
+    grid = [list(p) for p in prof["decode_grid"]]
+    for p in grid:
+        if p[:3] == [2, 64, 1]:
+            p[3] = 9e-3
+    prof["decode_grid"] = grid
+    cost = fit_profile(prof, kv_bytes_per_page=4096)
+    assert cost.decode_time([60, 64], 1) == pytest.approx(9e-3)
+    at256 = next(p[3] for p in grid if p[:3] == [2, 256, 1])
+    assert cost.decode_time([100, 128], 1) == pytest.approx(9e-3 + (at256 - 9e-3) * 64 / 192)
+    d0, d1, d2, d3 = cost.decode
+    assert cost.decode_time([64] * 9, 1) == pytest.approx(d0 + d1 + 16 * d2 + 16 * 64 * d3)
+    assert fit_profile(prof, 4096, table=False).decode_time([60, 64], 1) != pytest.approx(9e-3)

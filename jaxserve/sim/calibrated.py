@@ -6,6 +6,11 @@
       swap[(bytes, s)]                 s = 2 (s0 + bytes / bandwidth)  (a round trip)
       host_per_iteration               -> `Timing.host`
 
+With buckets, a decode call whose batch bucket the grid measured is read off the grid
+(`decode_table`: linear in context and steps between measured points), the fitted formula
+covering the rest: on a CPU the engine switches decode algorithm with the batch size, which
+no one formula follows.
+
 The engine runs fixed shape buckets (`Engine._prefill`, `Engine._decode`): a prefill of b
 prompts is padded to [pow2(b), pow2(longest, 16)], a decode of b rows to pow2(b) rows whose
 block tables are cut to pow2(pages of the longest context) pages, and every row attends to
@@ -40,6 +45,11 @@ class CalibratedCost:
     kv_bytes_per_page: int  # bytes a page swap moves
     buckets: bool = True  # price the engine's padded shapes
     min_rows: int = 1  # smallest batch bucket (the engine's data axis)
+    # the measured decode grid {(batch, context, steps): seconds}: with buckets, a call whose
+    # batch bucket was measured is read off it (linear in context and in steps between the
+    # measured ones, the end segments extended) instead of the fitted formula, since one
+    # formula misses the engine's change of decode algorithm between batch sizes
+    decode_table: tuple[tuple[int, int, int, float], ...] = ()
 
     def prefill_time(self, lens: Sequence[int]) -> float:
         if not lens:
@@ -59,6 +69,10 @@ class CalibratedCost:
             b = pow2(len(contexts), self.min_rows)
             reach = max(contexts) + steps - 1
             width = pow2(-(-reach // self.page_size)) * self.page_size
+            if self.decode_table:
+                t = _table_time(self.decode_table, b, width, steps)
+                if t is not None:
+                    return t
             return d0 + steps * (d1 + d2 * b + d3 * b * width)
         ctx = sum(contexts) + len(contexts) * (steps - 1) / 2
         return d0 + steps * (d1 + d2 * len(contexts) + d3 * ctx)
@@ -73,6 +87,30 @@ class CalibratedCost:
         t += sum(self.swap_time(len(p)) for _, p in plan.swap_in)
         t += self.prefill_time([r.context_len for r in plan.prefill])
         return t + self.decode_time([r.context_len for r in plan.decode], steps)
+
+
+def _lerp(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through sorted (x, y) points, end segments extended, floored at 0."""
+    if len(points) == 1:
+        return points[0][1]
+    k = 1
+    while k < len(points) - 1 and points[k][0] < x:
+        k += 1
+    (x0, y0), (x1, y1) = points[k - 1], points[k]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+def _table_time(table, b: int, width: int, steps: int) -> float | None:
+    """A decode call read off the measured grid (see `CalibratedCost.decode_table`); None
+    when batch bucket `b` was not measured."""
+    rows = [(c, k, t) for bb, c, k, t in table if bb == b]
+    if not rows:
+        return None
+    by_steps: dict[int, list[tuple[float, float]]] = {}
+    for c, k, t in rows:
+        by_steps.setdefault(k, []).append((c, t))
+    at_width = sorted((k, _lerp(sorted(pts), width)) for k, pts in by_steps.items())
+    return _lerp(at_width, steps)
 
 
 def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -133,10 +171,15 @@ def fit_swap(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
 
 
 def fit_profile(
-    profile: Mapping | str, kv_bytes_per_page: int, buckets: bool = True, min_rows: int = 1
+    profile: Mapping | str,
+    kv_bytes_per_page: int,
+    buckets: bool = True,
+    min_rows: int = 1,
+    table: bool = True,
 ) -> CalibratedCost:
     """A `CalibratedCost` from a profile (a `jaxserve.profiler.Profile`, its dict, or the path
-    of its profile.json). `InputError` naming the file when it lacks what the fit needs."""
+    of its profile.json); `table`: keep the measured decode grid for lookups (with buckets).
+    `InputError` naming the file when it lacks what the fit needs."""
     where = profile if isinstance(profile, str) else "profile"
     if isinstance(profile, str):
         try:
@@ -170,4 +213,5 @@ def fit_profile(
         kv_bytes_per_page=kv_bytes_per_page,
         buckets=buckets,
         min_rows=min_rows,
+        decode_table=tuple(grid) if table and profile.get("decode_grid") else (),
     )
