@@ -10,6 +10,9 @@ and, for the simulator's calibrated cost model (`jaxserve.sim.calibrated`):
     decode_grid[(batch, context, steps, seconds)]  one decode call by batch, context tokens
                                     attended (block-table width x page size) and steps
     swap[(bytes, seconds)]          one swap-out + swap-in round trip by size
+    slot_update                     seconds of one update of the engine's device-resident
+                                    decode batch (`ModelRunner.update_slots`), paid by a step
+                                    whose rows or block tables changed
     host_per_iteration              host seconds per engine iteration (plan, dispatch, read),
                                     from a short engine run (`host_seconds`)
 
@@ -48,6 +51,7 @@ class Profile:
     decode_grid: list[tuple[int, int, int, float]] = dataclasses.field(default_factory=list)
     swap: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # round trips
     host_per_iteration: float | None = None  # seconds; None: not measured
+    slot_update: float | None = None  # seconds; None: not measured
 
     def prefill_time(self, input_len: int) -> float:
         """Linear interpolation (and extrapolation past the ends) of the prefill table."""
@@ -184,6 +188,20 @@ def profile(
     for n in swap_pages or ():
         pages = list(range(1, 1 + min(n, state["kv"].num_pages - 1)))
         swaps.append((tier.swap_out(state["kv"], pages).nbytes, _median_time(swap, reps)))
+    slot_update = None
+    if contexts:  # the simulator's measurements
+        from jaxserve.batch import SlotUpdates
+
+        rows, num_stop = max(batches), 4
+        state["slots"] = runner.new_slots(rows, rows, width + 1, num_stop)
+        packed = SlotUpdates(rows, rows, width + 1, num_stop).pack(range(rows), min_records=1)
+        no_prefill = jax.device_put(np.zeros(1, np.int32))
+
+        def update():
+            state["slots"] = runner.update_slots(state["slots"], packed, no_prefill)
+            jax.block_until_ready(state["slots"])
+
+        slot_update = _median_time(update, reps)
     n_big, t_big = prefill_table[-1]
     return Profile(
         model=config.name,
@@ -195,6 +213,7 @@ def profile(
         page_size=page_size,
         decode_grid=grid,
         swap=swaps,
+        slot_update=slot_update,
     )
 
 

@@ -25,6 +25,9 @@ def main() -> None:
     p.add_argument("--num_requests", type=int, default=500)
     p.add_argument("--max_batch", type=int, default=16)
     p.add_argument("--output_sigma", type=float, default=2.5, help="output length tail")
+    p.add_argument(
+        "--kv_pages", type=int, default=None, help="KV pool (default: what the HBM holds)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/sim_fastserve")
     args = p.parse_args()
@@ -34,6 +37,7 @@ def main() -> None:
         num_requests=args.num_requests,
         max_batch=args.max_batch,
         output_sigma=args.output_sigma,
+        kv_pages=args.kv_pages,
         seed=args.seed,
     )
     res = run_analytical(s, "a100-80g", "gpt3-175b", 16, 8, 2, args.out)

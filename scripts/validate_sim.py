@@ -8,8 +8,11 @@
    iteration on a calibration trace (its own seed, not one of the validation traces).
 2. Serve each validation trace with every policy on the engine (`experiments.serve`'s
    replay: same scheduler config, same request caps, emulated EOS at the trace length).
-3. Fit `CalibratedCost` to the profile and simulate the same traces with the same scheduler
-   config and the engine's timing (one step ahead, multi-step chunks, host cost).
+3. Fit `CalibratedCost` to the profile, scale its device times to match the calibration
+   runs (one factor for every policy: the profile times each call alone, the engine runs
+   them back to back next to its host work), and simulate the validation traces with the
+   same scheduler config and the engine's timing (one step ahead, multi-step chunks, host
+   cost of each policy from the calibration runs).
 4. Print the errors of the simulator's mean JCT, P99 JCT and mean TTFT against the engine's
    and write everything to DIR/validate.json (the engine's records to DIR/engine.json, which
    `--reuse` reads instead of serving again).
@@ -110,9 +113,10 @@ def serve_all(args, names: list[str]) -> dict:
 
     calib = settings(args, CALIBRATION[1])
     (ctrace,) = serve.prepare_traces(calib, tokenizer, model.config)
-    host = {}
+    host, calibration = {}, {}
     for name in args.policies:
-        _, engine = run(calib, name, ctrace)
+        records, engine = run(calib, name, ctrace)
+        calibration[name] = metrics.records_to_json(records)
         host[name] = profiler.host_seconds(engine)
         print(f"calibration {name}: host {host[name] * 1e3:.3f} ms/iteration", flush=True)
     prof.host_per_iteration = sum(host.values()) / len(host)
@@ -123,6 +127,7 @@ def serve_all(args, names: list[str]) -> dict:
         "page_bytes": page_bytes,
         "max_seq_len": model.config.max_seq_len,
         "host": host,  # policy -> host seconds per iteration on the calibration trace
+        "calibration": {"settings": dataclasses.asdict(calib), "runs": calibration},
         "traces": {},
     }
     for tname in names:
@@ -139,26 +144,60 @@ def serve_all(args, names: list[str]) -> dict:
     return out
 
 
-def simulate_all(args, engine: dict, timing: Timing) -> dict:
-    """Simulate every served run with its policy's calibrated host cost."""
-    from jaxserve.serve import ServeSettings, scheduler_config
+def _sim_run(name, run_requests, s, sc, cost, timing, host):
+    """Simulate one served run's trace (arrivals and lengths from its records)."""
     from jaxserve.workload import TraceRequest
 
-    prof = json.load(open(os.path.join(args.out, "profile.json")))
-    cost = fit_profile(prof, engine["page_bytes"])
+    recs = metrics.records_from_json(run_requests)
+    t0 = min(r.arrival for r in recs)
+    trace = [TraceRequest(r.id, r.arrival - t0, r.prompt_len, r.output_len) for r in recs]
+    return simulate_trace(
+        name, trace, sc, cost, dataclasses.replace(timing, host=host), s.max_output_len
+    )
+
+
+def fit_time_scale(engine: dict, cost, timing: Timing, prof) -> float:
+    """The device-time scale that best matches the calibration runs' mean JCT and mean TTFT
+    over every policy (least squares in log ratio over a grid of scales)."""
+    import math
+
+    from jaxserve.serve import ServeSettings, scheduler_config
+
+    cal = engine["calibration"]
+    s = ServeSettings(**cal["settings"])
+    sc = scheduler_config(s, prof, engine["max_seq_len"], engine["page_bytes"])
+    best = (math.inf, 1.0)
+    for k in range(25):
+        scale = 0.5 * 8 ** (k / 24)  # 0.5 .. 4
+        c = dataclasses.replace(cost, time_scale=scale)
+        err = 0.0
+        for name, reqs in cal["runs"].items():
+            eng = metrics.summarize(metrics.records_from_json(reqs))
+            host = engine["host"][name]
+            sim = metrics.summarize(_sim_run(name, reqs, s, sc, c, timing, host)[0])
+            err += sum(math.log(sim[m] / eng[m]) ** 2 for m in ("mean_jct", "mean_ttft"))
+        best = min(best, (err, scale))
+    return best[1]
+
+
+def simulate_all(args, engine: dict, timing: Timing) -> dict:
+    """Simulate every served run with its policy's calibrated host cost."""
+    from jaxserve.profiler import Profile
+    from jaxserve.serve import ServeSettings, scheduler_config
+
+    prof_path = os.path.join(args.out, "profile.json")
+    prof = Profile.load(prof_path)
+    cost = fit_profile(json.load(open(prof_path)), engine["page_bytes"])
+    if not args.no_time_scale and "calibration" in engine:
+        cost = dataclasses.replace(cost, time_scale=fit_time_scale(engine, cost, timing, prof))
+        print(f"device time scale fitted on the calibration trace: {cost.time_scale:.2f}")
     rows = {}
     for tname, entry in engine["traces"].items():
         s = ServeSettings(**entry["settings"])
-        from jaxserve.profiler import Profile
-
-        sc = scheduler_config(s, Profile.load(os.path.join(args.out, "profile.json")),
-                              engine["max_seq_len"], engine["page_bytes"])  # fmt: skip
+        sc = scheduler_config(s, prof, engine["max_seq_len"], engine["page_bytes"])
         for name, run in entry["runs"].items():
-            recs = metrics.records_from_json(run["requests"])
-            trace = [TraceRequest(r.id, r.arrival, r.prompt_len, _trace_len(r)) for r in recs]
-            t0 = min(r.arrival for r in recs)
-            trace = [dataclasses.replace(t, arrival=t.arrival - t0) for t in trace]
-            sim_records, results = simulate_trace(name, trace, sc, cost, timing, s.max_output_len)
+            host = engine.get("host", {}).get(name, timing.host)
+            sim_records, results = _sim_run(name, run["requests"], s, sc, cost, timing, host)
             sim = metrics.summarize(sim_records)
             eng = run["summary"]
             rows[(tname, name)] = {
@@ -166,11 +205,6 @@ def simulate_all(args, engine: dict, timing: Timing) -> dict:
                 for k in ("mean_jct", "p99_jct", "mean_ttft")
             } | {"iterations": (eng["iterations"], results[0].iterations, None)}
     return {"cost": dataclasses.asdict(cost), "timing": dataclasses.asdict(timing), "rows": rows}
-
-
-def _trace_len(r: metrics.RequestRecord) -> int:
-    """The trace length a served request was replayed with (it ended there, "stop")."""
-    return r.output_len
 
 
 def main() -> None:
@@ -183,6 +217,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=7, help="profiler repetitions per point")
     p.add_argument("--reuse", action="store_true", help="re-simulate the saved engine runs")
+    p.add_argument(
+        "--no_time_scale", action="store_true", help="use the profile's times as they are"
+    )
     p.add_argument("--serial_host", action="store_true", help="host work delays the device")
     args = p.parse_args()
     args.policies = args.policies.split(",")

@@ -5,6 +5,7 @@
       decode_grid[(b, ctx, k, s)]      s = d0 + k (d1 + d2 b + d3 b ctx) (one call, k steps)
       swap[(bytes, s)]                 s = 2 (s0 + bytes / bandwidth)  (a round trip)
       host_per_iteration               -> `Timing.host`
+      slot_update                      a decode call whose rows or block tables changed
 
 With buckets, a decode call whose batch bucket the grid measured is read off the grid
 (`decode_table`: linear in context and steps between measured points), the fitted formula
@@ -50,6 +51,16 @@ class CalibratedCost:
     # measured ones, the end segments extended) instead of the fitted formula, since one
     # formula misses the engine's change of decode algorithm between batch sizes
     decode_table: tuple[tuple[int, int, int, float], ...] = ()
+    slot_update: float = 0.0  # seconds to update the engine's resident decode batch (its
+    # rows or block tables changed); the loop adds it (`row_update_time`)
+    time_scale: float = 1.0  # device seconds in a served run / profiled seconds (fitted on a
+    # calibration run: the profile times each call alone, the engine runs them back to back
+    # next to its host work)
+
+    @property
+    def row_update_time(self) -> float:
+        """Device seconds of a decode call whose rows or block tables changed, on top."""
+        return self.slot_update * self.time_scale
 
     def prefill_time(self, lens: Sequence[int]) -> float:
         if not lens:
@@ -86,7 +97,8 @@ class CalibratedCost:
         t = sum(self.swap_time(len(p)) for _, p in plan.swap_out)
         t += sum(self.swap_time(len(p)) for _, p in plan.swap_in)
         t += self.prefill_time([r.context_len for r in plan.prefill])
-        return t + self.decode_time([r.context_len for r in plan.decode], steps)
+        t += self.decode_time([r.context_len for r in plan.decode], steps)
+        return t * self.time_scale
 
 
 def _lerp(points: list[tuple[float, float]], x: float) -> float:
@@ -214,4 +226,5 @@ def fit_profile(
         buckets=buckets,
         min_rows=min_rows,
         decode_table=tuple(grid) if table and profile.get("decode_grid") else (),
+        slot_update=float(profile.get("slot_update") or 0.0),
     )

@@ -174,8 +174,24 @@ class _Loop:
         self.device_free = 0.0  # when the device finishes what has been dispatched
         self.last_read = 0.0
         self.step_time = 0.0  # the engine's running estimate of one decode step
+        self.row_update = getattr(cost, "row_update_time", 0.0)  # see `rows_changed`
+        self.rows_sent: list[str] = []  # the rows of the last decode call
+        self.slot_pages: dict[str, tuple[int, int] | None] = {}  # id -> (first page, pages)
         self.i = 0  # next pending arrival
         self.c = 0  # next cancellation
+
+    def rows_changed(self, rows: list[Request]) -> bool:
+        """Would the engine send its device-resident batch an update before this decode
+        call: other rows, or a row whose block table grew (or is new: its pages differ)?"""
+        ids = [r.id for r in rows]
+        changed = ids != self.rows_sent
+        self.rows_sent = ids
+        for r in rows:
+            key = (r.pages[0], len(r.pages)) if r.pages else None
+            if self.slot_pages.get(r.id) != key:
+                self.slot_pages[r.id] = key
+                changed = True
+        return changed
 
     def next_due(self) -> float | None:
         due = [self.pending[self.i].arrival] if self.i < len(self.pending) else []
@@ -298,6 +314,10 @@ class _Loop:
                 self.device_free += min(host, self.device_free - t)
             self.t = dispatched = t + host
             seconds = self.cost(plan, 1)
+            if grow and self.row_update:
+                for r in grow:
+                    self.slot_pages[r.id] = (r.pages[0], len(r.pages))
+                seconds += self.row_update
             end = self.device_free = max(self.t, self.device_free) + seconds
             res.device_busy += seconds
             for r in rows:  # commit
@@ -372,6 +392,8 @@ class _Loop:
                                        cfg.page_size, cfg.max_seq_len, nxt, self.t,
                                        self.step_time)  # fmt: skip
                 seconds = self.cost(plan, steps)
+                if plan.decode and self.row_update and self.rows_changed(plan.decode):
+                    seconds += self.row_update
                 self.device_free = max(self.t, self.device_free) + seconds
                 res.device_busy += seconds
                 if batch:
