@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--load", type=float, default=0.9, help="arrival rate / sustained rate")
     p.add_argument("--timing", choices=["sync", "engine"], default="sync")
     p.add_argument("--profile", action="store_true", help="print the hottest functions")
+    p.add_argument("--no_fast", action="store_true", help="plan every iteration (no fast path)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply synthetic lengths")
     p.add_argument("--max_len", type=int, default=1024, help="clip prompts and outputs")
     p.add_argument("--seed", type=int, default=0)
@@ -53,7 +54,9 @@ def main() -> None:
     start = time.perf_counter()
     if prof:
         prof.enable()
-    records, results = simulate_trace(args.policy, trace, config, cost, timing, args.max_len)
+    records, results = simulate_trace(
+        args.policy, trace, config, cost, timing, args.max_len, fast=not args.no_fast
+    )
     if prof:
         prof.disable()
     wall = time.perf_counter() - start

@@ -153,14 +153,16 @@ def simulate_trace(
     timing: Timing,
     max_output_len: int,
     replicas: int = 1,
+    fast: bool = True,
 ) -> tuple[list[metrics.RequestRecord], list[SimResult]]:
-    """One scheduler over a trace: records in trace order (and each replica's result)."""
+    """One scheduler over a trace: records in trace order (and each replica's result).
+    `fast`: `simulate`'s steady-plan fast path (same result)."""
     results = []
     records: dict[str, metrics.RequestRecord] = {}
     for k in range(replicas):
         part = list(trace[k::replicas])
         reqs, after = requests_from_trace(part, max_output_len, config.max_seq_len)
-        res = simulate(Scheduler(config, policy), reqs, cost, timing=timing, after=after)
+        res = simulate(Scheduler(config, policy), reqs, cost, timing=timing, after=after, fast=fast)
         results.append(res)
         records |= res.records
     return [records[t.id] for t in trace], results
