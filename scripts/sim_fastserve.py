@@ -24,7 +24,9 @@ def main() -> None:
     p.add_argument("--rates", default="2,4,6,8")
     p.add_argument("--num_requests", type=int, default=500)
     p.add_argument("--max_batch", type=int, default=16)
-    p.add_argument("--output_sigma", type=float, default=2.5, help="output length tail")
+    p.add_argument(
+        "--output_sigma", type=float, default=2.5, help="output length tail (0: the default)"
+    )
     p.add_argument(
         "--kv_pages", type=int, default=None, help="KV pool (default: what the HBM holds)"
     )
@@ -36,7 +38,7 @@ def main() -> None:
         rates=[float(r) for r in args.rates.split(",")],
         num_requests=args.num_requests,
         max_batch=args.max_batch,
-        output_sigma=args.output_sigma,
+        output_sigma=args.output_sigma if args.output_sigma > 0 else None,
         kv_pages=args.kv_pages,
         seed=args.seed,
     )

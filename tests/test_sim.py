@@ -193,3 +193,23 @@ def test_fast_path_gives_the_same_run(policy):
         assert runs[0] == runs[1]
         skipped += runs[0][4]
     assert skipped > 0
+
+
+def test_traces_become_requests_as_the_engine_replays_them():
+    """Caps follow `experiments.serve`'s replay rule, and a conversation's later turn is
+    released its recorded think time after the previous turn finishes."""
+    from jaxserve.serve import replay_cap as served_cap
+    from jaxserve.sim.run import replay_cap, requests_from_trace
+    from jaxserve.workload import TraceRequest
+
+    for args in [(10, 5, 256, 1024), (10, 500, 256, 1024), (1000, 50, 256, 1024)]:
+        assert replay_cap(*args) == served_cap(*args)
+    trace = [
+        TraceRequest("a0", 0.0, 8, 3, conversation="a", turn=0),
+        TraceRequest("b0", 0.5, 8, 3, conversation="b", turn=0),
+        TraceRequest("a1", 2.0, 20, 3, conversation="a", turn=1),
+    ]
+    reqs, after = requests_from_trace(trace, max_output_len=16, max_seq_len=64)
+    assert after == {"a1": ("a0", 2.0)} and [r.max_new_tokens for r in reqs] == [16, 16, 16]
+    res = simulate(make_scheduler("fcfs", cfg()), reqs, ONE, after=after)
+    assert res.records["a0"].finish_time == 3.0 and res.records["a1"].arrival == 5.0

@@ -15,6 +15,11 @@ estimate of a step's time against the next arrival), and host seconds per iterat
 `SYNC` is a synchronous executor that reads every step before planning the next and costs
 nothing on the host: the plain semantics the scheduler tests are worked out in.
 
+With `fast` (the default), a synchronous loop runs steady stretches without re-planning:
+while the scheduler is certain to plan the same decode batch again (`_Loop.steady`), the
+loop does what `schedule`, `commit` and `complete` would do for it directly. The run is the
+same, token for token and page for page; only the scheduler's planning is skipped.
+
 A request ends when it has emitted `min(output_len, max_new_tokens)` tokens (the trace's
 length, as an emulated EOS; `output_len=None`: its cap), when the scheduler ends it at
 `max_seq_len`, or when it is cancelled. A later turn of a conversation (`after`) is released
