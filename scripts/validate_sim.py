@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -55,6 +56,65 @@ def settings(args, overrides: dict):
     kw = dict(BASE, num_requests=args.num_requests, seed=args.seed, schedulers=args.policies)
     kw["rates"] = [1.0]
     return ServeSettings(**(kw | overrides))
+
+
+@contextlib.contextmanager
+def logged_flights(engine_cls):
+    """Record every device call an engine makes while the block runs: [prefill lengths,
+    decode contexts, steps, swapped pages, seconds from the previous read to its read].
+    The engine's methods are wrapped for the block only (the engine is not changed)."""
+    log: list = []
+    dispatch, read = engine_cls._dispatch, engine_cls._read
+
+    def logged_dispatch(self, plan, swapped_out):
+        shape = (
+            [r.context_len for r in plan.prefill],
+            [r.context_len for r in plan.decode],
+            plan.swap_in_pages + plan.swap_out_pages,
+        )
+        flight = dispatch(self, plan, swapped_out)
+        flight.shape = shape
+        return flight
+
+    def logged_read(self, flight):
+        last = self._last_read
+        events = read(self, flight)
+        prefill, decode, pages = flight.shape
+        log.append(
+            [prefill, decode, flight.steps, pages, self._last_read - max(last, flight.dispatched)]
+        )
+        return events
+
+    engine_cls._dispatch, engine_cls._read = logged_dispatch, logged_read
+    try:
+        yield log
+    finally:
+        engine_cls._dispatch, engine_cls._read = dispatch, read
+
+
+def flight_profile(engine: dict, prof: dict) -> dict:
+    """A profile made of the engine's own calls on the calibration trace (read to read, so
+    host work and its contention with the device are inside): the median time of each
+    decode bucket (batch, width, steps) seen at least 3 times, and of each single-prompt
+    prefill bucket; swaps and everything else from the profiler's profile."""
+    import statistics
+
+    from jaxserve.sim.cost import pow2
+
+    ps = int(prof.get("page_size", 16))
+    decode, prefill = {}, {}
+    for flights in engine["calibration"]["flights"].values():
+        for pre, dec, steps, pages, seconds in flights:
+            if pages:
+                continue
+            if dec and not pre:
+                width = pow2(-(-(max(dec) + steps - 1) // ps)) * ps
+                decode.setdefault((pow2(len(dec)), width, steps), []).append(seconds)
+            elif len(pre) == 1 and not dec:
+                prefill.setdefault(pow2(pre[0], 16), []).append(seconds)
+    grid = [(*k, statistics.median(v)) for k, v in sorted(decode.items()) if len(v) >= 3]
+    table = [(n, statistics.median(v)) for n, v in sorted(prefill.items()) if len(v) >= 3]
+    return prof | {"decode_grid": grid, "prefill": table or prof["prefill"], "slot_update": 0.0}
 
 
 def serve_all(args, names: list[str]) -> dict:
@@ -113,9 +173,10 @@ def serve_all(args, names: list[str]) -> dict:
 
     calib = settings(args, CALIBRATION[1])
     (ctrace,) = serve.prepare_traces(calib, tokenizer, model.config)
-    host, calibration = {}, {}
+    host, calibration, flights = {}, {}, {}
     for name in args.policies:
-        records, engine = run(calib, name, ctrace)
+        with logged_flights(Engine) as flights[name]:
+            records, engine = run(calib, name, ctrace)
         calibration[name] = metrics.records_to_json(records)
         host[name] = profiler.host_seconds(engine)
         print(f"calibration {name}: host {host[name] * 1e3:.3f} ms/iteration", flush=True)
@@ -127,7 +188,11 @@ def serve_all(args, names: list[str]) -> dict:
         "page_bytes": page_bytes,
         "max_seq_len": model.config.max_seq_len,
         "host": host,  # policy -> host seconds per iteration on the calibration trace
-        "calibration": {"settings": dataclasses.asdict(calib), "runs": calibration},
+        "calibration": {
+            "settings": dataclasses.asdict(calib),
+            "runs": calibration,
+            "flights": flights,
+        },
         "traces": {},
     }
     for tname in names:
@@ -187,8 +252,14 @@ def simulate_all(args, engine: dict, timing: Timing) -> dict:
 
     prof_path = os.path.join(args.out, "profile.json")
     prof = Profile.load(prof_path)
-    cost = fit_profile(json.load(open(prof_path)), engine["page_bytes"])
-    if not args.no_time_scale and "calibration" in engine:
+    measured = json.load(open(prof_path))
+    if args.calibration == "engine":  # the engine's own calls; host work is inside them
+        cost = fit_profile(flight_profile(engine, measured), engine["page_bytes"])
+        timing = dataclasses.replace(timing, host=0.0)
+        engine = engine | {"host": {}}
+    else:
+        cost = fit_profile(measured, engine["page_bytes"])
+    if args.calibration == "profile" and not args.no_time_scale and "calibration" in engine:
         cost = dataclasses.replace(cost, time_scale=fit_time_scale(engine, cost, timing, prof))
         print(f"device time scale fitted on the calibration trace: {cost.time_scale:.2f}")
     rows = {}
@@ -217,6 +288,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=7, help="profiler repetitions per point")
     p.add_argument("--reuse", action="store_true", help="re-simulate the saved engine runs")
+    p.add_argument(
+        "--calibration",
+        choices=["profile", "engine"],
+        default="profile",
+        help="cost tables from the profiler, or from the engine's calls on the calibration trace",
+    )
     p.add_argument(
         "--no_time_scale", action="store_true", help="use the profile's times as they are"
     )
