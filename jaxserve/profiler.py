@@ -5,6 +5,17 @@
     swap_bandwidth                  bytes/s of a host-tier round trip
     prefill_tokens_per_s            for the swap-vs-recompute choice
 
+and, for the simulator's calibrated cost model (`jaxserve.sim.calibrated`):
+
+    decode_grid[(batch, context, steps, seconds)]  one decode call by batch, context tokens
+                                    attended (block-table width x page size) and steps
+    swap[(bytes, seconds)]          one swap-out + swap-in round trip by size
+    slot_update                     seconds of one update of the engine's device-resident
+                                    decode batch (`ModelRunner.update_slots`), paid by a step
+                                    whose rows or block tables changed
+    host_per_iteration              host seconds per engine iteration (plan, dispatch, read),
+                                    from a short engine run (`host_seconds`)
+
 Each figure is the median of warm repetitions (compilation excluded). A profile is saved as
 JSON next to the experiment, with the model and device that produced it.
 """
@@ -36,6 +47,11 @@ class Profile:
     decode: list[tuple[int, float]]
     swap_bandwidth: float
     prefill_tokens_per_s: float
+    page_size: int = 16
+    decode_grid: list[tuple[int, int, int, float]] = dataclasses.field(default_factory=list)
+    swap: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # round trips
+    host_per_iteration: float | None = None  # seconds; None: not measured
+    slot_update: float | None = None  # seconds; None: not measured
 
     def prefill_time(self, input_len: int) -> float:
         """Linear interpolation (and extrapolation past the ends) of the prefill table."""
@@ -60,6 +76,8 @@ class Profile:
         try:
             d["prefill"] = [tuple(x) for x in d["prefill"]]
             d["decode"] = [tuple(x) for x in d["decode"]]
+            d["decode_grid"] = [tuple(x) for x in d.get("decode_grid", [])]
+            d["swap"] = [tuple(x) for x in d.get("swap", [])]
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise InputError(f"{path}: not a profile ({e})") from None
@@ -91,12 +109,19 @@ def profile(
     lengths: Sequence[int] | None = None,
     batches: Sequence[int] = (1, 2, 4, 8),
     reps: int = 3,
+    contexts: Sequence[int] | None = None,
+    steps: Sequence[int] = (1,),
+    swap_pages: Sequence[int] | None = None,
 ) -> Profile:
+    """Time prefill at `lengths`, decode at `batches` (context max(lengths) // 2), and a swap
+    of max(lengths) tokens. With `contexts` (tokens attended; rounded up to whole pages), the
+    decode grid covers batches x contexts x `steps` (decode steps per call); with
+    `swap_pages`, swap round trips of those many pages."""
     config = runner.config
     if lengths is None:
         top = min(config.max_seq_len, 1024)
         lengths = [2**i for i in range(4, int(math.log2(top)) + 1)]
-    max_len = max(lengths)
+    max_len = max(max(lengths), *(contexts or [0]))
     width = math.ceil(max_len / page_size)
     kv = runner.new_kv(1 + max(max(batches), 1) * width, page_size)
     state = {"kv": kv}
@@ -116,28 +141,38 @@ def profile(
 
         return run
 
-    def decode(b: int):
-        bt = (1 + np.arange(b * width, dtype=np.int32)).reshape(b, width)
+    def decode(b: int, context: int | None = None, k: int = 1):
+        w = width if context is None else math.ceil(context / page_size)
+        pos = max(lengths) // 2 if context is None else context - k
+        bt = (1 + np.arange(b * w, dtype=np.int32)).reshape(b, w)
         batch = runner.put_batch(
             DecodeBatch(
                 tokens=np.ones(b, np.int32),
-                positions=np.full(b, max_len // 2, np.int32),
+                positions=np.full(b, max(pos, 0), np.int32),
                 block_tables=bt,
                 active=np.ones(b, bool),
-                remaining=np.full(b, 2, np.int32),
+                remaining=np.full(b, k + 1, np.int32),
                 stop_ids=np.full((b, 1), -1, np.int32),
                 **sampling_arrays([], [], b),
             )
         )
 
         def run():
-            state["kv"], _, toks, _ = runner.decode(state["kv"], batch, 1)
+            state["kv"], _, toks, _ = runner.decode(state["kv"], batch, k)
             toks.block_until_ready()
 
         return run
 
     prefill_table = [(n, _median_time(prefill(n), reps)) for n in lengths]
     decode_table = [(b, _median_time(decode(b), reps)) for b in batches]
+    grid = [(b, max_len // 2, 1, t) for b, t in decode_table]
+    if contexts:
+        grid = [
+            (b, math.ceil(c / page_size) * page_size, k, _median_time(decode(b, c, k), reps))
+            for b in batches
+            for c in contexts
+            for k in steps
+        ]
     tier = HostTier(runner.kv_sharding)
     pages = list(range(1, 1 + min(width, state["kv"].num_pages - 1)))
 
@@ -149,6 +184,24 @@ def profile(
 
     nbytes = tier.swap_out(state["kv"], pages).nbytes
     swap_s = _median_time(swap, reps)
+    swaps = [(nbytes, swap_s)]
+    for n in swap_pages or ():
+        pages = list(range(1, 1 + min(n, state["kv"].num_pages - 1)))
+        swaps.append((tier.swap_out(state["kv"], pages).nbytes, _median_time(swap, reps)))
+    slot_update = None
+    if contexts:  # the simulator's measurements
+        from jaxserve.batch import SlotUpdates
+
+        rows, num_stop = max(batches), 4
+        state["slots"] = runner.new_slots(rows, rows, width + 1, num_stop)
+        packed = SlotUpdates(rows, rows, width + 1, num_stop).pack(range(rows), min_records=1)
+        no_prefill = jax.device_put(np.zeros(1, np.int32))
+
+        def update():
+            state["slots"] = runner.update_slots(state["slots"], packed, no_prefill)
+            jax.block_until_ready(state["slots"])
+
+        slot_update = _median_time(update, reps)
     n_big, t_big = prefill_table[-1]
     return Profile(
         model=config.name,
@@ -157,4 +210,18 @@ def profile(
         decode=decode_table,
         swap_bandwidth=2 * nbytes / swap_s,  # out and back in
         prefill_tokens_per_s=n_big / t_big,
+        page_size=page_size,
+        decode_grid=grid,
+        swap=swaps,
+        slot_update=slot_update,
     )
+
+
+def host_seconds(engine) -> float | None:
+    """Host seconds per iteration of an engine that has run (`Engine.host_time`: planning,
+    dispatch and reading, not the wait for the device); None before any iteration. Store it
+    in `Profile.host_per_iteration` for the simulator."""
+    if not engine.iterations:
+        return None
+    h = engine.host_time
+    return (h["schedule"] + h["dispatch"] + h["read"]) / engine.iterations

@@ -6,7 +6,7 @@ Plan                  plan.py       one iteration: swap_out -> swap_in -> prefil
 SchedulerConfig       config.py     every knob (future CLI flags)
 Scheduler, StepResult scheduler.py  add / schedule / update / cancel, invariants
 policies              fcfs, vllm, mlfq, skip_join_mlfq, srpt (oracle), vtc, fair_priority
-simloop               a tiny deterministic simulator over a linear cost model
+simloop               the simulator's loop and linear cost (from `jaxserve.sim`)
 """
 
 from jaxserve.sched.allocator import NULL_PAGE, OutOfPages, PageAllocator, contiguous_runs

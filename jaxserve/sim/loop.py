@@ -1,0 +1,472 @@
+"""The simulator's event loop: the engine's own scheduler, a cost model in place of a model.
+
+    arrivals / turn releases / cancellations, due at the host clock H
+      -> plan = Scheduler.schedule(H)                   (the exact scheduler and allocator)
+      -> device: start = max(H + host, device free); end = start + cost(plan, steps)
+      -> Scheduler.commit(H, steps)                     (tokens in flight count at once)
+      -> read the previous plan (or this one, without overlap): H = max(H + host, its end)
+         tokens stamped at H; stops (trace lengths) found here -> Scheduler.complete(...)
+
+`Timing` says how the executor is driven. `Timing()` is the JAX engine's loop
+(`jaxserve.engine`): one step ahead (plan N+1 is dispatched before step N's tokens are read,
+so a stop is seen one step late and the stopped request may compute one more, wasted, row),
+multi-step decode chunks when nothing can change (the engine's own rule, with its running
+estimate of a step's time against the next arrival), and host seconds per iteration.
+`SYNC` is a synchronous executor that reads every step before planning the next and costs
+nothing on the host: the plain semantics the scheduler tests are worked out in.
+
+With `fast` (the default), a synchronous loop runs steady stretches without re-planning:
+while the scheduler is certain to plan the same decode batch again (`_Loop.steady`), the
+loop does what `schedule`, `commit` and `complete` would do for it directly. The run is the
+same, token for token and page for page; only the scheduler's planning is skipped.
+
+A request ends when it has emitted `min(output_len, max_new_tokens)` tokens (the trace's
+length, as an emulated EOS; `output_len=None`: its cap), when the scheduler ends it at
+`max_seq_len`, or when it is cancelled. A later turn of a conversation (`after`) is released
+its think time after the previous turn finished. Records are `metrics.RequestRecord`s, so a
+simulated run is summarised by the same code as a served one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jaxserve.metrics import RequestRecord, summarize
+from jaxserve.sched.plan import Plan
+from jaxserve.sched.policies.fcfs import FCFS
+from jaxserve.sched.policies.mlfq import _QUANTUM_RTOL as QUANTUM_RTOL
+from jaxserve.sched.policies.mlfq import MLFQ
+from jaxserve.sched.policies.skip_join import SkipJoinMLFQ
+from jaxserve.sched.policies.srpt import SRPT
+from jaxserve.sched.policies.vllm import VLLM
+from jaxserve.sched.request import Request, State
+from jaxserve.sched.scheduler import Scheduler
+
+__all__ = ["SYNC", "SimResult", "Timing", "simulate"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How the executor drives the scheduler and the device (see the module docstring)."""
+
+    overlap: bool = True  # plan and dispatch step N+1 before reading step N
+    decode_steps: int = 16  # most decode steps in one device call (1: one step per call)
+    host: float = 0.0  # host seconds per iteration with a batch (plan, dispatch, read)
+    host_per_row: float = 0.0  # host seconds per batch row
+    host_idle: float = 0.0  # host seconds of an iteration with no batch
+    serial_host: bool = False  # host work and device work share the cores (no overlap of
+    # the two in time: each iteration's device work starts after its host work)
+
+    def __post_init__(self) -> None:
+        k = self.decode_steps
+        if k < 1 or k & (k - 1):
+            raise ValueError(f"decode_steps must be a power of two >= 1, got {k}")
+        for name in ("host", "host_per_row", "host_idle"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+SYNC = Timing(overlap=False, decode_steps=1)
+
+
+@dataclass
+class SimResult:
+    requests: list[Request]  # every request, in arrival order
+    time: float  # when the last step was read
+    iterations: int  # plans with device work executed
+    records: dict[str, RequestRecord] = field(default_factory=dict)  # id -> timeline
+    finished_events: list[str] = field(default_factory=list)  # ids, in the order they ended
+    rejected_events: list[str] = field(default_factory=list)  # ids, as plans reported them
+    device_busy: float = 0.0  # seconds the device computed or copied
+
+    def jct(self) -> dict[str, float]:
+        """Completion time (finish - arrival) of every finished request."""
+        return {
+            rid: rec.finish_time - rec.arrival
+            for rid, rec in self.records.items()
+            if rec.state == "finished" and rec.finish_time is not None
+        }
+
+    def mean_jct(self) -> float:
+        j = self.jct()
+        return sum(j.values()) / len(j) if j else float("nan")
+
+    def summary(self, **kwargs) -> dict:
+        """`metrics.summarize` over the records (the served runs' summary schema)."""
+        return summarize([self.records[r.id] for r in self.requests], **kwargs)
+
+
+@dataclass
+class _Flight:
+    """A dispatched plan whose tokens have not been read."""
+
+    plan: Plan
+    prefill: set[str]  # ids of its prefill rows (one token each)
+    end: float  # device time its work ends
+    dispatched: float  # host time it was dispatched
+    steps: int  # decode steps in the call
+
+
+def _plan_cost(cost) -> Callable[[Plan, int], float]:
+    """`cost.iteration_time(plan, steps)`, or a plain callable of the plan (one step)."""
+    fn = getattr(cost, "iteration_time", None)
+    if fn is None:
+        return lambda plan, steps: cost(plan)
+    return fn
+
+
+def simulate(
+    sched: Scheduler,
+    requests: Sequence[Request],
+    cost,
+    *,
+    timing: Timing = SYNC,
+    cancels: Sequence[tuple[float, str]] = (),
+    after: Mapping[str, tuple[str, float]] | None = None,
+    max_iterations: int = 10_000_000,
+    on_step: Callable[[Scheduler, Plan], None] | None = None,
+    fast: bool = True,
+) -> SimResult:
+    """Run `sched` over `requests` until every one has ended (module docstring).
+
+    cost: a cost model (`iteration_time(plan, steps)`: seconds of device work, swaps
+        included), or a callable `plan -> seconds`.
+    cancels: (time, request id): cancelled at the first iteration boundary at or after time.
+    after: request id -> (previous turn's id, think seconds): released that long after the
+        previous turn finished (its `arrival` becomes that time).
+    on_step(sched, plan): called after each `schedule` (tests check invariants there; it
+        turns the fast path off, so that it sees every plan).
+    fast: run steady stretches without re-planning (`_Loop.steady`); the result is the same.
+    Raises if the scheduler stalls with work left and nothing due, or after `max_iterations`.
+    """
+    loop = _Loop(sched, requests, cost, timing, cancels, after or {})
+    loop.fast = fast and on_step is None and type(sched.policy) in _STEADY_POLICIES
+    return loop.run(max_iterations, on_step)
+
+
+class _Loop:
+    def __init__(self, sched, requests, cost, timing, cancels, after):
+        self.fast = False  # repeat steady plans without re-planning (`steady`)
+        self.sched = sched
+        self.cost = _plan_cost(cost)
+        self.timing = timing
+        by_id = {r.id: r for r in requests}
+        self.after = dict(after)
+        self.followers: dict[str, list[Request]] = {}
+        for rid, (prev, _) in self.after.items():
+            if rid not in by_id or prev not in by_id:
+                raise ValueError(f"after: {rid!r} follows {prev!r}; both must be requests")
+            self.followers.setdefault(prev, []).append(by_id[rid])
+        self.pending = sorted(
+            (r for r in requests if r.id not in self.after), key=lambda r: (r.arrival, r.id)
+        )
+        self.cancels = sorted(cancels)
+        ordered = sorted(requests, key=lambda r: (r.arrival, r.id))
+        self.res = SimResult(requests=ordered, time=0.0, iterations=0)
+        self.records = self.res.records
+        for r in ordered:
+            self.records[r.id] = RequestRecord(
+                id=r.id, arrival=r.arrival, prompt_len=r.prompt_len, output_len=0,
+                client=r.client, state="unfinished",
+            )  # fmt: skip
+        self.target = {
+            r.id: r.max_new_tokens if r.output_len is None else min(r.output_len, r.max_new_tokens)
+            for r in requests
+        }
+        self.emitted = dict.fromkeys(self.target, 0)
+        self.t = 0.0  # host clock
+        self.device_free = 0.0  # when the device finishes what has been dispatched
+        self.last_read = 0.0
+        self.step_time = 0.0  # the engine's running estimate of one decode step
+        self.row_update = getattr(cost, "row_update_time", 0.0)  # see `rows_changed`
+        self.rows_sent: list[str] = []  # the rows of the last decode call
+        self.slot_pages: dict[str, tuple[int, int] | None] = {}  # id -> (first page, pages)
+        self.i = 0  # next pending arrival
+        self.c = 0  # next cancellation
+
+    def rows_changed(self, rows: list[Request]) -> bool:
+        """Would the engine send its device-resident batch an update before this decode
+        call: other rows, or a row whose block table grew (or is new: its pages differ)?"""
+        ids = [r.id for r in rows]
+        changed = ids != self.rows_sent
+        self.rows_sent = ids
+        for r in rows:
+            key = (r.pages[0], len(r.pages)) if r.pages else None
+            if self.slot_pages.get(r.id) != key:
+                self.slot_pages[r.id] = key
+                changed = True
+        return changed
+
+    def next_due(self) -> float | None:
+        due = [self.pending[self.i].arrival] if self.i < len(self.pending) else []
+        due += [self.cancels[self.c][0]] if self.c < len(self.cancels) else []
+        return min(due) if due else None
+
+    def finish(self, r: Request, when: float, reason: str) -> None:
+        rec = self.records[r.id]
+        rec.finish_time, rec.finish_reason = when, reason
+        rec.state = "cancelled" if reason == "cancelled" else "finished"
+        self.res.finished_events.append(r.id)
+        for nxt in self.followers.get(r.id, ()):
+            nxt.arrival = nxt.last_run = when + self.after[nxt.id][1]
+            self.records[nxt.id].arrival = nxt.arrival
+            pos = self.i
+            key = (nxt.arrival, nxt.id)
+            while (
+                pos < len(self.pending) and (self.pending[pos].arrival, self.pending[pos].id) <= key
+            ):
+                pos += 1
+            self.pending.insert(pos, nxt)
+
+    def host_work(self, seconds: float) -> None:
+        """The host works `seconds` from now; with `serial_host`, the device is slowed by as
+        much of that as overlaps what it is running."""
+        if self.timing.serial_host and self.device_free > self.t:
+            self.device_free += min(seconds, self.device_free - self.t)
+        self.t += seconds
+
+    def read(self, flight: _Flight) -> None:
+        """Read a dispatched plan's tokens at max(now, its end); stops are found here."""
+        now = self.t = max(self.t, flight.end)
+        elapsed = now - max(self.last_read, flight.dispatched)
+        self.last_read = now
+        plan = flight.plan
+        if plan.decode and not plan.prefill and not plan.swap_in:
+            per_step = elapsed / flight.steps
+            self.step_time = (
+                per_step if not self.step_time else 0.8 * self.step_time + 0.2 * per_step
+            )
+        records, emitted, target = self.records, self.emitted, self.target
+        stopped = set()
+        for r in plan.batch:
+            rec = records[r.id]
+            if rec.finish_time is not None:
+                continue  # ended meanwhile: its in-flight tokens are never emitted
+            n = min(1 if r.id in flight.prefill else flight.steps, target[r.id] - emitted[r.id])
+            if n <= 0:
+                continue
+            emitted[r.id] += n
+            rec.output_len += n
+            rec.token_times += [now] * n
+            if rec.first_token_time is None:
+                rec.first_token_time = now
+            if emitted[r.id] >= target[r.id]:
+                if r.live:
+                    stopped.add(r.id)
+                self.finish(r, now, "stop" if target[r.id] < r.max_new_tokens else "length")
+        self.sched.complete(plan, now, elapsed, stopped)
+        for r in plan.batch:  # ended by the scheduler (max_seq_len) with every token read
+            rec = records[r.id]
+            if rec.finish_time is None and r.state is State.FINISHED and not r.cancelled:
+                if emitted[r.id] >= r.num_generated:
+                    self.finish(r, now, "length")
+
+    def steady(self, plan: Plan, max_iterations: int) -> None:
+        """Run `plan`'s batch again and again, without calling `schedule`, for as long as the
+        scheduler is certain to plan exactly that batch: what `schedule` and `commit` /
+        `complete` would do is done directly (pages grown in plan order through the
+        allocator, tokens counted, quanta charged through the policy's own `on_step`).
+
+        `plan` was decode-only and moved nothing (`_steady_plan`), and the policy is one whose
+        choice depends only on request keys and free pages (`_STEADY_POLICIES`). Its next
+        plan is then the same batch in the same order until something happens: an arrival or
+        cancellation, a member finishing, a member's MLFQ queue changing, a starvation
+        check, or a step whose new pages would leave less than the free pages (and the
+        reserve) it needs. Free pages only shrink meanwhile, so a request left out of `plan`
+        (it did not fit) still does not fit. The stretch stops before any such iteration,
+        which then runs normally."""
+        sched, cfg, res, records = self.sched, self.sched.config, self.res, self.records
+        policy, alloc, timing = sched.policy, sched.allocator, self.timing
+        rows = plan.decode
+        if not all(r.live for r in rows):
+            return
+        ids = [r.id for r in rows]
+        recs = [records[i] for i in ids]
+        emitted, target = self.emitted, self.target
+        ps, max_seq = cfg.page_size, cfg.max_seq_len
+        mlfq = isinstance(policy, MLFQ)
+        every = cfg.promote_every if mlfq else 0
+        reserve = cfg.reserve_pages if type(policy) is not VLLM else 0
+        host = timing.host + timing.host_per_row * len(rows)
+        serial = timing.serial_host
+        while True:
+            t = self.t
+            if self.i < len(self.pending) and self.pending[self.i].arrival <= t:
+                return
+            if self.c < len(self.cancels) and self.cancels[self.c][0] <= t:
+                return
+            if every > 0 and sched.iteration % every == 0:
+                return  # the policy checks for starving jobs in this schedule
+            grow = []
+            for r, i in zip(rows, ids):
+                n = r.num_generated + 1
+                if n >= r.max_new_tokens or r.prompt_len + n > max_seq:
+                    return  # finishes by length at commit
+                if emitted[i] + 1 >= target[i]:
+                    return  # its trace ends with this token
+                if r.prompt_len + r.num_generated > len(r.pages) * ps:
+                    grow.append(r)
+            if grow and (len(grow) > alloc.num_free or alloc.num_free - len(grow) < reserve):
+                return
+            if res.iterations >= max_iterations:
+                return
+            # schedule: the same batch; members that cross a page boundary grow (plan order)
+            for r in grow:
+                r.pages += alloc.allocate(1, hint=r.pages[-1] + 1 if r.pages else None)
+            res.iterations += 1
+            if serial and self.device_free > t:
+                self.device_free += min(host, self.device_free - t)
+            self.t = dispatched = t + host
+            seconds = self.cost(plan, 1)
+            if grow and self.row_update:
+                for r in grow:
+                    self.slot_pages[r.id] = (r.pages[0], len(r.pages))
+                seconds += self.row_update
+            end = self.device_free = max(self.t, self.device_free) + seconds
+            res.device_busy += seconds
+            for r in rows:  # commit
+                r.num_generated += 1
+                r.last_run = t
+            sched.iteration += 1
+            now = self.t = max(self.t, end)  # read
+            elapsed = now - max(self.last_read, dispatched)
+            self.last_read = now
+            for rec, i in zip(recs, ids):
+                emitted[i] += 1
+                rec.output_len += 1
+                rec.token_times.append(now)
+            _, charge = cfg.charges(elapsed, [], len(rows))  # complete
+            moved = False
+            for r in rows:
+                r.quantum_used += charge
+                # MLFQ's on_step acts only on a used-up quantum; the others' do nothing
+                if mlfq and r.quantum_used >= cfg.quantum(r.queue) * (1 - QUANTUM_RTOL):
+                    key = (r.queue, r.entered_queue)
+                    policy.on_step(sched, r, elapsed)
+                    moved = moved or key != (r.queue, r.entered_queue)
+            if moved:
+                return
+
+    def run(self, max_iterations, on_step) -> SimResult:
+        sched, timing, res, records = self.sched, self.timing, self.res, self.records
+        cfg = sched.config
+        inflight: _Flight | None = None
+        while True:
+            pending = self.pending
+            while self.i < len(pending) and pending[self.i].arrival <= self.t:
+                sched.add(pending[self.i])
+                self.i += 1
+            while self.c < len(self.cancels) and self.cancels[self.c][0] <= self.t:
+                rid = self.cancels[self.c][1]
+                self.c += 1
+                if rid in sched.requests and sched.cancel(rid, self.t):
+                    self.finish(sched.requests[rid], self.t, "cancelled")
+            if sched.done and (
+                inflight is None
+                or all(records[r.id].finish_time is not None for r in inflight.plan.batch)
+            ):
+                if inflight is not None:  # tokens nobody waits for: the device still runs
+                    self.t, inflight = max(self.t, inflight.end), None
+                due = self.next_due()
+                if due is None:
+                    break
+                self.t = max(self.t, due)
+                continue
+            plan = sched.schedule(self.t)
+            if on_step is not None:
+                on_step(sched, plan)
+            for r in plan.rejected:
+                rec = records[r.id]
+                rec.state, rec.finish_reason = "rejected", r.finish_reason
+                res.rejected_events.append(r.id)
+            current = None
+            batch = plan.batch
+            if not plan.empty:
+                res.iterations += 1
+                if res.iterations > max_iterations:
+                    raise RuntimeError(f"no completion after {max_iterations} iterations")
+                now = self.t
+                self.host_work(
+                    timing.host + timing.host_per_row * len(batch) if batch else timing.host_idle
+                )
+                steps = 1
+                if batch and timing.overlap and timing.decode_steps > 1:
+                    nxt = pending[self.i].arrival if self.i < len(pending) else None
+                    steps = _num_steps(sched, plan, self.target, timing.decode_steps,
+                                       cfg.page_size, cfg.max_seq_len, nxt, self.t,
+                                       self.step_time)  # fmt: skip
+                seconds = self.cost(plan, steps)
+                if plan.decode and self.row_update and self.rows_changed(plan.decode):
+                    seconds += self.row_update
+                self.device_free = max(self.t, self.device_free) + seconds
+                res.device_busy += seconds
+                if batch:
+                    current = _Flight(
+                        plan, {r.id for r in plan.prefill}, self.device_free, self.t, steps
+                    )
+                    sched.commit(now, steps)
+            elif inflight is None:
+                if sched.done:
+                    continue  # the plan only reported rejections
+                due = self.next_due()  # nothing dispatched, nothing to read: wait
+                if due is None:
+                    raise RuntimeError(f"scheduler stalled at t={self.t} with {sched.live}")
+                self.t = max(self.t, due)
+                continue
+            else:
+                self.host_work(timing.host_idle)
+            if not timing.overlap and current is not None:
+                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan)
+                keys = [(r.queue, r.entered_queue) for r in plan.decode] if steady else None
+                self.read(current)
+                current = None
+                if steady and keys == [(r.queue, r.entered_queue) for r in plan.decode]:
+                    self.steady(plan, max_iterations)  # its own step moved nobody's queue
+            if inflight is not None:
+                self.read(inflight)
+            inflight = current
+        res.time = self.t
+        return res
+
+
+# Policies whose plan depends only on request keys that a decode step leaves alone (or, for
+# srpt, only improves for the batch) and on free pages: `_Loop.steady` may repeat their plans.
+_STEADY_POLICIES = (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)
+
+
+def _steady_plan(plan: Plan) -> bool:
+    """Decode only, nothing moved, nobody preempted or rejected."""
+    return bool(
+        plan.decode
+        and not (plan.prefill or plan.swap_out or plan.swap_in or plan.drop)
+        and not (plan.preempted or plan.rejected)
+    )
+
+
+def _num_steps(
+    sched: Scheduler,
+    plan: Plan,
+    target: dict[str, int],
+    k: int,
+    page_size: int,
+    max_seq_len: int,
+    next_arrival: float | None,
+    now: float,
+    step_time: float,
+) -> int:
+    """Decode steps for one call: the engine's rule (`Engine._num_steps`). Several only when
+    nothing can change meanwhile: a decode-only plan holding every live request, no page
+    boundary, no finish by length or trace end before the chunk's last token, and the next
+    arrival not due; then the largest power of two that fits."""
+    if plan.prefill or plan.swap_in or plan.swap_out or sched.num_live != len(plan.decode):
+        return 1
+    if next_arrival is not None and step_time > 0:
+        k = min(k, int((next_arrival - now) / step_time))
+    for r in plan.decode:
+        room = len(r.pages) * page_size - r.context_len + 1
+        n = r.num_generated
+        k = min(k, r.max_new_tokens - n, target[r.id] - n, max_seq_len - r.context_len + 1, room)
+        if k <= 1:
+            return 1
+    return 1 << (k.bit_length() - 1)

@@ -1,0 +1,328 @@
+"""Whole simulated experiments: every scheduler on the same trace, at every rate.
+
+    settings + cost model -> for each rate:
+        trace = make_workload(...)                      # identical for every scheduler
+        for each scheduler: simulate(Scheduler(config), requests(trace), cost, timing)
+    -> summaries in `experiments.serve`'s schema (`metrics.summarize`), results.json, plots
+
+The scheduler config is derived as the engine derives it from its profile: q0 from the cost
+of one decode iteration at max_batch, the skip-join prefill table from the cost of one
+prompt at powers of two, swap bandwidth and prefill throughput likewise. Requests are
+replayed as `experiments.serve` replays them: they ask for `max_output_len` tokens (their
+trace length if longer) and end at their trace length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+
+from jaxserve import metrics, workload
+from jaxserve.sched import Scheduler, SchedulerConfig
+from jaxserve.sched.plan import Plan
+from jaxserve.sched.request import Request
+from jaxserve.sim.loop import SimResult, Timing, simulate
+
+__all__ = [
+    "SimSettings",
+    "plan_seconds",
+    "replay_cap",
+    "requests_from_trace",
+    "run_rates",
+    "scheduler_config",
+    "simulate_trace",
+]
+
+
+@dataclasses.dataclass
+class SimSettings:
+    schedulers: Sequence[str]
+    workload: str = "sharegpt_synth"
+    rates: Sequence[float] = (4.0,)
+    num_requests: int = 256
+    seed: int = 0
+    arrival: str = "poisson"
+    cv: float = 1.0
+    scale: float = 1.0
+    output_sigma: float | None = None  # lognormal sigma of synthetic outputs (None: default)
+    max_prompt_len: int = 1024
+    max_output_len: int = 1024
+    max_batch: int = 16
+    page_size: int = 16
+    kv_pages: int | None = None  # None: what the cost model's memory holds
+    preemption: str = "swap"
+    host_pages: int | None = None  # None: 4x the device pool
+    q0: float | None = None  # None: q0_iterations decode iterations at max_batch
+    q0_iterations: float = 8.0
+    num_queues: int = 8
+    quantum_charge: str = "own"
+    promote_every: int = 1000
+    starve_s: float = 3.0
+    reserve_pages: int = 0
+    prefetch: int = 2
+    replicas: int = 1  # data-parallel copies; requests are dealt round robin
+
+
+def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
+    """max_new_tokens of a replayed request: the rule of `jaxserve.serve.replay_cap`."""
+    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
+
+
+def requests_from_trace(
+    trace: Sequence[workload.TraceRequest], max_output_len: int, max_seq_len: int
+) -> tuple[list[Request], dict[str, tuple[str, float]]]:
+    """Scheduler requests for a trace, and the turn links of its conversations: a later turn
+    is released its recorded gap after the previous turn finishes (closed loop)."""
+    reqs, after, last = [], {}, {}
+    for t in trace:
+        reqs.append(
+            Request(
+                id=t.id,
+                arrival=t.arrival,
+                prompt_len=t.prompt_len,
+                output_len=t.output_len,
+                client=t.client,
+                max_new_tokens=replay_cap(t.prompt_len, t.output_len, max_output_len, max_seq_len),
+            )
+        )
+        if t.conversation is not None:
+            prev = last.get(t.conversation)
+            if prev is not None and t.turn > 0:
+                after[t.id] = (prev.id, max(0.0, t.arrival - prev.arrival))
+            last[t.conversation] = t
+    return reqs, after
+
+
+def plan_seconds(cost, prefill: Sequence[int] = (), decode: Sequence[int] = ()) -> float:
+    """Device seconds the cost model gives a plan of these prompts and decode contexts."""
+    plan = Plan()
+    for i, n in enumerate(prefill):
+        plan.prefill.append(Request(f"p{i}", 0.0, n, 1))
+    for i, c in enumerate(decode):
+        r = Request(f"d{i}", 0.0, max(1, c - 1), 1 << 30)
+        r.num_generated = c - r.prompt_len
+        plan.decode.append(r)
+    return cost.iteration_time(plan, 1)
+
+
+def scheduler_config(
+    s: SimSettings, cost, max_seq_len: int, kv_pages: int, kv_bytes_per_page: int
+) -> SchedulerConfig:
+    """The engine's derivation (`jaxserve.serve.scheduler_config`) from the cost model."""
+    decode = plan_seconds(cost, decode=[max(2, s.max_prompt_len // 2)] * s.max_batch)
+    q0 = s.q0 if s.q0 is not None else s.q0_iterations * decode
+    top = max(16, min(s.max_prompt_len, max_seq_len))
+    lengths = [16 << i for i in range(int(math.log2(top / 16)) + 1)]
+    table = [(n, plan_seconds(cost, prefill=[n])) for n in lengths]
+    swap = cost.iteration_time(_swap_plan(), 1)
+    return SchedulerConfig(
+        max_batch=s.max_batch,
+        num_pages=kv_pages,
+        page_size=s.page_size,
+        max_seq_len=max_seq_len,
+        preemption=s.preemption,
+        host_pages=s.host_pages if s.host_pages is not None else 4 * kv_pages,
+        swap_bandwidth=kv_bytes_per_page / swap if swap > 0 else 1e30,
+        prefill_tokens_per_s=table[-1][0] / table[-1][1],
+        kv_bytes_per_page=kv_bytes_per_page,
+        q0=q0,
+        num_queues=s.num_queues,
+        quantum_charge=s.quantum_charge,
+        promote_every=s.promote_every,
+        starve_s=s.starve_s,
+        reserve_pages=s.reserve_pages,
+        prefetch=s.prefetch,
+        prefill_table=table,
+    )
+
+
+def _swap_plan() -> Plan:
+    """A plan that swaps out one page and computes nothing."""
+    plan = Plan()
+    plan.swap_out.append((Request("s", 0.0, 1, 1), [1]))
+    return plan
+
+
+def simulate_trace(
+    policy: str,
+    trace: Sequence[workload.TraceRequest],
+    config: SchedulerConfig,
+    cost,
+    timing: Timing,
+    max_output_len: int,
+    replicas: int = 1,
+    fast: bool = True,
+) -> tuple[list[metrics.RequestRecord], list[SimResult]]:
+    """One scheduler over a trace: records in trace order (and each replica's result).
+    `fast`: `simulate`'s steady-plan fast path (same result)."""
+    results = []
+    records: dict[str, metrics.RequestRecord] = {}
+    for k in range(replicas):
+        part = list(trace[k::replicas])
+        reqs, after = requests_from_trace(part, max_output_len, config.max_seq_len)
+        res = simulate(Scheduler(config, policy), reqs, cost, timing=timing, after=after, fast=fast)
+        results.append(res)
+        records |= res.records
+    return [records[t.id] for t in trace], results
+
+
+def make_trace(s: SimSettings, rate: float) -> list[workload.TraceRequest]:
+    return workload.make_workload(
+        s.workload,
+        rate,
+        s.num_requests,
+        s.seed,
+        arrival=s.arrival,
+        cv=s.cv,
+        scale=s.scale,
+        max_prompt_len=s.max_prompt_len,
+        max_output_len=s.max_output_len,
+        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
+    )
+
+
+def run_rates(
+    s: SimSettings,
+    cost,
+    timing: Timing,
+    max_seq_len: int,
+    kv_pages: int,
+    kv_bytes_per_page: int,
+    on_run: Callable[[str, float, dict], None] | None = None,
+) -> list[dict]:
+    """Every scheduler at every rate: `experiments.serve`'s run entries (scheduler, prefill,
+    rate, summary, requests). `on_run(scheduler, rate, summary)` after each."""
+    config = scheduler_config(s, cost, max_seq_len, kv_pages, kv_bytes_per_page)
+    runs = []
+    for rate in s.rates:
+        trace = make_trace(s, rate)
+        if not trace:
+            raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
+        for name in s.schedulers:
+            records, results = simulate_trace(
+                name, trace, config, cost, timing, s.max_output_len, s.replicas
+            )
+            summary = metrics.summarize(records)
+            summary.update(
+                iterations=sum(r.iterations for r in results),
+                busy_seconds=sum(r.device_busy for r in results),
+                simulated_seconds=max(r.time for r in results),
+            )
+            runs.append(
+                {
+                    "scheduler": name,
+                    "prefill": "base",
+                    "rate": rate,
+                    "summary": summary,
+                    "requests": metrics.records_to_json(records),
+                }
+            )
+            if on_run is not None:
+                on_run(name, rate, summary)
+    return runs
+
+
+def write_plots(runs: list[dict], out_dir: str) -> list[str]:
+    """jct_vs_rate.png (mean and p99 JCT against rate, one line per scheduler)."""
+    from jaxserve import plots
+
+    sweep: dict[str, list] = {}
+    for r in runs:
+        sweep.setdefault(r["scheduler"], []).append((r["rate"], r["summary"]))
+    return [str(plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png")))]
+
+
+HEADER = (
+    f"{'scheduler':>16} {'rate':>7} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
+    f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>9} {'preempt':>7} {'rejected':>8}"
+)
+
+
+def table_row(name: str, rate: float, s: dict) -> str:
+    def f(x, w=9, p=3):
+        return f"{x:{w}.{p}f}" if x is not None else f"{'-':>{w}}"
+
+    return (
+        f"{name:>16} {rate:7.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
+        f"{f(s['p99_ttft'])} {f(s['p99_tbt'], 8, 4)} {f(s['throughput_tokens_per_s'], 9, 1)} "
+        f"{s['total_preemptions']:7d} {s['num_rejected']:8d}"
+    )
+
+
+def run_analytical(
+    s: SimSettings,
+    hardware: str,
+    model: str,
+    num_devices: int,
+    tp: int,
+    pp: int,
+    out_dir: str,
+    *,
+    microbatches: int | None = None,
+    dtype: str = "bfloat16",
+    flops_efficiency: float = 1.0,
+    bandwidth_efficiency: float = 1.0,
+    timing: Timing | None = None,
+    flag_values: dict | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Every scheduler at every rate on `num_devices` x `hardware` serving `model` with
+    tensor parallelism `tp` and pipeline parallelism `pp` (data parallel over the rest);
+    writes out_dir/results.json and out_dir/jct_vs_rate.png. `InputError` for a setup that
+    cannot run (unknown names, devices not a multiple of tp x pp, a model that does not
+    fit)."""
+    from jaxserve.errors import InputError
+    from jaxserve.sim.analytical import Parallelism, RooflineCost
+    from jaxserve.sim.hardware import get_hardware
+    from jaxserve.sim.shapes import get_model
+    from jaxserve.utils import write_json
+
+    try:
+        hw, shape = get_hardware(hardware), get_model(model)
+        par = Parallelism(tp, pp, microbatches)
+        if num_devices < 1 or num_devices % par.devices:
+            raise ValueError(
+                f"--num_devices={num_devices} is not a multiple of tp x pp = {par.devices}"
+            )
+        cost = RooflineCost(
+            hw, shape, par, dtype=dtype, page_size=s.page_size,
+            flops_efficiency=flops_efficiency, bandwidth_efficiency=bandwidth_efficiency,
+        )  # fmt: skip
+        kv_pages = s.kv_pages if s.kv_pages is not None else cost.kv_pages()
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    s = dataclasses.replace(s, replicas=num_devices // par.devices)
+    timing = timing or Timing(overlap=False, decode_steps=1)
+    max_seq_len = shape.max_seq_len
+    if verbose:
+        print(
+            f"{shape.name} on {num_devices} x {hw.name} (tp={tp}, pp={pp}, "
+            f"{s.replicas} replica(s)): {kv_pages - 1} KV pages of {s.page_size} tokens each",
+            flush=True,
+        )
+        print(HEADER, flush=True)
+
+    def show(name, rate, summary):
+        if verbose:
+            print(table_row(name, rate, summary), flush=True)
+
+    runs = run_rates(s, cost, timing, max_seq_len, kv_pages, cost.kv_bytes_per_page, show)
+    results = {
+        "flags": flag_values or {},
+        "simulator": {
+            "cost": "analytical",
+            "hardware": dataclasses.asdict(hw),
+            "model": dataclasses.asdict(shape),
+            "parallelism": {**dataclasses.asdict(par), "replicas": s.replicas},
+            "kv_pages": kv_pages,
+            "kv_bytes_per_page": cost.kv_bytes_per_page,
+            "timing": dataclasses.asdict(timing),
+            "settings": dataclasses.asdict(s),
+        },
+        "runs": runs,
+    }
+    write_plots(runs, out_dir)
+    write_json(os.path.join(out_dir, "results.json"), results)
+    return results

@@ -1,0 +1,79 @@
+"""Simulator speed: simulated requests per minute of wall time, skip_join_mlfq at batch 16.
+
+    python -m scripts.bench_sim                       # 20000 requests, Llama-3-8B on an H100
+    python -m scripts.bench_sim --scale=0.25 --max_len=256   # the CPU engine's trace lengths
+    python -m scripts.bench_sim --num_requests=50000 --policy=srpt --profile
+
+The trace is `sharegpt_synth` (its own length distribution, clipped to 1024 tokens) at
+`--load` times the rate the server sustains at max_batch (measured from the cost model:
+max_batch rows per decode iteration over the mean output length), so the scheduler has a
+real queue to sort. Prints the wall time, the rate, and with `--profile` the hottest
+functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+from jaxserve import workload
+from jaxserve.sim import HARDWARE, MODELS, Parallelism, RooflineCost, Timing
+from jaxserve.sim.run import SimSettings, plan_seconds, scheduler_config, simulate_trace
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num_requests", type=int, default=20000)
+    p.add_argument("--policy", default="skip_join_mlfq")
+    p.add_argument("--max_batch", type=int, default=16)
+    p.add_argument("--load", type=float, default=0.9, help="arrival rate / sustained rate")
+    p.add_argument("--timing", choices=["sync", "engine"], default="sync")
+    p.add_argument("--profile", action="store_true", help="print the hottest functions")
+    p.add_argument("--no_fast", action="store_true", help="plan every iteration (no fast path)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply synthetic lengths")
+    p.add_argument("--max_len", type=int, default=1024, help="clip prompts and outputs")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    cost = RooflineCost(HARDWARE["h100"], MODELS["llama-3-8b"], Parallelism())
+    s = SimSettings(
+        schedulers=[args.policy], num_requests=args.num_requests, max_batch=args.max_batch,
+        max_prompt_len=args.max_len, max_output_len=args.max_len, seed=args.seed,
+    )  # fmt: skip
+    lengths = dict(scale=args.scale, max_prompt_len=args.max_len, max_output_len=args.max_len)
+    probe = workload.make_workload("sharegpt_synth", 1.0, 2000, args.seed, **lengths)
+    mean_out = sum(r.output_len for r in probe) / len(probe)
+    mean_in = sum(r.prompt_len for r in probe) / len(probe)
+    step = plan_seconds(cost, decode=[int(mean_in + mean_out / 2)] * args.max_batch)
+    rate = args.load * args.max_batch / step / mean_out
+    trace = workload.make_workload("sharegpt_synth", rate, args.num_requests, args.seed, **lengths)
+    timing = Timing(overlap=False, decode_steps=1) if args.timing == "sync" else Timing()
+    config = scheduler_config(s, cost, 8192, cost.kv_pages(), cost.kv_bytes_per_page)
+    prof = cProfile.Profile() if args.profile else None
+    start = time.perf_counter()
+    if prof:
+        prof.enable()
+    records, results = simulate_trace(
+        args.policy, trace, config, cost, timing, args.max_len, fast=not args.no_fast
+    )
+    if prof:
+        prof.disable()
+    wall = time.perf_counter() - start
+    done = sum(r.state == "finished" for r in records)
+    print(
+        f"{args.policy}, batch {args.max_batch}, {args.timing} timing: {done} of "
+        f"{len(records)} requests finished, {results[0].iterations} iterations, "
+        f"{results[0].time:.0f} simulated s at {rate:.2f} req/s; mean prompt {mean_in:.0f}, "
+        f"mean output {mean_out:.0f} tokens"
+    )
+    print(
+        f"wall {wall:.2f} s: {len(records) / wall * 60:,.0f} simulated requests per minute, "
+        f"{results[0].iterations / wall:,.0f} iterations/s"
+    )
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()

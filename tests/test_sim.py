@@ -1,0 +1,215 @@
+"""The simulator's loop: schedules worked by hand, under the synchronous and the engine's
+timing. Every cost here is `LinearCost(a=1 s)` unless said otherwise, so times are counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxserve.sched import Request, SchedulerConfig, State, make_scheduler
+from jaxserve.sim import SYNC, LinearCost, Timing, simulate
+
+ONE = LinearCost(a=1.0, b=0.0, b_prefill=0.0)
+
+
+def cfg(**kw) -> SchedulerConfig:
+    base = dict(max_batch=4, num_pages=64, page_size=16, max_seq_len=1024)
+    return SchedulerConfig(**(base | kw))
+
+
+def req(rid, prompt=4, out=3, cap=10, arrival=0.0) -> Request:
+    return Request(rid, arrival=arrival, prompt_len=prompt, max_new_tokens=cap, output_len=out)
+
+
+def test_sync_timing_reads_every_step_before_the_next():
+    """SYNC: prefill [0,1] -> token 1 at 1; decodes [1,2], [2,3] -> tokens at 2, 3; the third
+    token is the trace's last: JCT 3, TTFT 1, three iterations, nothing wasted."""
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=SYNC)
+    rec = res.records["a"]
+    assert rec.token_times == [1.0, 2.0, 3.0] and rec.finish_reason == "stop"
+    assert res.jct() == {"a": 3.0} and res.iterations == 3 and res.device_busy == 3.0
+
+
+def test_one_step_ahead_computes_one_wasted_step_and_hides_host_time():
+    """Engine timing, host 0.5 s an iteration. Plan k is dispatched after its host work and
+    runs after plan k-1; plan k-1's tokens are read while plan k runs:
+        plan 1 (prefill) host [0, .5] device [.5, 1.5]
+        plan 2 (decode)  host [.5, 1]  device [1.5, 2.5]  then read plan 1: token 1 at 1.5
+        plan 3           host [1.5, 2] device [2.5, 3.5]  read plan 2: token 2 at 2.5
+        plan 4           host [2.5, 3] device [3.5, 4.5]  read plan 3: token 3 at 3.5, stop
+    The scheduler learns of the stop one step late, so plan 4 is a wasted row: 4
+    iterations for 3 tokens. A synchronous loop with the same host cost pays it every step:
+    tokens at 1.5, 3, 4.5."""
+    timing = Timing(decode_steps=1, host=0.5)
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=timing)
+    assert res.records["a"].token_times == [1.5, 2.5, 3.5]
+    assert res.iterations == 4 and res.device_busy == 4.0
+    sync = Timing(overlap=False, decode_steps=1, host=0.5)
+    res = simulate(make_scheduler("fcfs", cfg()), [req("a")], ONE, timing=sync)
+    assert res.records["a"].token_times == [1.5, 3.0, 4.5] and res.iterations == 3
+
+
+def test_multi_step_chunks_follow_the_engines_rule():
+    """Prompt 16 (1 page), 10 tokens by length, chunks of up to 4 steps, a = 1 s a step.
+    Plan 1 prefills [0,1]. Plan 2: context 17 gets a second page (room 32-17+1 = 16), 9 tokens
+    left -> 4 steps [1,5]. Plan 3: 5 left -> 4 steps [5,9]. Plan 4: 1 left -> 1 step [9,10],
+    which ends the request by length at commit. Tokens are read when their call ends."""
+    timing = Timing(decode_steps=4)
+    r = req("a", prompt=16, out=None, cap=10)
+    res = simulate(make_scheduler("fcfs", cfg()), [r], ONE, timing=timing)
+    assert res.records["a"].token_times == [1.0] + [5.0] * 4 + [9.0] * 4 + [10.0]
+    assert res.iterations == 4 and res.records["a"].finish_reason == "length"
+
+
+def test_multi_step_needs_every_live_request_in_the_batch():
+    """max_batch 1, a and b arrive together, 3 tokens each, engine timing with chunks of up
+    to 16. While b waits, a's calls are single steps (b could change the plan): a prefill
+    [0,1], decodes [1,2] [2,3] and the wasted [3,4]; tokens read at 1, 2, 3. Then b prefills
+    [4,5]; alone, its decode runs 2 steps in one call [5,7] (its trace has 2 tokens left),
+    then one wasted step [7,8]: b's tokens at 5, 7, 7. 7 calls, 8 steps of device time."""
+    timing = Timing(decode_steps=16)
+    res = simulate(make_scheduler("fcfs", cfg(max_batch=1)), [req("a"), req("b")], ONE,
+                   timing=timing)  # fmt: skip
+    assert res.records["a"].token_times == [1.0, 2.0, 3.0]
+    assert res.records["b"].token_times == [5.0, 7.0, 7.0]
+    assert res.iterations == 7 and res.device_busy == 8.0
+
+
+def test_rejected_cancelled_and_later_turns():
+    """SYNC. r0 never fits (prompt 100 > max_seq_len 64): rejected, no tokens. r1 and r4 run
+    together, a token each per second. r1's cancellation at 1.5 s takes effect at the next
+    iteration boundary, 2 s, after its second token. r4 ends at 3 s; r3, its next turn, is
+    released 0.5 s of think time later, at 3.5 s, and emits its 3 tokens at 4.5, 5.5, 6.5."""
+    s = make_scheduler("fcfs", cfg(max_seq_len=64))
+    rs = [req("r0", prompt=100), req("r1", out=10, cap=10), req("r4"), req("r3", arrival=0.0)]
+    res = simulate(s, rs, ONE, cancels=[(1.5, "r1")], after={"r3": ("r4", 0.5)})
+    assert res.records["r0"].state == "rejected" and res.records["r0"].output_len == 0
+    assert res.records["r0"].finish_reason.startswith("rejected")
+    r1 = res.records["r1"]
+    assert r1.state == "cancelled" and r1.token_times == [1.0, 2.0] and r1.finish_time == 2.0
+    assert res.records["r4"].finish_time == 3.0
+    r3 = res.records["r3"]
+    assert r3.arrival == 3.5 and r3.token_times == [4.5, 5.5, 6.5]
+    assert s.allocator.num_free == s.config.usable_pages and s.done
+    summary = res.summary()
+    assert summary["num_rejected"] == 1 and summary["num_finished"] == 2
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_swaps_and_recompute_cost_what_the_plans_move(mode):
+    """vllm on a pool of 3 usable pages, two 16-token prompts: each prefill takes a page, then
+    each decode needs a second one, so the newer request is preempted. With swapping, every
+    page a plan moves costs 1 s (1-byte pages at 1 B/s) on top of 1 s per computing plan;
+    with recompute nothing is copied and the victim is prefilled again."""
+    moved, computing, prefills = [], [], []
+
+    def watch(sched, plan):
+        moved.append(plan.swap_in_pages + plan.swap_out_pages)
+        computing.append(bool(plan.batch))
+        prefills.extend(r.id for r in plan.prefill)
+
+    cost = LinearCost(a=1.0, b=0.0, b_prefill=0.0, swap_bandwidth=1.0, kv_bytes_per_page=1)
+    s = make_scheduler("vllm", cfg(num_pages=4, preemption=mode, max_batch=2))
+    rs = [req("a", prompt=16, out=6), req("b", prompt=16, out=6, arrival=0.1)]
+    res = simulate(s, rs, cost, on_step=watch)
+    assert res.device_busy == pytest.approx(sum(computing) + sum(moved))
+    assert all(res.records[r].output_len == 6 for r in "ab")
+    if mode == "swap":
+        assert sum(moved) > 0 and prefills.count("b") == 1
+    else:
+        assert sum(moved) == 0 and prefills.count("b") == 2
+    assert rs[1].state is State.FINISHED and rs[1].preemptions >= 1
+
+
+def test_timing_rejects_bad_settings():
+    with pytest.raises(ValueError, match="power of two"):
+        Timing(decode_steps=3)
+    with pytest.raises(ValueError, match="host"):
+        Timing(host=-1.0)
+
+
+def random_case(seed: int, policy: str):
+    """Requests with bursts of arrivals, mixed lengths, a pool that forces preemption, MLFQ
+    demotions (small q0) and frequent starvation checks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    arrivals = np.cumsum(rng.exponential(0.02, n))
+    reqs = [
+        Request(
+            f"r{i}",
+            arrival=float(arrivals[i]),
+            prompt_len=int(rng.integers(1, 80)),
+            max_new_tokens=int(rng.integers(20, 120)),
+            output_len=int(rng.integers(1, 100)),
+        )
+        for i in range(n)
+    ]
+    config = SchedulerConfig(
+        max_batch=int(rng.integers(2, 9)),
+        num_pages=int(rng.integers(24, 60)),
+        page_size=int(rng.choice([4, 16])),
+        max_seq_len=256,
+        preemption=str(rng.choice(["swap", "recompute"])),
+        host_pages=int(rng.choice([10, 1000])),
+        q0=float(rng.choice([0.005, 0.05])),
+        promote_every=int(rng.choice([7, 50])),
+        starve_s=0.05,
+        reserve_pages=int(rng.integers(0, 3)),
+        prefetch=int(rng.integers(0, 3)),
+        swap_bandwidth=1e6,
+        kv_bytes_per_page=1000,
+        prefill_table=[(1, 0.002), (128, 0.02)],
+    )
+    return make_scheduler(policy, config), reqs
+
+
+class RowUpdateCost(LinearCost):
+    row_update_time = 3e-4  # a decode call whose rows or block tables changed costs more
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"])
+def test_fast_path_gives_the_same_run(policy):
+    """Steady stretches run without re-planning (`fast=True`, the default) give exactly the
+    run that plans every iteration: every token time, every scheduler field, every page."""
+    cost = RowUpdateCost(a=1e-3, b=1e-4, b_prefill=2e-5, c=1e-6, swap_bandwidth=1e6,
+                         kv_bytes_per_page=1000)  # fmt: skip
+    timing = Timing(overlap=False, decode_steps=1, host=2e-4)
+    skipped = 0
+    for seed in range(4):
+        runs = []
+        for fast in (False, True):
+            s, reqs = random_case(seed, policy)
+            res = simulate(s, reqs, cost, timing=timing, fast=fast)
+            state = [
+                (r.id, r.state, r.num_generated, r.queue, r.entered_queue, r.preemptions,
+                 r.quantum_used, r.last_run, tuple(r.pages))
+                for r in reqs
+            ]  # fmt: skip
+            recs = [(x.id, x.token_times, x.finish_time, x.state) for x in res.records.values()]
+            runs.append((recs, state, s.allocator.free_runs(), s.iteration, res.iterations,
+                         res.time, res.device_busy, res.finished_events))  # fmt: skip
+            s.check_invariants()
+        assert runs[0] == runs[1]
+        skipped += runs[0][4]
+    assert skipped > 0
+
+
+def test_traces_become_requests_as_the_engine_replays_them():
+    """Caps follow `experiments.serve`'s replay rule, and a conversation's later turn is
+    released its recorded think time after the previous turn finishes."""
+    from jaxserve.serve import replay_cap as served_cap
+    from jaxserve.sim.run import replay_cap, requests_from_trace
+    from jaxserve.workload import TraceRequest
+
+    for args in [(10, 5, 256, 1024), (10, 500, 256, 1024), (1000, 50, 256, 1024)]:
+        assert replay_cap(*args) == served_cap(*args)
+    trace = [
+        TraceRequest("a0", 0.0, 8, 3, conversation="a", turn=0),
+        TraceRequest("b0", 0.5, 8, 3, conversation="b", turn=0),
+        TraceRequest("a1", 2.0, 20, 3, conversation="a", turn=1),
+    ]
+    reqs, after = requests_from_trace(trace, max_output_len=16, max_seq_len=64)
+    assert after == {"a1": ("a0", 2.0)} and [r.max_new_tokens for r in reqs] == [16, 16, 16]
+    res = simulate(make_scheduler("fcfs", cfg()), reqs, ONE, after=after)
+    assert res.records["a0"].finish_time == 3.0 and res.records["a1"].arrival == 5.0
