@@ -458,7 +458,7 @@ def _num_steps(
     """Decode steps for one call: the engine's rule (`Engine._num_steps`). Several only when
     nothing can change meanwhile: a decode-only plan holding every live request, no page
     boundary, no finish by length or trace end before the chunk's last token, and the next
-    arrival not due; then the largest power of two that fits."""
+    arrival not due; then as many as fit (one compiled loop runs every length)."""
     if plan.prefill or plan.swap_in or plan.swap_out or sched.num_live != len(plan.decode):
         return 1
     if next_arrival is not None and step_time > 0:
@@ -469,4 +469,4 @@ def _num_steps(
         k = min(k, r.max_new_tokens - n, target[r.id] - n, max_seq_len - r.context_len + 1, room)
         if k <= 1:
             return 1
-    return 1 << (k.bit_length() - 1)
+    return k
