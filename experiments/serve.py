@@ -21,7 +21,11 @@ from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint dir.")
-_SCHEDULERS = flags.DEFINE_list("schedulers", list(POLICIES), f"Policies, from {list(POLICIES)}.")
+# by default the policies FastServe compares (the fair ones are for multi-client traces)
+_DEFAULT_SCHEDULERS = [p for p in POLICIES if p not in ("vtc", "fair_priority")]
+_SCHEDULERS = flags.DEFINE_list(
+    "schedulers", _DEFAULT_SCHEDULERS, f"Policies, from {list(POLICIES)}."
+)
 _WORKLOAD = flags.DEFINE_string(
     "workload",
     "sharegpt_synth",
