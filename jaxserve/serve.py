@@ -201,19 +201,7 @@ def never_runs_reason(
 
 def trace_for(s: ServeSettings, rate: float, tokenizer):
     """The trace of one rate: the same arguments and seed for in-process and HTTP replays."""
-    return workload.make_workload(
-        s.workload,
-        rate,
-        s.num_requests,
-        s.seed,
-        arrival=s.arrival,
-        cv=s.cv,
-        scale=s.scale,
-        max_prompt_len=s.max_prompt_len,
-        max_output_len=s.max_output_len,
-        tokenize=tokenizer.encode if tokenizer is not None else None,
-        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-    )
+    return workload.workload_for(s, rate, tokenizer.encode if tokenizer is not None else None)
 
 
 def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:

@@ -169,18 +169,7 @@ def simulate_trace(
 
 
 def make_trace(s: SimSettings, rate: float) -> list[workload.TraceRequest]:
-    return workload.make_workload(
-        s.workload,
-        rate,
-        s.num_requests,
-        s.seed,
-        arrival=s.arrival,
-        cv=s.cv,
-        scale=s.scale,
-        max_prompt_len=s.max_prompt_len,
-        max_output_len=s.max_output_len,
-        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
-    )
+    return workload.workload_for(s, rate)
 
 
 def run_rates(

@@ -44,6 +44,7 @@ from jaxserve.workload.registry import (
     make_workload,
     named_workloads,
     register_source,
+    workload_for,
 )
 from jaxserve.workload.request import Tokenize, TraceRequest, WorkloadError, whitespace_tokenize
 from jaxserve.workload.trace import read_trace, write_trace
@@ -71,6 +72,7 @@ __all__ = [
     "gamma_arrivals",
     "known_workloads",
     "make_workload",
+    "workload_for",
     "merge_workloads",
     "multiturn_workload",
     "named_workloads",

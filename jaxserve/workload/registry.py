@@ -148,3 +148,23 @@ def make_workload(
         length_params=length_params,
     )
     return source.build(spec, w)
+
+
+def workload_for(settings, rate: float, tokenize: Tokenize | None = None) -> list[TraceRequest]:
+    """`make_workload` from an experiment's settings (any object with the fields `workload`,
+    `num_requests`, `seed`, `arrival`, `cv`, `scale`, `max_prompt_len`, `max_output_len`,
+    `output_sigma`): one trace per rate, the same for the engine, HTTP and the simulator."""
+    s = settings
+    return make_workload(
+        s.workload,
+        rate,
+        s.num_requests,
+        s.seed,
+        arrival=s.arrival,
+        cv=s.cv,
+        scale=s.scale,
+        max_prompt_len=s.max_prompt_len,
+        max_output_len=s.max_output_len,
+        tokenize=tokenize,
+        length_params=None if s.output_sigma is None else {"sigma_output": s.output_sigma},
+    )
