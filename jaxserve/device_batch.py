@@ -1,10 +1,12 @@
 """The engine's batches on the device: prefill arrays, and the resident decode slots.
 
-    DeviceBatch(runner, sched_config, max_stop_ids)
+    DeviceBatch(runner, sched_config, max_stop_ids, max_steps)
       .prefill(kv, reqs, seqs, params, keys)   -> kv, first tokens [B]
-      .decode(kv, reqs, steps, ...)            -> kv, [2, b, steps] (tokens, emitted)
+      .extend(kv, req, seq, start, ...)        -> kv, first token (a kept turn's continuation)
+      .assemble([(out, rows), ...], n)         -> one [B] array of first tokens
+      .decode(kv, reqs, steps, ...)            -> kv, [2, b, max_steps] (tokens, emitted)
       .release(request_id)                     the request's slot is free again
-      .warmup(kv, host, max_prompt, max_context, steps)
+      .warmup(kv, host, max_prompt, max_context, extend)
 
 A request takes a slot of the device-resident `SlotState` (`jaxserve.batch`) when it first
 decodes and keeps it while its KV is resident. Each decode call first sends what changed

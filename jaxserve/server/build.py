@@ -49,9 +49,10 @@ def make_engine(
         decode_steps=s.decode_steps,
         **serve.SWITCHES[s.switch],
     )
-    engine.warmup(
+    engine.warmup(  # HTTP requests carry no conversation: nothing continues a kept turn
         min(s.max_prompt_len, config.max_seq_len),
         min(config.max_seq_len, s.max_prompt_len + s.max_output_len),
+        extend=False,
     )
     return engine, tokenizer, source
 
