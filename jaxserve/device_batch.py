@@ -243,7 +243,7 @@ class DeviceBatch:
                 slots = runner.update_slots(slots, packed, first)
         for b in batches:
             for w in widths:
-                for k in sorted({1, self.max_steps}):  # one step, and every longer chunk
+                for k in sorted({1, self.max_steps}):  # one or two programs (decode_slots)
                     kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
         for w in widths:  # swaps move one request's pages: up to a full block table
             kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)

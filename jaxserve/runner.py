@@ -255,13 +255,17 @@ class ModelRunner:
         tokens [rows, n], emitted [rows, n] (the last two stacked as [2, rows, n] int32, so
         the host reads one array).
 
-        With `max_steps`, every count from 2 to `max_steps` runs one program: a loop whose
-        length is an argument, n = `max_steps` (emitted is 0 past `steps`); a single step
-        keeps its own program (it would not pay for the contiguous copy). Without, the
-        program is compiled for exactly `steps`, and n = `steps`."""
-        if max_steps is None or steps == 1:
+        With `max_steps`, every count up to `max_steps` runs one program: a loop whose
+        length is an argument, n = `max_steps` (emitted is 0 past `steps`). A single step
+        keeps its own program where a chunk would decode on the contiguous copy (one step
+        would not pay for it). Without, the program is compiled for exactly `steps`, and
+        n = `steps`."""
+        single = steps == 1 and (
+            max_steps in (None, 1) or self.strategy.contiguous_for(rows, max_steps)
+        )
+        if max_steps is None or single:
             count, n = None, steps
-        elif not 1 < steps <= max_steps:
+        elif not 1 <= steps <= max_steps:
             raise ValueError(f"decode of {steps} steps, more than max_steps={max_steps}")
         else:
             count, n = np.int32(steps), max_steps
