@@ -46,14 +46,6 @@ class HostKV:
     def num_pages(self) -> int:
         return sum(self.sizes)
 
-    @property
-    def k(self) -> tuple:  # the first copy's (the only one, unless transfers were split)
-        return self.parts[0].k
-
-    @property
-    def v(self) -> tuple:
-        return self.parts[0].v
-
     def settle(self) -> None:
         """Hold the copy as numpy arrays (numpy mode), releasing the device buffers. Waits for
         the gather: call it once the steps dispatched after the swap-out have been read."""

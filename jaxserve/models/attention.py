@@ -32,44 +32,42 @@ KERNELS = ("xla", "pallas_gpu", "pallas_tpu")
 REDUCE_MIN_BATCH = 4
 
 
+def _grouped(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv: str) -> jax.Array:
+    """Grouped-query attention by matrix products; `kv` names the axes of k and v (B batch,
+    S key position, K KV head, D head dim). Returns [B, T, H, D]."""
+    b, t, h, d = q.shape
+    kh = k.shape[kv.index("K")]
+    q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
+    scores = jnp.einsum(f"BTKGD,{kv}->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores * (d**-0.5), -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum(f"BKGTS,{kv}->BTKGD", probs, v).reshape(b, t, h, d)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention.
 
     q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K; mask: [B, T, S] (True = attend).
     Returns [B, T, H, D].
     """
-    b, t, h, d = q.shape
-    kh = k.shape[2]
-    q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
-    scores = jnp.einsum("BTKGD,BSKD->BKGTS", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BSKD->BTKGD", probs, v)
-    return out.reshape(b, t, h, d)
+    return _grouped(q, k, v, mask, "BSKD")
 
 
 def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """`attend` over gathered pages: k, v [K, B, S, D] (as `gather_layer` returns them)."""
     b, t, h, d = q.shape
-    kh = k.shape[0]
-    q = q.reshape(b, t, kh, h // kh, d)  # [B, T, K, G, D]
     if t == 1 and b >= REDUCE_MIN_BATCH:
         # one query per row (batched decode): multiply-and-reduce fuses into one pass over
         # the cache, where XLA:CPU runs the einsum as B*K tiny matrix products
-        qs = q[:, 0, :, :, None, :].astype(jnp.float32)  # [B, K, G, 1, D]
+        kh = k.shape[0]
+        qs = q.reshape(b, kh, h // kh, 1, d).astype(jnp.float32)  # [B, K, G, 1, D]
         kt = k.astype(jnp.float32).transpose(1, 0, 2, 3)[:, :, None]  # [B, K, 1, S, D]
         scores = jnp.sum(qs * kt, axis=-1)[:, :, :, None, :] * (d**-0.5)  # [B, K, G, 1, S]
         scores = jnp.where(mask[:, None, None], scores, -1e30)
         probs = jax.nn.softmax(scores, axis=-1)[:, :, :, 0, :, None]  # [B, K, G, S, 1]
         vt = v.astype(jnp.float32).transpose(1, 0, 2, 3)[:, :, None]  # [B, K, 1, S, D]
         return jnp.sum(probs * vt, axis=3).reshape(b, 1, h, d).astype(v.dtype)
-    scores = jnp.einsum("BTKGD,KBSD->BKGTS", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,KBSD->BTKGD", probs, v)
-    return out.reshape(b, t, h, d)
+    return _grouped(q, k, v, mask, "KBSD")
 
 
 def _pow2_ceil(n: int) -> int:
