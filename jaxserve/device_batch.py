@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxserve.batch import ExtendBatch, PrefillBatch, SlotUpdates
 from jaxserve.kvcache.host import HostTier
@@ -35,12 +36,19 @@ from jaxserve.sched.request import pages_for
 from jaxserve.utils import pow2, pow2_range
 
 
-@jax.jit
 def _place(out: jax.Array, x: jax.Array, offset: jax.Array, k: jax.Array) -> jax.Array:
     """out with x[:k] written at out[offset:offset + k] (one program per pair of shapes)."""
     at = jnp.arange(out.shape[0]) - offset
     take = (at >= 0) & (at < k)
     return jnp.where(take, x[jnp.clip(at, 0, x.shape[0] - 1)].astype(out.dtype), out)
+
+
+def _widen(x: jax.Array, rows: int) -> jax.Array:
+    """x [b] padded with zeros to [rows]."""
+    return jnp.zeros(rows, x.dtype).at[: x.shape[0]].set(x)
+
+
+MIN_DECODE_TOKENS = 64
 
 
 class DeviceBatch:
@@ -61,6 +69,9 @@ class DeviceBatch:
         self.max_rows = pow2(sched_config.max_batch, self.min_rows)
         self.max_pages = math.ceil(sched_config.max_seq_len / self.page_size) + 1
         self.num_stop = max_stop_ids
+        # decode block tables are at least MIN_DECODE_TOKENS wide: fewer programs to compile
+        # (two widths fewer with 16-token pages) for a little masked attention on short rows
+        self.min_width = pow2(math.ceil(MIN_DECODE_TOKENS / self.page_size))
         num_slots = sched_config.num_pages - 1  # a resident request holds >= 1 page
         self._slots = runner.new_slots(num_slots, self.max_rows, self.max_pages, self.num_stop)
         self._updates = SlotUpdates(num_slots, self.max_rows, self.max_pages, self.num_stop)
@@ -68,7 +79,12 @@ class DeviceBatch:
         self._slot: dict[str, int] = {}  # request -> its slot
         self._slot_pages: dict[str, tuple[int, ...]] = {}  # pages the slot's record holds
         self._rows: list[int] = []  # slots the device decodes (as last sent)
-        self._no_prefill = jax.device_put(np.zeros(1, np.int32))
+        # the slot updates read a prefill's tokens from one shape, [max_rows] replicated, so
+        # one update program serves every prefill batch size
+        self._replicated = NamedSharding(runner.mesh, PartitionSpec())
+        self._place = jax.jit(_place, out_shardings=self._replicated)
+        self._widen = jax.jit(_widen, static_argnums=1, out_shardings=self._replicated)
+        self._no_prefill = jax.device_put(np.zeros(self.max_rows, np.int32), self._replicated)
         # the last dispatch's prefill output, and the row of each request in it
         self._last_prefill: tuple[jax.Array, dict[str, int]] = (self._no_prefill, {})
 
@@ -115,7 +131,8 @@ class DeviceBatch:
         tokens[0, : len(new)] = new
         starts, lengths = np.zeros(b, np.int32), np.zeros(b, np.int32)
         starts[0], lengths[0] = start, len(new)
-        bt = np.zeros((b, pow2(pages_for(len(seq), self.page_size))), np.int32)
+        width = max(pow2(pages_for(len(seq), self.page_size)), self.min_width)
+        bt = np.zeros((b, width), np.int32)
         pages = req.pages[: bt.shape[1]]
         bt[0, : len(pages)] = pages
         samp = sampling_arrays([params], [key], b)
@@ -125,10 +142,14 @@ class DeviceBatch:
     def assemble(self, parts: Sequence[tuple[jax.Array, int]], n: int) -> jax.Array:
         """One [pow2(n)] array of next tokens from several calls' outputs: the first `k` rows
         of each (out, k), in order."""
-        out = jax.device_put(np.zeros(pow2(n, self.min_rows), np.int32))
+        out = jax.device_put(np.zeros(pow2(n, self.min_rows), np.int32), self._replicated)
         offset = 0
         for x, k in parts:
-            out = _place(out, x, np.int32(offset), np.int32(k))
+            args = (out, x, np.int32(offset), np.int32(k))
+            if self.runner.ahead is not None:  # warm-up: lower only (`compile_ahead`)
+                self.runner.ahead.add(self._place, *args)
+            else:
+                out = self._place(*args)
             offset += k
         return out
 
@@ -137,7 +158,15 @@ class DeviceBatch:
         if prefill_out is None:
             self._last_prefill = (self._no_prefill, {})
         else:
-            self._last_prefill = (prefill_out, {r.id: i for i, r in enumerate(reqs)})
+            rows = {r.id: i for i, r in enumerate(reqs)}
+            self._last_prefill = (self._widened(prefill_out), rows)
+
+    def _widened(self, prefill_out) -> jax.Array:
+        """The prefill's tokens as the slot updates read them ([max_rows], replicated)."""
+        if self.runner.ahead is None:
+            return self._widen(prefill_out, self.max_rows)
+        self.runner.ahead.add(self._widen, prefill_out, self.max_rows)
+        return self._no_prefill  # the same shape and sharding
 
     def decode(
         self,
@@ -186,7 +215,7 @@ class DeviceBatch:
             self._rows = rows
         b = pow2(len(rows), self.min_rows)
         reach = max(r.context_len + steps - 1 for r in reqs)
-        width = pow2(pages_for(reach, self.page_size))
+        width = max(pow2(pages_for(reach, self.page_size)), self.min_width)
         kv, self._slots, out = self.runner.decode_slots(
             kv, self._slots, b, width, steps, self.max_steps
         )
@@ -226,39 +255,44 @@ class DeviceBatch:
         ps, runner = self.page_size, self.runner
         batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
-        widths = pow2_range(math.ceil(max_context / ps))
-        prefill_outs = [self._no_prefill]
-        for b in batches:
-            samp = sampling_arrays([], [], b)
-            for t in prompt_lens:
-                bt = np.zeros((b, math.ceil(t / ps)), np.int32)
-                tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
-                batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-                kv, first = runner.prefill(kv, batch)
-            prefill_outs.append(first)
+        swap_widths = pow2_range(math.ceil(max_context / ps))
+        widths = sorted({max(w, self.min_width) for w in swap_widths})
         slots = self._slots
-        for u in [0] + pow2_range(self.max_rows):  # the updates of up to max_batch rows
-            for first in prefill_outs:
+        # every device program but the swaps' is lowered first, then compiled several at a
+        # time; the calls below return placeholders (`ModelRunner.compile_ahead`)
+        with runner.compile_ahead():
+            for b in batches:
+                samp = sampling_arrays([], [], b)
+                for t in prompt_lens:
+                    bt = np.zeros((b, math.ceil(t / ps)), np.int32)
+                    tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
+                    batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
+                    kv, first = runner.prefill(kv, batch)
+                self.dispatched(first, [])  # widening this batch size's tokens
+            for u in [0] + pow2_range(self.max_rows):  # the updates of up to max_batch rows
                 packed = self._updates.pack([], min_records=u)
-                slots = runner.update_slots(slots, packed, first)
-        for b in batches:
-            for w in widths:
-                for k in sorted({1, self.max_steps}):  # one or two programs (decode_slots)
-                    kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
-        for w in widths:  # swaps move one request's pages: up to a full block table
-            kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
-        if extend:
-            b = self.min_rows
-            samp = sampling_arrays([], [], b)
-            zeros = np.zeros(b, np.int32)
-            for t in prompt_lens:
+                slots = runner.update_slots(slots, packed, self._no_prefill)
+            for b in batches:
                 for w in widths:
-                    tokens, bt = np.zeros((b, t), np.int32), np.zeros((b, w), np.int32)
-                    batch = ExtendBatch(tokens, zeros, zeros, bt, **samp)
-                    kv, first = runner.extend(kv, batch)
-            for n in batches:  # assembling a prefill's rows with continuations'
-                for x in prefill_outs[1:] + [first]:
-                    _place(jnp.zeros(n, np.int32), x, np.int32(0), np.int32(1))
+                    for k in sorted({1, self.max_steps}):  # one or two programs (decode_slots)
+                        kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
+            if extend:
+                b = self.min_rows
+                samp = sampling_arrays([], [], b)
+                zeros = np.zeros(b, np.int32)
+                for t in prompt_lens:
+                    for w in widths:
+                        tokens, bt = np.zeros((b, t), np.int32), np.zeros((b, w), np.int32)
+                        batch = ExtendBatch(tokens, zeros, zeros, bt, **samp)
+                        kv, first = runner.extend(kv, batch)
+                for n in batches:  # a prefill's rows assembled with continuations'
+                    for b in batches:
+                        x = jax.ShapeDtypeStruct((b,), np.int32, sharding=runner.batch_sharding)
+                        self.assemble([(x, 1)], n)
+                    self.dispatched(self.assemble([(first, 1)], n), [])  # and widened
+        self._last_prefill = (self._no_prefill, {})
+        for w in swap_widths:  # swaps move one request's pages: up to a full block table
+            kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
         kv.block_until_ready()
         self._slots = slots
         return kv

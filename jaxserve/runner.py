@@ -20,8 +20,10 @@ Shapes are the caller's to bucket: every new (batch, length, pages) shape compil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import jax
@@ -31,6 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve import sharding as shd
+from jaxserve.ahead import AheadOfTime
 from jaxserve.batch import (
     DecodeBatch,
     ExtendBatch,
@@ -131,6 +134,8 @@ class ModelRunner:
         self.leaves, self._treedef = jax.tree.flatten(self.state)
         leaf_shardings = jax.tree.leaves(self.state_shardings)
         self.data_size = self.mesh.shape["data"]
+        # while set (`compile_ahead`), the calls below lower their program instead of running
+        self.ahead: AheadOfTime | None = None
         self.kv_sharding = shd.kv_sharding(self.mesh, layer_shapes(self.config, 2, 1))
         batch = NamedSharding(self.mesh, PartitionSpec("data" if self.data_size > 1 else None))
         self.batch_sharding = batch
@@ -212,12 +217,16 @@ class ModelRunner:
         (A dict with `PrefillBatch`'s fields is accepted too.)"""
         if isinstance(batch, dict):
             batch = PrefillBatch(**batch)
+        if self.ahead is not None:
+            return kv, self._lower(self._prefill, (self.leaves, kv, batch), 1, self.batch_sharding)
         return self._prefill(self.leaves, kv, batch)
 
     def extend(self, kv: KVPages, batch: ExtendBatch) -> tuple[KVPages, jax.Array]:
         """Append `batch.tokens` to sequences cached up to `batch.starts` (attending to the
         cache, with the decoder: a predicted-cache prefill never applies here); returns the
         next sampled token of each row [B]."""
+        if self.ahead is not None:
+            return kv, self._lower(self._extend, (self.leaves, kv, batch), 1, self.batch_sharding)
         return self._extend(self.leaves, kv, batch)
 
     def decode(self, kv: KVPages, batch: DecodeBatch | dict, num_steps: int):
@@ -239,6 +248,9 @@ class ModelRunner:
 
     def update_slots(self, state: SlotState, packed, prefill_tokens) -> SlotState:
         """Apply one step's packed `SlotUpdates` (one host->device transfer)."""
+        if self.ahead is not None:
+            self._lower(self._apply_updates, (state, packed, prefill_tokens))
+            return state
         return self._apply_updates(state, packed, prefill_tokens)
 
     def decode_slots(
@@ -270,8 +282,39 @@ class ModelRunner:
         else:
             count, n = np.int32(steps), max_steps
         if self.strategy.out_in_for(rows):
-            return self._decode_slots_row(self._row_leaves, kv, state, count, rows, width, n)
-        return self._decode_slots(self.leaves, kv, state, count, rows, width, n)
+            fn, leaves = self._decode_slots_row, self._row_leaves
+        else:
+            fn, leaves = self._decode_slots, self.leaves
+        if self.ahead is not None:
+            args = (leaves, kv, state, count, rows, width, n)
+            return kv, state, self._lower(fn, args, 2, self._replicated)
+        return fn(leaves, kv, state, count, rows, width, n)
+
+    # -- compiling ahead ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def compile_ahead(self, workers: int | None = None) -> Iterator[AheadOfTime]:
+        """Within: `prefill`, `extend`, `update_slots` and `decode_slots` lower their program
+        instead of running it, returning their inputs for what they would update and shapes
+        (`jax.ShapeDtypeStruct`s, which later calls inside accept) for new outputs. On a clean
+        exit every program is compiled, `workers` at a time (`jaxserve.ahead`)."""
+        if self.ahead is not None:
+            raise RuntimeError("compile_ahead is already active")
+        self.ahead = AheadOfTime(workers)
+        try:
+            yield self.ahead
+            self.ahead.compile()
+        finally:
+            self.ahead = None
+
+    def _lower(self, fn, args: tuple, output: int | None = None, sharding=None):
+        """Add `fn(*args)`'s program to `self.ahead`; with `output`, a placeholder for that
+        output of the program, carrying the sharding a real call returns it with."""
+        lowered = self.ahead.add(fn, *args)
+        if output is None:
+            return None
+        info = lowered.out_info[output]
+        return jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding)
 
     # -- jitted bodies ------------------------------------------------------------------
 

@@ -370,6 +370,29 @@ def test_jaxserve_never_imports_kvpred():
     assert isinstance(KVPModel.decoder, property)
 
 
+def test_warmup_covers_a_kept_turns_continuation(model, runner):
+    """With reuse, warm-up also compiles the continuation of a kept turn and the assembly
+    of its first token with a plain prefill's in the same iteration: serving compiles
+    nothing after it."""
+    engine = Engine(model, "fcfs", _config(60), runner=runner, reuse=True)
+    engine.warmup(48, 80, extend=True)
+    before = CompileCounter.count()
+    rs = np.random.RandomState(5)
+    first = [int(t) for t in rs.randint(3, 128, 11)]
+    engine.submit(first, SamplingParams(max_new_tokens=5), request_id="t0", conversation="c")
+    engine.run_until_done(max_iterations=50)
+    turn = first + engine.output("t0") + [int(t) for t in rs.randint(3, 128, 9)]
+    for n in (1, 3):  # the continuation alone, then beside plain prompts
+        for i in range(n - 1):
+            other = [int(t) for t in rs.randint(3, 128, 5 + 7 * i)]
+            engine.submit(other, SamplingParams(max_new_tokens=4), request_id=f"o{n}{i}")
+        rid = engine.submit(turn, SamplingParams(max_new_tokens=4), conversation="c")
+        engine.run_until_done(max_iterations=50)
+        turn = turn + engine.output(rid) + [7, 8]
+    assert engine.conversations.hits == 2
+    assert CompileCounter.count() == before
+
+
 @pytest.mark.parametrize("ending", ["length", "stop"])
 def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     """Turn 2 (and 3) start from the previous turn's KV brought back from the host and
