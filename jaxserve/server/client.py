@@ -144,6 +144,7 @@ async def replay_async(
                 "ignore_eos": True,
                 "trace_output_len": min(r.output_len, max_tokens[r.id]),
                 "user": r.client,
+                "priority": r.priority,
                 "return_details": details,
             }
             tasks.append(_one(client, endpoint, body, r, t0, got[r.id]))

@@ -2,7 +2,7 @@
 
     event loop (handlers)                       engine thread (owns the Engine)
     ---------------------                       --------------------------------
-    submit(GenRequest) -> Handle ---inbox---->  engine.submit(...)     (in priority order)
+    submit(GenRequest) -> Handle ---inbox---->  engine.submit(...)     (a batch: by priority)
     cancel(id)         ------------inbox---->  engine.cancel(id)      (pages freed)
                                                 events = engine.step() (never on the event loop)
     Handle.queue  <--call_soon_threadsafe----  one callback per step with all its events
@@ -179,8 +179,9 @@ class EngineLoop:
             self._fail_all()
 
     def _drain(self, block: bool, out: list[Event]) -> None:
-        """Take every waiting command (waiting a little for one when idle); submissions in
-        priority order."""
+        """Take every waiting command (waiting a little for one when idle); submissions
+        that arrive together go to the engine in priority order (stable: ties keep their
+        order), so they arrive in that order for every policy."""
         cmds = []
         try:
             cmds.append(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait())
@@ -205,6 +206,7 @@ class EngineLoop:
                 req.params,
                 request_id=handle.id,
                 client=req.user,
+                priority=req.priority,
                 output_len=req.trace_output_len,
                 stop_at_output_len=req.trace_output_len is not None,
             )

@@ -9,7 +9,9 @@ KV pool (`Limits`). Pure Python; no jax, no web framework.
 
 Fields beyond OpenAI's (all optional):
   user              the client, for fair schedulers and per-client metrics (OpenAI's field)
-  priority          int, lower runs earlier among requests admitted in the same iteration
+  priority          int (default 0), lower runs earlier: the `priority` scheduler ranks every
+                    request by it (preempting); the others only take requests that reach the
+                    engine together (between two of its steps) in priority order
   top_k             int >= 0 (0 or -1: off)
   ignore_eos        bool, do not stop at the tokenizer's end-of-sequence token
   trace_output_len  int, trace replay: the request's true output length; oracle schedulers
@@ -83,7 +85,7 @@ class GenRequest:
     stream: bool = False  # server-sent events
     include_usage: bool = False  # a final usage chunk in a stream
     user: str = "default"  # the client, for fair schedulers
-    priority: int = 0  # lower first, among requests admitted in the same iteration
+    priority: int = 0  # lower first (the `priority` scheduler; others: arrival ties)
     trace_output_len: int | None = None  # oracle length and emulated EOS (trace replay)
     return_details: bool = False  # add the engine's record of the request
     chat: bool = False  # /v1/chat/completions
