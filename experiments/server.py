@@ -6,7 +6,11 @@
 
 Takes every engine flag of experiments.serve (the flags are defined there, once). Endpoints:
 POST /v1/completions, /v1/chat/completions (stream: true for server-sent events);
-GET /v1/models, /health, /metrics.
+GET /v1/models, /health, /metrics. Requests may name a `conversation` (an extension, see
+`jaxserve/server/protocol.py`): with --switch=reuse or all (the default) the server keeps a
+finished turn's KV on the host and starts the conversation's next turn from it;
+--switch=async or lower turns reuse off. `--scheduler=priority` orders by each request's
+`priority` field.
 """
 
 from __future__ import annotations

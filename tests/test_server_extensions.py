@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import time
 
 import httpx
@@ -94,3 +95,93 @@ def test_priority_reaches_the_scheduler_over_http(parts):
     done_before = sum(t < short_end for t in long_d["token_times"])
     assert done_before < n_long // 2, (done_before, n_long)
     assert long_d["preemptions"] >= 1
+
+
+def chat_turns(url: str, stream_first: bool) -> list[dict]:
+    """Two greedy chat turns of conversation "c1" (the first streamed or not); the second
+    sends back the first's reply. Returns both responses (usage, reply, details)."""
+    common = {"temperature": 0, "max_tokens": 12, "ignore_eos": True, "conversation": "c1"}
+    messages = [{"role": "user", "content": "Tell me a story about a cat."}]
+    body = {"model": MODEL, "messages": messages, "return_details": True, **common}
+    if stream_first:
+        body.update(stream=True, stream_options={"include_usage": True})
+        reply, last = "", None
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=TIMEOUT) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    last = json.loads(line[6:])
+                    for c in last["choices"]:
+                        reply += c["delta"].get("content", "")
+        first = {"usage": last["usage"], "reply": reply, "details": last["details"]}
+    else:
+        out = post(url, "/v1/chat/completions", body)
+        reply = out["choices"][0]["message"]["content"]
+        first = {"usage": out["usage"], "reply": reply, "details": out["details"]}
+    messages += [
+        {"role": "assistant", "content": first["reply"]},
+        {"role": "user", "content": "And then?"},
+    ]
+    out = post(
+        url, "/v1/chat/completions", {"messages": messages, "return_details": True, **common}
+    )
+    second = {"usage": out["usage"], "reply": out["choices"][0]["message"]["content"]}
+    return [first, second | {"details": out["details"]}]
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=TIMEOUT).text
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_chat_turn_of_a_conversation_reuses_the_kept_kv(parts):
+    """A server with multi-turn reuse and a fresh one without it serve the same two-turn
+    conversation: the second turn continues the first's own tokens on both (same prompt ids),
+    only the reusing server starts it from kept KV (usage.prompt_tokens_details and the
+    metrics count every token of turn 1 but its last), and the greedy replies are the same."""
+    kept, kept_engine = serve(parts, engine_kw={"reuse": True})
+    fresh, _ = serve(parts)
+    try:
+        got = chat_turns(kept.url, stream_first=True)
+        want = chat_turns(fresh.url, stream_first=False)
+        reused = metric(kept.url, "jaxserve_reused_prompt_tokens_total")
+        hits = metric(kept.url, "jaxserve_conversation_hits_total")
+    finally:
+        kept.stop()
+        fresh.stop()
+    (t1, t2), (f1, f2) = got, want
+    assert t1["details"]["token_ids"] == f1["details"]["token_ids"] and t1["reply"] == f1["reply"]
+    assert t1["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    n1 = t1["usage"]["prompt_tokens"] + t1["usage"]["completion_tokens"]
+    assert t2["usage"]["prompt_tokens"] == f2["usage"]["prompt_tokens"] > n1
+    assert t2["usage"]["prompt_tokens_details"] == {"cached_tokens": n1 - 1}
+    assert f2["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert (reused, hits) == (n1 - 1, 1)
+    assert t2["details"]["token_ids"] == f2["details"]["token_ids"]
+    assert t2["reply"] == f2["reply"]
+
+
+def test_conversation_history_continues_only_what_extends_it():
+    """Unit: the continuation is the last turn's ids plus the new text's; a text that does not
+    extend the prompt and reply, or adds nothing, is tokenized afresh (None)."""
+    from jaxserve.server.chat import ConversationHistory
+
+    def tok(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    h = ConversationHistory(max_conversations=2)
+    h.record("a", "User: hi\nAssistant:", " yo", [1, 2, 3, 4])
+    assert h.prompt_ids("a", "User: hi\nAssistant: yo\nUser: ok", tok) == [
+        1,
+        2,
+        3,
+        4,
+        *tok("\nUser: ok"),
+    ]
+    assert h.prompt_ids("a", "User: hi\nAssistant:  yo\nUser: ok", tok)[:4] == [1, 2, 3, 4]
+    assert h.prompt_ids("a", "User: hi\nAssistant: no\nUser: ok", tok) is None
+    assert h.prompt_ids("a", "User: hi\nAssistant: yo", tok) is None
+    assert h.prompt_ids("b", "User: hi\nAssistant: yo\nUser: ok", tok) is None
+    h.record("b", "x", "y", [5])
+    h.record("c", "x", "y", [6])  # over the bound: the least recently used ("a") goes
+    assert len(h) == 2 and h.prompt_ids("a", "User: hi\nAssistant: yo\nUser: ok", tok) is None

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxserve.engine import Engine, Event
 from jaxserve.server import protocol
+from jaxserve.server.chat import ConversationHistory
 from jaxserve.server.engine_loop import EngineLoop, Handle, Overloaded, Unavailable
 from jaxserve.server.metrics import ServerMetrics
 from jaxserve.server.protocol import ApiError, GenRequest, Limits
@@ -101,6 +102,11 @@ class TextStream:
     def text(self) -> str:
         return self._text
 
+    @property
+    def cut(self) -> bool:
+        """A stop string ended the text (tokens after it are not part of it)."""
+        return self._cut is not None
+
 
 def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
@@ -149,6 +155,21 @@ class Api:
         self._prefixes: dict[str, str] = {}  # SSE chunk prefix of each open stream
         self.chat_template = chat_template
         self.created = int(time.time())
+        self.history = ConversationHistory()  # chat turns of conversations (event loop only)
+
+    def continuation(self, conversation: str, text: str) -> list[int] | None:
+        """The prompt ids of a chat turn that continues `conversation` (protocol.parse_chat)."""
+        if self.tokenizer is None:
+            return None
+        return self.history.prompt_ids(conversation, text, self.tokenizer.encode)
+
+    def _remember(self, handle: Handle, text: TextStream, terminal: Event) -> None:
+        """A chat turn of a conversation ended: keep its ids for the next turn."""
+        req = handle.request
+        if not (req.chat and req.conversation) or terminal.detail not in STOPS or text.cut:
+            return
+        out = text.ids[:-1] if text.ids and text.ids[-1] in req.params.stop_token_ids else text.ids
+        self.history.record(req.conversation, req.prompt_text, text.text, req.prompt_ids + out)
 
     def tokenize(self) -> Callable[[str], list[int]] | None:
         return self.tokenizer.encode if self.tokenizer is not None else None
@@ -205,7 +226,10 @@ class Api:
 
     def _usage(self, handle: Handle, n: int) -> dict[str, int]:
         p = len(handle.request.prompt_ids)
-        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        if handle.request.conversation is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": handle.cached_tokens}
+        return usage
 
     def _details(self, terminal: Event) -> dict[str, Any]:
         """The request's record, from its terminal event (the engine has released it)."""
@@ -240,6 +264,8 @@ class Api:
             if e.kind == "token":
                 text.add(e.token)
                 n += 1
+        text.flush()
+        self._remember(handle, text, events[-1])
         reason = self._finish_reason(events[-1].detail)
         out = self._head(handle, chunk=False)
         if handle.request.chat:
@@ -290,6 +316,7 @@ class Api:
                         reason = self._finish_reason(nxt.detail)
                         yield self._chunk(handle, delta, reason, not sent_first)
                         e = nxt
+                        self._remember(handle, text, e)
                         break
                     yield self._chunk(handle, delta, None, not sent_first)
                     sent_first = True
@@ -297,6 +324,7 @@ class Api:
                     yield self._chunk(
                         handle, text.flush(), self._finish_reason(e.detail), not sent_first
                     )
+                    self._remember(handle, text, e)
                     break
                 e = nxt if nxt is not None else await handle.queue.get()
             if handle.request.include_usage or handle.request.return_details:
@@ -404,7 +432,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _json_body(request)
-        gen = protocol.parse_chat(body, limits, api.tokenize(), chat_template)
+        gen = protocol.parse_chat(body, limits, api.tokenize(), chat_template, api.continuation)
         return await api.generate(request, gen)
 
     @app.get("/v1/models")
@@ -462,6 +490,7 @@ def build_app(
         "page_size": engine.page_size,
         "kv_pages": engine.sched_config.num_pages,
         "max_batch": engine.sched_config.max_batch,
+        "reuse": engine.reuse,
         **(info or {}),
     }
     app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template, info)

@@ -47,6 +47,7 @@ class Handle:
     request: GenRequest
     queue: asyncio.Queue  # Events for this request, ending with a "finish" or "reject"
     done: bool = False  # its terminal event was delivered
+    cached_tokens: int = 0  # prompt tokens started from kept KV (set by the engine thread)
 
 
 @dataclasses.dataclass
@@ -200,6 +201,7 @@ class EngineLoop:
 
     def _submit_now(self, handle: Handle) -> list[Event]:
         req = handle.request
+        reused = self.engine.conversations.tokens_reused
         try:
             self.engine.submit(
                 req.prompt_ids,
@@ -209,11 +211,14 @@ class EngineLoop:
                 priority=req.priority,
                 output_len=req.trace_output_len,
                 stop_at_output_len=req.trace_output_len is not None,
+                conversation=req.conversation,
             )
         except (ValueError, TypeError) as e:  # validation should have caught it
             self.metrics.requests.labels(outcome="invalid").inc()
             return [Event("reject", handle.id, self.engine.now(), detail=f"invalid: {e}")]
         self._live.add(handle.id)
+        # read by the event loop only after this request's first event, posted later
+        handle.cached_tokens = self.engine.conversations.tokens_reused - reused
         return []
 
     def _cancel_now(self, rid: str, reason: str) -> Event:
