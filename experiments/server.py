@@ -36,6 +36,14 @@ _NAME = flags.DEFINE_string(
 _MAX_INFLIGHT = flags.DEFINE_integer(
     "max_inflight", 256, "Admission limit: requests in flight beyond it get 429.", lower_bound=1
 )
+_MAX_CHUNK = flags.DEFINE_float(
+    "max_chunk_ms",
+    None,
+    "The longest one multi-step decode call may run, in ms (default: no bound beyond "
+    "--decode_steps). A request arriving meanwhile waits for it: lower bounds TTFT, higher "
+    "costs fewer device calls.",
+    lower_bound=0,
+)
 _SWITCH = flags.DEFINE_float(
     "switch_interval_s",
     0.0005,
@@ -89,6 +97,7 @@ def main(argv):
         tokenizer,
         name,
         max_inflight=_MAX_INFLIGHT.value,
+        max_chunk_s=None if _MAX_CHUNK.value is None else _MAX_CHUNK.value / 1e3,
         max_tokens=settings.max_output_len,
         chat_template=chat_template_for(checkpoint, tokenizer),
         info={

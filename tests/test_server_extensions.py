@@ -31,14 +31,16 @@ def parts():
     return model, ModelRunner(model), load_default()
 
 
-def serve(parts, policy="fcfs", engine_kw=None, **sched) -> tuple[RunningServer, Engine]:
+def serve(
+    parts, policy="fcfs", engine_kw=None, max_chunk_s=None, **sched
+) -> tuple[RunningServer, Engine]:
     model, runner, tok = parts
     fields = dict(max_batch=4, num_pages=96, page_size=8, max_seq_len=256, host_pages=384)
     fields.update(sched)
     engine = Engine(
         model, policy, SchedulerConfig(**fields), tok, runner=runner, **(engine_kw or {})
     )
-    app, _ = build_app(engine, tok, MODEL, max_tokens=160)
+    app, _ = build_app(engine, tok, MODEL, max_tokens=160, max_chunk_s=max_chunk_s)
     return RunningServer(app).start(), engine
 
 
@@ -185,3 +187,26 @@ def test_conversation_history_continues_only_what_extends_it():
     h.record("b", "x", "y", [5])
     h.record("c", "x", "y", [6])  # over the bound: the least recently used ("a") goes
     assert len(h) == 2 and h.prompt_ids("a", "User: hi\nAssistant: yo\nUser: ok", tok) is None
+
+
+@pytest.mark.parametrize("max_chunk_s", [None, 0.0])
+def test_max_chunk_bounds_multi_step_decode(parts, max_chunk_s):
+    """Requests of 40 greedy tokens one after another, alone (pages of 64 tokens: no page
+    boundary stops a chunk). Unbounded, the engine decodes several steps per device call; with
+    a bound of 0 s (so that an arrival would wait one step at most) every call is one step,
+    once the engine has timed a step (the first request's first calls). Same tokens."""
+    server, engine = serve(parts, max_chunk_s=max_chunk_s, page_size=64, num_pages=8)
+    body = {"prompt": [5, 6, 7], "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    outs, calls = [], []
+    try:
+        for _ in range(2):
+            before = engine.decode_calls
+            outs.append(post(server.url, "/v1/completions", body)["choices"][0]["text"])
+            calls.append(engine.decode_calls - before)
+    finally:
+        server.stop()
+    assert outs[0] == outs[1]
+    if max_chunk_s is None:
+        assert calls[1] < 20
+    else:
+        assert calls[1] == 39  # the prefill emits token 1

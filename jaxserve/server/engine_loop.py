@@ -61,9 +61,21 @@ class _Cancel:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, max_inflight: int = 256):
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        max_inflight: int = 256,
+        max_chunk_s: float | None = None,
+    ):
+        """`max_chunk_s`: the longest a multi-step decode call may run (None: as long as the
+        engine allows). A request that arrives while one runs is scheduled after it (and
+        after the call already queued behind it), so this bounds what an arrival waits."""
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        if max_chunk_s is not None and not max_chunk_s >= 0:
+            raise ValueError(f"max_chunk_s must be >= 0, got {max_chunk_s}")
+        self.max_chunk_s = max_chunk_s
         self.engine = engine
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -154,6 +166,8 @@ class EngineLoop:
                 self._drain(block=not engine.has_work, out=out)
                 stepped = False
                 if engine.has_work:
+                    if self.max_chunk_s is not None:  # as if a request were due then
+                        engine.next_arrival = engine.now() + self.max_chunk_s
                     out += engine.step()
                     stepped = True
                 for e in out:
