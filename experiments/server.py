@@ -38,10 +38,10 @@ _MAX_INFLIGHT = flags.DEFINE_integer(
 )
 _MAX_CHUNK = flags.DEFINE_float(
     "max_chunk_ms",
-    None,
-    "The longest one multi-step decode call may run, in ms (default: no bound beyond "
-    "--decode_steps). A request arriving meanwhile waits for it: lower bounds TTFT, higher "
-    "costs fewer device calls.",
+    0.0,
+    "The longest one multi-step decode call may run, in ms (0: one decode step per call, "
+    "a large value: up to --decode_steps). A request that arrives meanwhile waits for it and "
+    "the call queued behind it: lower is a shorter TTFT, higher fewer device calls.",
     lower_bound=0,
 )
 _SWITCH = flags.DEFINE_float(

@@ -161,6 +161,9 @@ def main() -> None:
         )
         try:
             card = client.server_info(url)
+            # one unmeasured round first, as the in-process engine's warm-up: the client's
+            # connections, and whatever the server's first requests touch first
+            http_run(url, s, args.rate, tokenizer, card)
             http = []
             best = []
             sweeps = []
