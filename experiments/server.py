@@ -6,7 +6,11 @@
 
 Takes every engine flag of experiments.serve (the flags are defined there, once). Endpoints:
 POST /v1/completions, /v1/chat/completions (stream: true for server-sent events);
-GET /v1/models, /health, /metrics.
+GET /v1/models, /health, /metrics. Requests may name a `conversation` (an extension, see
+`jaxserve/server/protocol.py`): with --switch=reuse or all (the default) the server keeps a
+finished turn's KV on the host and starts the conversation's next turn from it;
+--switch=async or lower turns reuse off. `--scheduler=priority` orders by each request's
+`priority` field.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ _NAME = flags.DEFINE_string(
 )
 _MAX_INFLIGHT = flags.DEFINE_integer(
     "max_inflight", 256, "Admission limit: requests in flight beyond it get 429.", lower_bound=1
+)
+_MAX_CHUNK = flags.DEFINE_float(
+    "max_chunk_ms",
+    0.0,
+    "The longest one multi-step decode call may run, in ms (0: one decode step per call, "
+    "a large value: up to --decode_steps). A request that arrives meanwhile waits for it and "
+    "the call queued behind it: lower is a shorter TTFT, higher fewer device calls.",
+    lower_bound=0,
 )
 _SWITCH = flags.DEFINE_float(
     "switch_interval_s",
@@ -85,6 +97,7 @@ def main(argv):
         tokenizer,
         name,
         max_inflight=_MAX_INFLIGHT.value,
+        max_chunk_s=None if _MAX_CHUNK.value is None else _MAX_CHUNK.value / 1e3,
         max_tokens=settings.max_output_len,
         chat_template=chat_template_for(checkpoint, tokenizer),
         info={

@@ -171,6 +171,7 @@ class Engine:
         client: str = "default",
         stop_at_output_len: bool = False,
         conversation: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Queue a request; returns its id. `output_len` is known only to oracle policies.
 
@@ -180,6 +181,7 @@ class Engine:
         `conversation`: with `reuse`, the prompt may start with an earlier turn of the same
         conversation (its prompt and output); that turn's kept KV then comes back from the
         host and only the new tokens are prefilled.
+        `priority`: lower runs first under the `priority` policy (other policies ignore it).
         """
         params = params if params is not None else SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -217,6 +219,7 @@ class Engine:
                 max_new_tokens=params.max_new_tokens,
                 output_len=output_len,
                 client=client,
+                priority=priority,
             )
         )
         return rid

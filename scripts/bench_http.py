@@ -5,9 +5,11 @@
         --out=runs/bench_http
 
 Per scheduler, `--rounds` times (figures are quoted as mean and range over rounds):
-1. the trace at --rate, in-process (`jaxserve.serve.run_serve`, as `experiments.serve`) and
+1. the trace at --rate, in-process (`jaxserve.serve.run_serve`, as `experiments.serve`), then
    over HTTP (`experiments.server` in its own process, driven by the load client in this one):
-   throughput HTTP / in-process and mean TTFT in-process / HTTP (both >= 0.9 is the target);
+   throughput HTTP / in-process and mean TTFT in-process / HTTP (both >= 0.9 is the target),
+   and where the TTFT over HTTP goes (client send delay, send to engine submit, the engine's
+   first token, its delivery to the client);
 2. server overhead per streamed token: client receipt minus engine emission of each token
    (one host, one monotonic clock): detokenising, the event-loop hop, SSE, HTTP, the client;
 3. a rate sweep over HTTP: the highest rate whose P99 TTFT stays within --p99_ttft_target
@@ -19,6 +21,7 @@ Writes DIR/bench_http.json; prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import select
@@ -52,6 +55,7 @@ def start_server(args, scheduler: str, profile_path: str, log_path: str):
         f"--max_output_len={args.max_output_len}",
         f"--max_inflight={args.max_inflight}",
         f"--seed={args.seed}",
+        *args.server_args.split(),
     ]
     env = dict(os.environ)  # with this process's JAX_COMPILATION_CACHE_DIR
     log = open(log_path, "w")
@@ -113,6 +117,7 @@ def main() -> None:
     p.add_argument("--max_inflight", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup_s", type=float, default=900.0)
+    p.add_argument("--server_args", default="", help="more flags for experiments.server")
     p.add_argument("--out", default="runs/bench_http")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -125,7 +130,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     schedulers = args.schedulers.split(",")
-    sweep = [float(r) for r in args.sweep.split(",")]
+    sweep = [float(r) for r in args.sweep.split(",") if r]  # empty: no sweep
     s = serve.ServeSettings(
         schedulers=schedulers,
         workload=args.workload,
@@ -139,18 +144,10 @@ def main() -> None:
         seed=args.seed,
     )
 
-    # one profile for both sides, then every in-process round (one model, one runner)
+    # one profile for both sides
     model, tokenizer, source = experiment.resolve_model(None, args.model, args.seed)
     profile_path = os.path.join(args.out, "profile.json")
     serve.profile_runner(ModelRunner(model), s, profile_path)
-    print(f"in-process: {len(schedulers)} schedulers x {args.rounds} rounds", flush=True)
-    local = serve.run_serve(
-        s,
-        checkpoint=None,
-        preset=args.model,
-        out_dir=os.path.join(args.out, "in_process"),
-        profile_path=profile_path,
-    )
     results = {
         "args": vars(args),
         "environment": experiment.environment(),
@@ -158,16 +155,30 @@ def main() -> None:
         "schedulers": {},
     }
     for name in schedulers:
-        inproc = [r["summary"] for r in local["runs"] if r["scheduler"] == name]
+        inproc = []
         proc, url = start_server(
             args, name, profile_path, os.path.join(args.out, f"server_{name}.log")
         )
         try:
             card = client.server_info(url)
+            # one unmeasured round first, as the in-process engine's warm-up: the client's
+            # connections, and whatever the server's first requests touch first
+            http_run(url, s, args.rate, tokenizer, card)
             http = []
             best = []
             sweeps = []
             for i in range(args.rounds):
+                # in-process, then over HTTP (the server idles meanwhile): a round's two
+                # sides run back to back, under the same load on a shared machine
+                print(f"{name}: round {i + 1}/{args.rounds} in-process", flush=True)
+                local = serve.run_serve(
+                    dataclasses.replace(s, schedulers=[name], rates=[args.rate]),
+                    checkpoint=None,
+                    preset=args.model,
+                    out_dir=os.path.join(args.out, f"in_process_{name}_{i}"),
+                    profile_path=profile_path,
+                )
+                inproc.append(local["runs"][0]["summary"])
                 print(f"{name}: round {i + 1}/{args.rounds} over HTTP", flush=True)
                 http.append(http_run(url, s, args.rate, tokenizer, card))
                 ok_rate, points = None, []
@@ -196,12 +207,20 @@ def main() -> None:
         ]
         ttft = [i["mean_ttft"] / h["mean_ttft"] for h, i in zip(http, inproc)]
         over = [h["mean_server_overhead_per_token"] * 1e3 for h in http]
+        parts = {
+            k: float(np.mean([h["mean_ttft_parts"][k] for h in http])) for k in load.TTFT_PARTS
+        }
         results["schedulers"][name] = {
             "in_process": inproc,
             "http": http,
             "throughput_ratio": tput,
             "mean_ttft_ratio": ttft,
             "overhead_ms_per_token": over,
+            "mean_ttft_parts": parts,
+            "mean_ttft_s": {
+                "in_process": [i["mean_ttft"] for i in inproc],
+                "http": [h["mean_ttft"] for h in http],
+            },
             "max_rate_within_target": best,
             "sweeps": sweeps,
         }
@@ -222,6 +241,14 @@ def main() -> None:
         print(
             f"{name:>16} {spread(r['throughput_ratio']):>24} {spread(r['mean_ttft_ratio']):>24} "
             f"{spread(r['overhead_ms_per_token']):>24} {rate_txt:>26}"
+        )
+    print("\nmean TTFT, ms (mean over rounds): in-process; over HTTP = client send delay + send to")
+    print("engine submit + the engine's first token + its delivery to the client")
+    for name, r in results["schedulers"].items():
+        t, p = r["mean_ttft_s"], r["mean_ttft_parts"]
+        print(
+            f"{name:>16} {1e3 * np.mean(t['in_process']):7.1f}; {1e3 * np.mean(t['http']):7.1f} = "
+            + " + ".join(f"{1e3 * p[k]:.1f}" for k in load.TTFT_PARTS)
         )
     print(f"results: {os.path.join(args.out, 'bench_http.json')}")
 

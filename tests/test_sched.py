@@ -83,6 +83,7 @@ def test_unknown_policy_names_the_known_ones():
         "srpt",
         "vtc",
         "fair_priority",
+        "priority",
     }
 
 

@@ -93,6 +93,13 @@ def test_http_replay_matches_in_process_replay(setup):
     assert set(ours) <= set(theirs) and ours["num_finished"] == theirs["num_finished"]
     assert ours["output_tokens"] == theirs["output_tokens"]
     assert len(rep.overhead) == theirs["output_tokens"]
+    # the TTFT at the client in four parts (send delay, send to engine submit, the engine's
+    # first token, its delivery) that add up to it, the last three never negative
+    assert len(rep.ttft_parts) == len(trace)
+    for rec, parts in zip(rep.records, rep.ttft_parts):
+        assert sum(parts) == pytest.approx(rec.first_token_time - rec.arrival, abs=1e-6)
+        assert min(parts[1:]) >= 0
+    assert set(theirs["mean_ttft_parts"]) == set(load.TTFT_PARTS)
     # client receipt after engine emission (one monotonic clock), and not by seconds
     assert 0 <= min(rep.overhead) and max(rep.overhead) < 5
 

@@ -42,6 +42,7 @@ def test_completion_fields_parse():
             "stream_options": {"include_usage": True},
             "user": "alice",
             "priority": -2,
+            "conversation": "c-1",
         }
     )
     assert g.prompt_ids == _tokenize("abc")
@@ -49,6 +50,7 @@ def test_completion_fields_parse():
     assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.seed) == (5, 0.5, 0.9, 7, 3)
     assert p.stop_token_ids == (2,) and p.stop_strings == ("x",) and g.stop == ("x",)
     assert g.stream and g.include_usage and g.user == "alice" and g.priority == -2
+    assert g.conversation == "c-1" and _parse({"prompt": "a"}).conversation is None
     # token ids, a batch of one, defaults (OpenAI's 16 tokens, temperature 1), ignore_eos
     g = _parse({"prompt": [[5, 6, 7]], "ignore_eos": True})
     assert g.prompt_ids == [5, 6, 7] and g.params.max_new_tokens == 16
@@ -120,6 +122,9 @@ BAD = [
     ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", 400),
     ({"prompt": "a", "user": 7}, "user", 400),
     ({"prompt": "a", "priority": "high"}, "priority", 400),
+    ({"prompt": "a", "conversation": 7}, "conversation", 400),
+    ({"prompt": "a", "conversation": ""}, "conversation", 400),
+    ({"prompt": "a", "conversation": "c" * 257}, "conversation", 400),
     ({"prompt": "a", "logprobs": 3}, "logprobs", 400),
     ({"prompt": "a", "echo": True}, "echo", 400),
     ({"prompt": "a", "max_tokens": 4, "trace_output_len": 5}, "trace_output_len", 400),

@@ -336,7 +336,7 @@ def test_trace_fills_prompt_len_and_ids(tmp_path):
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ('{"arrival": 1, "output_len": 2, "prompt_len": 3, "priority": 1}', "unknown field"),
+        ('{"arrival": 1, "output_len": 2, "prompt_len": 3, "urgency": 1}', "unknown field"),
         ('{"arrival": 1, "output_len": 2}', "one of"),
         ('{"output_len": 2, "prompt_len": 3}', "arrival"),
         ('{"arrival": 1, "prompt_len": 3}', "output_len"),

@@ -5,7 +5,8 @@ PageAllocator         allocator.py  free pages as contiguous runs (block groups)
 Plan                  plan.py       one iteration: swap_out -> swap_in -> prefill + decode
 SchedulerConfig       config.py     every knob (future CLI flags)
 Scheduler, StepResult scheduler.py  add / schedule / update / cancel, invariants
-policies              fcfs, vllm, mlfq, skip_join_mlfq, srpt (oracle), vtc, fair_priority
+policies              fcfs, vllm, mlfq, skip_join_mlfq, srpt (oracle), vtc, fair_priority,
+                      priority
 simloop               the simulator's loop and linear cost (from `jaxserve.sim`)
 """
 

@@ -55,6 +55,7 @@ class Request:
     max_new_tokens: int  # the most tokens to generate (>= 1)
     output_len: int | None = None  # true output length: only the `srpt` oracle and simulators
     client: str = "default"  # tenant / client, for fairness policies and metrics
+    priority: int = 0  # the client's rank, lower first: the `priority` policy orders by it
     # Mutable state, owned by the scheduler.
     state: State = State.WAITING  # where the request is in its life (see the module docstring)
     num_generated: int = 0  # tokens emitted so far

@@ -66,6 +66,8 @@ class Scheduler:
             raise ValueError(f"duplicate request id {request.id!r}")
         if request.prompt_len < 1 or request.max_new_tokens < 1:
             raise ValueError(f"{request.id}: prompt_len and max_new_tokens must be >= 1")
+        if not isinstance(request.priority, int) or isinstance(request.priority, bool):
+            raise ValueError(f"{request.id}: priority must be an int, got {request.priority!r}")
         if request.state is not State.WAITING or request.num_generated or request.pages:
             raise ValueError(f"{request.id}: add a fresh request (state WAITING, nothing run)")
         request.seq = request.entered_queue = self.next_seq()

@@ -29,77 +29,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxserve.engine import Engine, Event
 from jaxserve.server import protocol
+from jaxserve.server.chat import ConversationHistory
 from jaxserve.server.engine_loop import EngineLoop, Handle, Overloaded, Unavailable
 from jaxserve.server.metrics import ServerMetrics
 from jaxserve.server.protocol import ApiError, GenRequest, Limits
+from jaxserve.server.text import TextStream
 from jaxserve.tokenizer import Tokenizer
 
 TERMINAL = ("finish", "reject")
 STOPS = ("stop", "length")  # finish reasons of a completed request
-
-
-class TextStream:
-    """Token ids -> text deltas, decoding only the last few tokens per step (a window that
-    starts one token before the unread ones, so a tokenizer's leading-space rules see their
-    context). Holds back an incomplete UTF-8 character and any end of the text that may begin
-    a stop string; the text ends before the first stop string."""
-
-    def __init__(self, tokenizer: Tokenizer | None, stop: tuple[str, ...] = ()):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self._text = ""  # decoded so far (complete characters)
-        self._prefix = 0  # ids[_prefix:_read] decode to the end of _text: the context window
-        self._read = 0  # ids before this are in _text
-        self._cut: int | None = None  # where the first stop string begins, once seen
-        self.sent = 0  # characters already handed out
-        self._longest = max((len(s) for s in stop), default=0)
-
-    def _advance(self, final: bool) -> None:
-        if self.tokenizer is None or self._cut is not None:
-            return
-        decode = self.tokenizer.decode
-        old = decode(self.ids[self._prefix : self._read]) if self._read > self._prefix else ""
-        new = decode(self.ids[self._prefix :])
-        if len(new) > len(old) and (final or not new.endswith("\ufffd")):
-            start = len(self._text)
-            self._text += new[len(old) :]
-            self._prefix, self._read = self._read, len(self.ids)
-            if self.stop:  # a new stop string must end in the new text
-                lo = max(0, start - self._longest + 1)
-                hits = [i for i in (self._text.find(s, lo) for s in self.stop) if i >= 0]
-                if hits:
-                    self._cut = min(hits)
-                    self._text = self._text[: self._cut]
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        self._advance(final=False)
-        end = len(self._text) if self._cut is not None else len(self._text) - self._held()
-        return self._upto(end)
-
-    def flush(self) -> str:
-        self._advance(final=True)
-        return self._upto(len(self._text))
-
-    def _held(self) -> int:
-        """Length of the longest end of the text that begins a stop string."""
-        held, text = 0, self._text
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(text)), held, -1):
-                if text.endswith(s[:k]):
-                    held = k
-                    break
-        return held
-
-    def _upto(self, end: int) -> str:
-        if end <= self.sent:
-            return ""
-        delta, self.sent = self._text[self.sent : end], end
-        return delta
-
-    @property
-    def text(self) -> str:
-        return self._text
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -149,6 +87,21 @@ class Api:
         self._prefixes: dict[str, str] = {}  # SSE chunk prefix of each open stream
         self.chat_template = chat_template
         self.created = int(time.time())
+        self.history = ConversationHistory()  # chat turns of conversations (event loop only)
+
+    def continuation(self, conversation: str, text: str) -> list[int] | None:
+        """The prompt ids of a chat turn that continues `conversation` (protocol.parse_chat)."""
+        if self.tokenizer is None:
+            return None
+        return self.history.prompt_ids(conversation, text, self.tokenizer.encode)
+
+    def _remember(self, handle: Handle, text: TextStream, terminal: Event) -> None:
+        """A chat turn of a conversation ended: keep its ids for the next turn."""
+        req = handle.request
+        if not (req.chat and req.conversation) or terminal.detail not in STOPS or text.cut:
+            return
+        out = text.ids[:-1] if text.ids and text.ids[-1] in req.params.stop_token_ids else text.ids
+        self.history.record(req.conversation, req.prompt_text, text.text, req.prompt_ids + out)
 
     def tokenize(self) -> Callable[[str], list[int]] | None:
         return self.tokenizer.encode if self.tokenizer is not None else None
@@ -205,7 +158,10 @@ class Api:
 
     def _usage(self, handle: Handle, n: int) -> dict[str, int]:
         p = len(handle.request.prompt_ids)
-        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        if handle.request.conversation is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": handle.cached_tokens}
+        return usage
 
     def _details(self, terminal: Event) -> dict[str, Any]:
         """The request's record, from its terminal event (the engine has released it)."""
@@ -240,6 +196,8 @@ class Api:
             if e.kind == "token":
                 text.add(e.token)
                 n += 1
+        text.flush()
+        self._remember(handle, text, events[-1])
         reason = self._finish_reason(events[-1].detail)
         out = self._head(handle, chunk=False)
         if handle.request.chat:
@@ -257,8 +215,10 @@ class Api:
             out["details"] = self._details(events[-1])
         return out
 
-    def _chunk(self, handle: Handle, delta: str, reason: str | None, first: bool) -> bytes:
-        """One SSE chunk, from a per-request prefix built once (this runs once per token)."""
+    def _chunk(self, handle: Handle, delta: str, detail: str | None, first: bool) -> bytes:
+        """One SSE chunk, from a per-request prefix built once (this runs once per token).
+        `detail`: None, or the terminal event's detail (the finish reason follows from it)."""
+        reason = None if detail is None else self._finish_reason(detail)
         prefix = self._prefixes.get(handle.id)
         if prefix is None:
             head = json.dumps(self._head(handle, chunk=True), separators=(",", ":"))
@@ -273,45 +233,59 @@ class Api:
 
     async def _sse(self, handle: Handle, first: Event) -> AsyncIterator[bytes]:
         """One chunk per generated token (the last carries the finish reason), then a usage
-        chunk when asked for, then [DONE]. Cancels the request if the client goes away."""
+        chunk when asked for, then [DONE]. The chunks of every event already delivered (one
+        engine step's, or a multi-step call's several tokens) go out in one write. Cancels the
+        request if the client goes away."""
         text = TextStream(self.tokenizer, handle.request.stop)
-        n, e, sent_first = 0, first, False
+        n, sent_first, end = 0, False, None
+        events = [first]
         try:
-            while True:
-                nxt = None
-                if e.kind == "token":
-                    n += 1
-                    delta = text.add(e.token)
-                    # the finish event of a step comes right behind its token: take it along
-                    if not handle.queue.empty():
-                        nxt = handle.queue.get_nowait()
-                    if nxt is not None and nxt.kind in TERMINAL:
-                        delta += text.flush()
-                        reason = self._finish_reason(nxt.detail)
-                        yield self._chunk(handle, delta, reason, not sent_first)
-                        e = nxt
+            while end is None:
+                while not handle.queue.empty():
+                    events.append(handle.queue.get_nowait())
+                out = []
+                for i, e in enumerate(events):
+                    if e.kind == "token":
+                        n += 1
+                        delta = text.add(e.token)
+                        # the finish event of a step comes right behind its token: take it along
+                        nxt = events[i + 1] if i + 1 < len(events) else None
+                        if nxt is not None and nxt.kind in TERMINAL:
+                            delta += text.flush()
+                            out.append(self._chunk(handle, delta, nxt.detail or "", not sent_first))
+                            end = nxt
+                            break
+                        out.append(self._chunk(handle, delta, None, not sent_first))
+                        sent_first = True
+                    elif e.kind in TERMINAL:
+                        out.append(
+                            self._chunk(handle, text.flush(), e.detail or "", not sent_first)
+                        )
+                        end = e
                         break
-                    yield self._chunk(handle, delta, None, not sent_first)
-                    sent_first = True
-                elif e.kind in TERMINAL:
-                    yield self._chunk(
-                        handle, text.flush(), self._finish_reason(e.detail), not sent_first
-                    )
-                    break
-                e = nxt if nxt is not None else await handle.queue.get()
-            if handle.request.include_usage or handle.request.return_details:
-                tail = self._head(handle, chunk=True)
-                tail["choices"] = []
-                if handle.request.include_usage:
-                    tail["usage"] = self._usage(handle, n)
-                if handle.request.return_details:
-                    tail["details"] = self._details(e)
-                yield _sse(tail)
-            yield b"data: [DONE]\n\n"
+                if end is not None:
+                    self._remember(handle, text, end)
+                    out += self._tail(handle, n, end)
+                if out:
+                    yield b"".join(out)
+                events = [await handle.queue.get()] if end is None else []
         finally:
             self._prefixes.pop(handle.id, None)
             if not handle.done:  # the client went away (or the stream failed): stop the work
                 self.loop.cancel(handle.id)
+
+    def _tail(self, handle: Handle, n: int, end: Event) -> list[bytes]:
+        """What a stream sends after its last token: usage / details when asked, [DONE]."""
+        out = []
+        if handle.request.include_usage or handle.request.return_details:
+            tail = self._head(handle, chunk=True)
+            tail["choices"] = []
+            if handle.request.include_usage:
+                tail["usage"] = self._usage(handle, n)
+            if handle.request.return_details:
+                tail["details"] = self._details(end)
+            out.append(_sse(tail))
+        return out + [b"data: [DONE]\n\n"]
 
     # -- other endpoints --------------------------------------------------------------------
 
@@ -404,7 +378,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _json_body(request)
-        gen = protocol.parse_chat(body, limits, api.tokenize(), chat_template)
+        gen = protocol.parse_chat(body, limits, api.tokenize(), chat_template, api.continuation)
         return await api.generate(request, gen)
 
     @app.get("/v1/models")
@@ -447,13 +421,14 @@ def build_app(
     model_name: str,
     *,
     max_inflight: int = 256,
+    max_chunk_s: float | None = None,
     max_tokens: int | None = None,
     chat_template: Callable[[list[dict[str, str]]], str] | None = None,
     info: dict[str, Any] | None = None,
 ) -> tuple[FastAPI, EngineLoop]:
     """An app serving `engine` (the engine thread starts with the app). `info` defaults to
     the scheduler, the model config and the page size."""
-    loop = EngineLoop(engine, ServerMetrics(), max_inflight=max_inflight)
+    loop = EngineLoop(engine, ServerMetrics(), max_inflight=max_inflight, max_chunk_s=max_chunk_s)
     limits = limits_for(engine, tokenizer, model_name, max_tokens)
     info = {
         "scheduler": engine.policy,
@@ -462,6 +437,7 @@ def build_app(
         "page_size": engine.page_size,
         "kv_pages": engine.sched_config.num_pages,
         "max_batch": engine.sched_config.max_batch,
+        "reuse": engine.reuse,
         **(info or {}),
     }
     app = create_app(loop, limits, tokenizer, chat_template or protocol.plain_template, info)

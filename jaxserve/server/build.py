@@ -49,10 +49,10 @@ def make_engine(
         decode_steps=s.decode_steps,
         **serve.SWITCHES[s.switch],
     )
-    engine.warmup(  # HTTP requests carry no conversation: nothing continues a kept turn
+    engine.warmup(  # with reuse, the continuation of a kept turn too (`conversation`)
         min(s.max_prompt_len, config.max_seq_len),
         min(config.max_seq_len, s.max_prompt_len + s.max_output_len),
-        extend=False,
+        extend=engine.reuse,
     )
     return engine, tokenizer, source
 

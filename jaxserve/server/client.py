@@ -36,6 +36,9 @@ class Replayed:
     overhead: list[float]  # per streamed token: client receipt - engine emission (s)
     statuses: dict[int, int]  # HTTP status -> count
     wall_seconds: float  # first send to last response
+    ttft_parts: list[tuple[float, float, float, float]]  # per request with details, seconds:
+    # (send - scheduled arrival, engine submit - send, engine's first token - submit,
+    #  client receipt - engine's first token): the TTFT at the client, in four parts
 
 
 def server_info(url: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -59,6 +62,7 @@ async def _one(
     times: list[float] = []
     usage = details = reason = None
     status = 0
+    out["sent"] = time.perf_counter()
     try:
         async with client.stream("POST", url, json=body) as resp:
             status = resp.status_code
@@ -144,12 +148,13 @@ async def replay_async(
                 "ignore_eos": True,
                 "trace_output_len": min(r.output_len, max_tokens[r.id]),
                 "user": r.client,
+                "priority": r.priority,
                 "return_details": details,
             }
             tasks.append(_one(client, endpoint, body, r, t0, got[r.id]))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
-    records, overhead, statuses = [], [], {}
+    records, overhead, statuses, parts = [], [], {}, []
     for r in trace:
         g = got[r.id]
         statuses[g["status"]] = statuses.get(g["status"], 0) + 1
@@ -157,7 +162,17 @@ async def replay_async(
         d = g["details"]
         if d and g["times"]:
             overhead += [c - e for c, e in zip(g["times"], d["token_times"])]
-    return Replayed(records, overhead, statuses, wall)
+            first = d["token_times"][0]
+            sched = t0 + r.arrival
+            parts.append(
+                (
+                    g["sent"] - sched,
+                    d["arrival"] - g["sent"],
+                    first - d["arrival"],
+                    g["times"][0] - first,
+                )
+            )
+    return Replayed(records, overhead, statuses, wall, parts)
 
 
 def replay(*args, **kwargs) -> Replayed:

@@ -2,7 +2,7 @@
 
     event loop (handlers)                       engine thread (owns the Engine)
     ---------------------                       --------------------------------
-    submit(GenRequest) -> Handle ---inbox---->  engine.submit(...)     (in priority order)
+    submit(GenRequest) -> Handle ---inbox---->  engine.submit(...)     (a batch: by priority)
     cancel(id)         ------------inbox---->  engine.cancel(id)      (pages freed)
                                                 events = engine.step() (never on the event loop)
     Handle.queue  <--call_soon_threadsafe----  one callback per step with all its events
@@ -47,6 +47,7 @@ class Handle:
     request: GenRequest
     queue: asyncio.Queue  # Events for this request, ending with a "finish" or "reject"
     done: bool = False  # its terminal event was delivered
+    cached_tokens: int = 0  # prompt tokens started from kept KV (set by the engine thread)
 
 
 @dataclasses.dataclass
@@ -60,9 +61,21 @@ class _Cancel:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, max_inflight: int = 256):
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        max_inflight: int = 256,
+        max_chunk_s: float | None = None,
+    ):
+        """`max_chunk_s`: the longest a multi-step decode call may run (None: as long as the
+        engine allows). A request that arrives while one runs is scheduled after it (and
+        after the call already queued behind it), so this bounds what an arrival waits."""
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        if max_chunk_s is not None and not max_chunk_s >= 0:
+            raise ValueError(f"max_chunk_s must be >= 0, got {max_chunk_s}")
+        self.max_chunk_s = max_chunk_s
         self.engine = engine
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -153,6 +166,8 @@ class EngineLoop:
                 self._drain(block=not engine.has_work, out=out)
                 stepped = False
                 if engine.has_work:
+                    if self.max_chunk_s is not None:  # as if a request were due then
+                        engine.next_arrival = engine.now() + self.max_chunk_s
                     out += engine.step()
                     stepped = True
                 for e in out:
@@ -179,8 +194,9 @@ class EngineLoop:
             self._fail_all()
 
     def _drain(self, block: bool, out: list[Event]) -> None:
-        """Take every waiting command (waiting a little for one when idle); submissions in
-        priority order."""
+        """Take every waiting command (waiting a little for one when idle); submissions
+        that arrive together go to the engine in priority order (stable: ties keep their
+        order), so they arrive in that order for every policy."""
         cmds = []
         try:
             cmds.append(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait())
@@ -199,19 +215,24 @@ class EngineLoop:
 
     def _submit_now(self, handle: Handle) -> list[Event]:
         req = handle.request
+        reused = self.engine.conversations.tokens_reused
         try:
             self.engine.submit(
                 req.prompt_ids,
                 req.params,
                 request_id=handle.id,
                 client=req.user,
+                priority=req.priority,
                 output_len=req.trace_output_len,
                 stop_at_output_len=req.trace_output_len is not None,
+                conversation=req.conversation,
             )
         except (ValueError, TypeError) as e:  # validation should have caught it
             self.metrics.requests.labels(outcome="invalid").inc()
             return [Event("reject", handle.id, self.engine.now(), detail=f"invalid: {e}")]
         self._live.add(handle.id)
+        # read by the event loop only after this request's first event, posted later
+        handle.cached_tokens = self.engine.conversations.tokens_reused - reused
         return []
 
     def _cancel_now(self, rid: str, reason: str) -> Event:

@@ -51,7 +51,13 @@ def summarize(replayed: client.Replayed, s: serve.ServeSettings) -> dict:
         p50_server_overhead_per_token=float(np.percentile(o, 50)) if o.size else None,
         p99_server_overhead_per_token=float(np.percentile(o, 99)) if o.size else None,
     )
+    if replayed.ttft_parts:  # where the TTFT at the client goes (means, seconds)
+        m = np.asarray(replayed.ttft_parts).mean(axis=0)
+        summary["mean_ttft_parts"] = dict(zip(TTFT_PARTS, map(float, m)))
     return summary
+
+
+TTFT_PARTS = ("client_send_delay", "send_to_submit", "engine_ttft", "first_token_delivery")
 
 
 def run_load(

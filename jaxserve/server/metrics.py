@@ -4,7 +4,8 @@
 
 Gauges read the scheduler (requests waiting, running, swapped, dropped; free KV pages; host
 pages in use). Counters count events: generated tokens, preemptions, finished requests by
-outcome; a request's prompt tokens and swapped bytes are added when it ends. Histograms take
+outcome, turns started from a conversation's kept KV and the prompt tokens that saved; a
+request's prompt tokens and swapped bytes are added when it ends. Histograms take
 TTFT, TBT and JCT from the engine's timeline of each request that finished ("stop" or
 "length"), on the engine clock. Each server owns its registry, so several can share a process.
 """
@@ -53,6 +54,14 @@ class ServerMetrics:
         self.http_errors = Counter(
             f"{p}_http_errors", "Error responses by status.", ["status"], registry=r
         )
+        self.reused_tokens = Counter(
+            f"{p}_reused_prompt_tokens",
+            "Prompt tokens started from a conversation's kept KV, not prefilled.",
+            registry=r,
+        )
+        self.reuse_hits = Counter(
+            f"{p}_conversation_hits", "Turns started from kept KV.", registry=r
+        )
         self.iterations = Counter(f"{p}_engine_iterations", "Engine steps.", registry=r)
         self.ttft = Histogram(
             f"{p}_ttft_seconds", "Time to first token.", buckets=LATENCY_BUCKETS, registry=r
@@ -65,6 +74,7 @@ class ServerMetrics:
         )
         self._window_s = window_s
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._reuse_seen = (0, 0)  # the engine's (hits, tokens reused) at the last observe
 
     def observe(self, engine: Engine, events: list[Event], stepped: bool = True) -> None:
         """After one engine iteration (engine thread): counters, histograms, gauges."""
@@ -85,6 +95,11 @@ class ServerMetrics:
         while self._recent and self._recent[0][0] < now - self._window_s:
             self._recent.popleft()
         self.tokens_per_s.set(sum(n for _, n in self._recent) / self._window_s)
+        conv = engine.conversations
+        hits, reused = self._reuse_seen
+        self.reuse_hits.inc(conv.hits - hits)
+        self.reused_tokens.inc(conv.tokens_reused - reused)
+        self._reuse_seen = (conv.hits, conv.tokens_reused)
         sched = engine.scheduler
         counts = collections.Counter(r.state.value for r in sched.live)
         self.waiting.set(counts["waiting"])

@@ -9,11 +9,19 @@ KV pool (`Limits`). Pure Python; no jax, no web framework.
 
 Fields beyond OpenAI's (all optional):
   user              the client, for fair schedulers and per-client metrics (OpenAI's field)
-  priority          int, lower runs earlier among requests admitted in the same iteration
+  priority          int (default 0), lower runs earlier: the `priority` scheduler ranks every
+                    request by it (preempting); the others only take requests that reach the
+                    engine together (between two of its steps) in priority order
   top_k             int >= 0 (0 or -1: off)
   ignore_eos        bool, do not stop at the tokenizer's end-of-sequence token
   trace_output_len  int, trace replay: the request's true output length; oracle schedulers
                     (srpt) read it and the request ends ("stop") after that many tokens
+  conversation      string, the request is a turn of this conversation (ids are the
+                    client's to choose, unique across the server: e.g. a UUID). A chat turn
+                    that extends the conversation's previous turn continues from that turn's
+                    own token ids (`chat.py`); with multi-turn reuse on, the engine starts it
+                    from the previous turn's kept KV (usage.prompt_tokens_details.cached_tokens
+                    counts the tokens it did not prefill)
   return_details    bool, add the engine's record (token ids, token times on the server's
                     monotonic clock, preemptions, swapped bytes) to the response
 """
@@ -22,10 +30,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from jaxserve.sampling import SamplingParams
+from jaxserve.server.chat import PLAIN_TEMPLATE_DOC, jinja_template, plain_template
+
+__all__ = [
+    "PLAIN_TEMPLATE_DOC",
+    "ApiError",
+    "GenRequest",
+    "Limits",
+    "jinja_template",
+    "parse_chat",
+    "parse_completion",
+    "plain_template",
+]
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4  # stop sequences per request, as OpenAI allows
@@ -83,10 +103,12 @@ class GenRequest:
     stream: bool = False  # server-sent events
     include_usage: bool = False  # a final usage chunk in a stream
     user: str = "default"  # the client, for fair schedulers
-    priority: int = 0  # lower first, among requests admitted in the same iteration
+    priority: int = 0  # lower first (the `priority` scheduler; others: arrival ties)
     trace_output_len: int | None = None  # oracle length and emulated EOS (trace replay)
     return_details: bool = False  # add the engine's record of the request
     chat: bool = False  # /v1/chat/completions
+    conversation: str | None = None  # the conversation this request is a turn of
+    prompt_text: str | None = None  # chat: the rendered messages (recorded for the next turn)
 
 
 Tokenize = Callable[[str], list[int]]
@@ -232,6 +254,7 @@ def _common(
     if len(user) > MAX_USER_LEN:
         raise _bad("user", f"at most {MAX_USER_LEN} characters, got {len(user)}")
     priority = _get(body, "priority", _is_int, "an integer", 0)
+    conversation = _conversation(body)
     ignore_eos = _get(body, "ignore_eos", lambda v: isinstance(v, bool), "a boolean", False)
     trace_len = _get(body, "trace_output_len", _is_int, "an integer", None)
     if trace_len is not None and not 1 <= trace_len <= max_tokens:
@@ -258,7 +281,15 @@ def _common(
         priority=priority,
         trace_output_len=trace_len,
         return_details=details,
+        conversation=conversation,
     )
+
+
+def _conversation(body: dict) -> str | None:
+    conv = _get(body, "conversation", lambda v: isinstance(v, str), "a string", None)
+    if conv is not None and not 1 <= len(conv) <= MAX_USER_LEN:
+        raise _bad("conversation", f"must have 1 to {MAX_USER_LEN} characters, got {len(conv)}")
+    return conv
 
 
 def _unsupported(body: dict) -> None:
@@ -332,8 +363,11 @@ def parse_chat(
     limits: Limits,
     tokenize: Tokenize | None,
     render: Callable[[list[dict[str, str]]], str],
+    continuation: Callable[[str, str], list[int] | None] | None = None,
 ) -> GenRequest:
-    """/v1/chat/completions. `messages` go through `render` (the chat template)."""
+    """/v1/chat/completions. `messages` go through `render` (the chat template), then
+    `continuation(conversation, text)` (the ids continuing that conversation's last turn, or
+    None) for a turn of a conversation, else `tokenize`."""
     body = _object(body)
     _check_model(body, limits)
     messages = body.get("messages")
@@ -346,7 +380,10 @@ def parse_chat(
         text = render(msgs)
     except Exception as e:  # a template may raise on what it does not accept
         raise _bad("messages", f"the chat template refused them: {e}") from None
-    ids = tokenize(text)
+    conv = _conversation(body)
+    ids = continuation(conv, text) if conv is not None and continuation is not None else None
+    if ids is None:
+        ids = tokenize(text)
     if not ids:
         raise _bad("messages", "render to no tokens")
     bad = [t for t in ids if not 0 <= t < limits.vocab_size]
@@ -356,41 +393,5 @@ def parse_chat(
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else ("max_tokens")
     )
     gen = _common(body, ids, limits, default_max=limits.max_tokens, max_name=name)
-    gen.chat = True
+    gen.chat, gen.prompt_text = True, text
     return gen
-
-
-# ----------------------------------------------------------------------------- chat templates
-
-PLAIN_TEMPLATE_DOC = (
-    "each message as '<Role>: <content>' on its own line (Role capitalised), then "
-    "'Assistant:' for the model to continue"
-)
-
-
-def plain_template(messages: Sequence[dict[str, str]]) -> str:
-    """The template for tokenizers without one: see PLAIN_TEMPLATE_DOC."""
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
-
-
-def jinja_template(
-    source: str, bos_token: str = "", eos_token: str = ""
-) -> Callable[[list[dict[str, str]]], str]:
-    """A tokenizer's chat template (Jinja, as in HF `tokenizer_config.json`), sandboxed."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str):
-        raise ValueError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    template = env.from_string(source)
-
-    def render(messages: list[dict[str, str]]) -> str:
-        return template.render(
-            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
-        )
-
-    return render

@@ -27,6 +27,7 @@ class TraceRequest:
     conversation: str | None = None  # conversation id for multi-turn workloads
     turn: int = 0  # 0 for the first turn of a conversation
     weight: float | None = None  # the client's fairness weight (None: 1); one per client
+    priority: int = 0  # lower runs first under the `priority` scheduler (others ignore it)
 
 
 def whitespace_tokenize(text: str) -> list[str]:

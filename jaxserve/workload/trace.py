@@ -78,6 +78,9 @@ def _request_from_row(row: Any, where: str, tokenize: Tokenize | None) -> TraceR
     turn = row.get("turn", 0)
     if not (_is_int(turn) and turn >= 0):
         raise bad(f"turn must be an integer >= 0, got {turn!r}")
+    priority = row.get("priority", 0)
+    if not _is_int(priority):
+        raise bad(f"priority must be an integer, got {priority!r}")
     weight = row.get("weight")
     if weight is not None:
         if not ((_is_int(weight) or isinstance(weight, float)) and 0 < weight < math.inf):
@@ -94,6 +97,7 @@ def _request_from_row(row: Any, where: str, tokenize: Tokenize | None) -> TraceR
         conversation=row.get("conversation"),
         turn=turn,
         weight=weight,
+        priority=priority,
     )
 
 
@@ -103,9 +107,9 @@ def read_trace(path: str | os.PathLike, tokenize: Tokenize | None = None) -> lis
     Required per line: arrival, output_len, and one of prompt_len / prompt / prompt_ids (a
     missing prompt_len is len(prompt_ids), else the token count of prompt by `tokenize`,
     default whitespace words). Optional: id, prompt, prompt_ids, client, conversation, turn,
-    weight (the client's; one per client). Unknown fields, wrong types, duplicate ids and a
-    client with two weights are errors that name the file and the line. Blank lines are
-    skipped; a missing id becomes "line<N>".
+    weight (the client's; one per client), priority (an integer, lower first; default 0).
+    Unknown fields, wrong types, duplicate ids and a client with two weights are errors that
+    name the file and the line. Blank lines are skipped; a missing id becomes "line<N>".
     """
     path = Path(path)
     try:

@@ -7,8 +7,9 @@
     srpt            oracle (knows output_len): shortest remaining first; an upper bound
     vtc             Virtual Token Counter: admit from the least-served backlogged client
     fair_priority   FastSwitch: re-rank by client service every N iterations, preempt
+    priority        each request's own priority (lower first), then arrival; preemptive
 
-mlfq, skip_join_mlfq, srpt and fair_priority share the preemptive planner and proactive KV
+mlfq, skip_join_mlfq, srpt, fair_priority and priority share the preemptive planner and proactive KV
 manager of `priority.py`.
 """
 
@@ -18,13 +19,14 @@ from jaxserve.sched.policies.base import Policy
 from jaxserve.sched.policies.fair_priority import FairPriority
 from jaxserve.sched.policies.fcfs import FCFS
 from jaxserve.sched.policies.mlfq import MLFQ
+from jaxserve.sched.policies.request_priority import RequestPriority
 from jaxserve.sched.policies.skip_join import SkipJoinMLFQ, skip_join_queue
 from jaxserve.sched.policies.srpt import SRPT
 from jaxserve.sched.policies.vllm import VLLM
 from jaxserve.sched.policies.vtc import VTC, vtc_bound
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT, VTC, FairPriority)
+    p.name: p for p in (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT, VTC, FairPriority, RequestPriority)
 }
 
 

@@ -1,4 +1,5 @@
-"""Preemptive priority scheduling with FastServe's proactive KV manager (mlfq, srpt).
+"""Preemptive priority scheduling with FastServe's proactive KV manager (mlfq, srpt,
+fair_priority, priority).
 
 Given the live requests in priority order (best first), one iteration is planned in counts
 first, then carried out:
