@@ -83,12 +83,16 @@ def worker_main(argv) -> None:
     train(f.workdir, sharding.make_mesh("data:4"), batches)
 
 
-def launch(args: list[str], timeout: float = 90, grace: int = 20) -> tuple[int, str, float]:
-    """`launch_local.sh 2 -- python tests/test_distributed.py ARGS`: (status, output, seconds)."""
+def launch(
+    args: list[str], timeout: float = 90, grace: int = 20, devices: int = 2, script: str = __file__
+) -> tuple[int, str, float]:
+    """`launch_local.sh 2 -- python SCRIPT ARGS` (`devices` per process): (status, output,
+    seconds)."""
     env = dict(os.environ, PYTHONPATH=ROOT, GRACE_S=str(grace), JAXSERVE_COMPILATION_CACHE="")
+    env["DEVICES_PER_PROCESS"] = str(devices)
     env.pop("XLA_FLAGS", None)
     cmd = ["bash", os.path.join(ROOT, "scripts", "launch_local.sh"), "2", "--"]
-    cmd += [sys.executable, os.path.abspath(__file__), *args]
+    cmd += [sys.executable, os.path.abspath(script), *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
