@@ -397,3 +397,14 @@ def announce_failure(message: str) -> None:
             _watchdog._post(f"failed {' '.join(message.split())[:500]}")
         except Exception:  # noqa: BLE001 - the service is gone: nobody to tell
             pass
+
+
+def single_process_only(command: str) -> None:
+    """app.UsageError when a command that runs on one process is started as several."""
+    n = max(process_count(), _NUM_PROCESSES.value or 1)
+    if n > 1:
+        raise app.UsageError(
+            f"{command} runs on one process, not {n}; across processes run "
+            "experiments.train_lm or experiments.train_kvpred, or serve through "
+            "jaxserve.multihost (docs/distributed.md)"
+        )
