@@ -78,12 +78,16 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def detect_cluster() -> str | None:
-    """The name of a cluster environment JAX would configure itself from, else None."""
+    """The name of a cluster environment JAX would configure itself from with more than one
+    process (a Slurm job of several tasks, an `mpirun`, a multi-host TPU slice), else None.
+    Kubernetes is left out: a single pod is the common case there (pass the flags)."""
     try:  # JAX's registry of cluster environments (not public API: any failure means none)
         from jax._src.clusters import ClusterEnv
 
         for env in ClusterEnv._cluster_types:
-            if not env.opt_in_only_method and env.is_env_present():
+            if env.opt_in_only_method or "k8s" in env.__name__.lower():
+                continue
+            if env.is_env_present() and env.get_process_count() > 1:
                 return env.__name__
     except Exception:  # noqa: BLE001
         return None

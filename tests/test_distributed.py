@@ -147,6 +147,20 @@ def test_which_flags_start_several_processes():
     assert spec_from_flags("[::1]:8476", 4, 3, 7) == Spec("[::1]:8476", 4, 3, 7)
 
 
+def test_a_slurm_job_of_several_tasks_is_detected_and_one_task_is_not(monkeypatch):
+    from jaxserve.distributed import detect_cluster
+
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(k)
+    assert detect_cluster() is None
+    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[1-2]", SLURM_PROCID="1")
+    for k, v in dict(slurm, SLURM_LOCALID="0", SLURM_NTASKS="2").items():
+        monkeypatch.setenv(k, v)
+    assert detect_cluster() == "SlurmCluster"
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert detect_cluster() is None
+
+
 def _free_port() -> int:
     import socket
 
