@@ -2,8 +2,9 @@
 
     process 0:  intake (trace) -> Engine(clock=ReplicatedClock) -> events, results
     process k:  the same trace -> Engine(clock=ReplicatedClock) -> (events discarded)
-                   every clock reading is process 0's, broadcast (`broadcast_one_to_all`)
-    each iteration: process 0's fingerprint of what it emitted, checked on every process
+    each iteration, one `broadcast_one_to_all` of 12 bytes from process 0 (`tick`):
+        its clock (the time every process's engine reads until the next tick)
+        + a fingerprint of its previous iteration's events, checked on every process
 
 Why the inputs and not the plan. A follower given only process 0's `Plan` could not dispatch
 the same device calls: the engine turns a plan into calls through host state the plan does
@@ -12,10 +13,11 @@ request already has, the multi-step length, the host copies of swapped KV), so a
 would have to mirror that state, i.e. run the engine. So every process runs the engine, and
 what could make the replicas differ is made identical: the scheduler is deterministic given
 its inputs, the inputs are the submissions (the same trace in every process; a server would
-broadcast its new requests the same way) and the clock, and the clock is process 0's. The
-price is one small broadcast per clock reading (a few per iteration: `ClockStats`). A
-divergence (a nondeterministic policy, a different trace) is not a silent hang: the
-fingerprint check names the iteration where process k's tokens differ from process 0's.
+broadcast its new requests the same way) and the clock, and the clock is process 0's, read
+once per iteration. The price is one 12-byte broadcast per iteration (`ClockStats`), which
+also keeps the processes in lockstep. A divergence (a nondeterministic policy, a different
+trace) is not a silent hang: the fingerprint check names the iteration where process k's
+events differ from process 0's.
 
 Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
 axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
@@ -36,41 +38,15 @@ from jaxserve import distributed
 
 @dataclasses.dataclass
 class ClockStats:
-    readings: int = 0  # clock readings (one broadcast each)
-    seconds: float = 0.0  # spent in those broadcasts
-    checks: int = 0  # fingerprint checks (one broadcast each)
-    check_seconds: float = 0.0
-    nbytes_per_reading: int = 8  # two int32: seconds and microseconds
-    nbytes_per_check: int = 4  # one int32 (crc32 of the iteration's events)
+    ticks: int = 0  # broadcasts: one per loop iteration (time and the last fingerprint)
+    seconds: float = 0.0  # spent in them (includes waiting for the slowest process)
+    nbytes_per_tick: int = 12  # three int32: seconds, microseconds, fingerprint
 
 
 def _broadcast(x: np.ndarray) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.broadcast_one_to_all(x))
-
-
-class ReplicatedClock:
-    """Process 0's `base()` clock, read in every process at the same points of the same code.
-
-    Each call is a collective: every process must call it in the same order (they do: they
-    run the same engine). With one process it is `base` itself, at no cost."""
-
-    def __init__(self, base: Callable[[], float] = time.perf_counter):
-        self.base = base
-        self.stats = ClockStats()
-        self._origin = base()
-
-    def __call__(self) -> float:
-        if distributed.process_count() == 1:
-            return self.base()
-        t0 = time.perf_counter()
-        since = self.base() - self._origin if distributed.is_main() else 0.0
-        whole = int(since)
-        out = _broadcast(np.array([whole, int((since - whole) * 1e6)], np.int32))
-        self.stats.readings += 1
-        self.stats.seconds += time.perf_counter() - t0
-        return float(out[0]) + float(out[1]) * 1e-6
 
 
 def events_fingerprint(events: Sequence) -> int:
@@ -83,21 +59,45 @@ class ReplicaDivergedError(RuntimeError):
     """A process's engine did something else than process 0's (names the process)."""
 
 
-def check_same(events: Sequence, iteration: int, stats: ClockStats | None = None) -> None:
-    """Every process: compare this iteration's events with process 0's (a collective)."""
-    if distributed.process_count() == 1:
-        return
-    t0 = time.perf_counter()
-    mine = events_fingerprint(events)
-    theirs = int(_broadcast(np.array([mine], np.int32))[0])
-    if stats is not None:
-        stats.checks += 1
-        stats.check_seconds += time.perf_counter() - t0
-    if mine != theirs:
-        raise ReplicaDivergedError(
-            f"{distributed.label()}: iteration {iteration} differs from process 0's (its "
-            "engine replica got other inputs or a nondeterministic policy); stopping"
-        )
+class ReplicatedClock:
+    """Process 0's clock, the same in every process: it advances only at `tick()`.
+
+    `tick(fingerprint)` is the one collective of a loop iteration: process 0 sends its clock
+    reading and the fingerprint of its previous iteration's events; every process checks
+    that fingerprint against its own (ReplicaDivergedError naming the iteration if they
+    differ). Between ticks the clock reads the last tick's time, in every process alike, so
+    the engine's decisions do not depend on which process reads it. With one process `tick`
+    is free and the clock is `base`."""
+
+    def __init__(self, base: Callable[[], float] = time.perf_counter):
+        self.base = base
+        self.stats = ClockStats()
+        self._origin = base()
+        self._now = 0.0
+        self.iteration = 0
+
+    def __call__(self) -> float:
+        if distributed.process_count() == 1:
+            return self.base() - self._origin
+        return self._now
+
+    def tick(self, fingerprint: int = 0) -> None:
+        if distributed.process_count() == 1:
+            return
+        t0 = time.perf_counter()
+        since = self.base() - self._origin if distributed.is_main() else 0.0
+        whole = int(since)
+        mine = [whole, int((since - whole) * 1e6), fingerprint]
+        out = _broadcast(np.array(mine, np.int32))
+        self.stats.ticks += 1
+        self.stats.seconds += time.perf_counter() - t0
+        if int(out[2]) != fingerprint:
+            raise ReplicaDivergedError(
+                f"{distributed.label()}: iteration {self.iteration} differs from process 0's "
+                "(its engine replica got other inputs or a nondeterministic policy); stopping"
+            )
+        self._now = float(out[0]) + float(out[1]) * 1e-6
+        self.iteration += 1
 
 
 def check_mesh(mesh) -> None:
@@ -109,22 +109,30 @@ def check_mesh(mesh) -> None:
         )
 
 
-def run_replicated(engine, arrivals, stats: ClockStats | None = None) -> int:
-    """`Engine.replay(arrivals)` in every process, each iteration checked against process 0
-    (`check_same`). The engine must run on a `ReplicatedClock`. Returns the iterations."""
-    step = engine.step
-    count = 0
-
-    def checked_step():
-        nonlocal count
-        events = step()
-        check_same(events, count, stats)
-        count += 1
-        return events
-
-    engine.step = checked_step
-    try:
-        engine.replay(arrivals)
-    finally:
-        del engine.step
-    return count
+def run_replicated(engine, arrivals: Sequence[tuple[float, Callable[[float], str]]]) -> int:
+    """`Engine.replay(arrivals)` in every process, in lockstep: one `tick` per iteration (the
+    clock, and the check of the previous iteration's events). The engine must run on a
+    `ReplicatedClock`. Returns the iterations that stepped the engine."""
+    clock = engine.clock
+    if not isinstance(clock, ReplicatedClock):
+        raise TypeError("run_replicated needs an Engine built with clock=ReplicatedClock()")
+    pending = list(arrivals)
+    clock.tick()
+    base = engine.now()
+    i = steps = 0
+    fingerprint = 0
+    while i < len(pending) or engine.has_work:
+        now = engine.now() - base
+        while i < len(pending) and pending[i][0] <= now:
+            pending[i][1](base + pending[i][0])
+            i += 1
+        engine.next_arrival = base + pending[i][0] if i < len(pending) else None
+        fingerprint = 0
+        if engine.has_work:
+            fingerprint = events_fingerprint(engine.step())
+            steps += 1
+        elif i < len(pending) and distributed.is_main():
+            time.sleep(max(0.0, min(pending[i][0] - now, 0.05)))
+        clock.tick(fingerprint)
+    engine.next_arrival = None
+    return steps

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+import numpy as np
 import pytest
 from test_distributed import ROOT, launch
 
@@ -51,19 +52,15 @@ def serve(
 
         arrivals.append((0.0, submit))
     t0 = time.perf_counter()
-    stats = multihost.ClockStats()
-    iterations = multihost.run_replicated(engine, arrivals, stats)
+    iterations = multihost.run_replicated(engine, arrivals)
     wall = time.perf_counter() - t0
     tokens = {f"r{i}": engine.output(f"r{i}") for i in range(len(PROMPTS))}
-    cs = getattr(clock, "stats", multihost.ClockStats())
     info = {
         "iterations": iterations,
         "wall_s": wall,
-        "clock_readings": cs.readings,
-        "clock_seconds": cs.seconds,
-        "checks": stats.checks,
+        "ticks": clock.stats.ticks,
+        "tick_seconds": clock.stats.seconds,
         "preemptions": sum(tl.preemptions for tl in engine.timelines.values()),
-        "check_seconds": stats.check_seconds,
     }
     if trace_out and distributed.is_main():
         with open(trace_out, "w") as f:
@@ -85,7 +82,7 @@ def test_two_processes_serve_the_same_greedy_tokens_as_one_with_swaps(tmp_path):
     assert multi["info"]["preemptions"] == info["preemptions"]
     assert multi["tokens"] == one
     assert [len(one[f"r{i}"]) for i in range(len(PROMPTS))] == MAX_NEW
-    assert multi["info"]["checks"] == multi["info"]["iterations"] > 1
+    assert multi["info"]["ticks"] > multi["info"]["iterations"] > 1  # every one checked
 
 
 def test_a_replica_that_diverges_is_named(monkeypatch):
@@ -96,13 +93,17 @@ def test_a_replica_that_diverges_is_named(monkeypatch):
     events = [Event("token", "r0", 0.0, token=5)]
     monkeypatch.setattr(distributed, "process_count", lambda: 2)
     monkeypatch.setattr(distributed, "process_index", lambda: 1)
-    same = multihost.events_fingerprint(events)
-    monkeypatch.setattr(multihost, "_broadcast", lambda x: x)  # process 0 sent the same
-    multihost.check_same(events, 3)
-    monkeypatch.setattr(multihost, "_broadcast", lambda x: x + 1)  # process 0 sent another
-    with pytest.raises(multihost.ReplicaDivergedError, match="process 1 of 2: iteration 3"):
-        multihost.check_same(events, 3)
-    assert same == multihost.events_fingerprint(list(events))
+    clock = multihost.ReplicatedClock()
+    mine = multihost.events_fingerprint(events)
+    sent = np.array([3, 250000, mine], np.int32)  # process 0: 3.25 s, the same events
+    monkeypatch.setattr(multihost, "_broadcast", lambda x: sent)
+    clock.tick(mine)
+    assert clock() == 3.25 and clock.iteration == 1
+    sent[2] += 1  # process 0 emitted something else
+    with pytest.raises(multihost.ReplicaDivergedError, match="process 1 of 2: iteration 1"):
+        clock.tick(mine)
+    assert mine == multihost.events_fingerprint(list(events))
+    assert mine != multihost.events_fingerprint([Event("token", "r0", 0.0, token=6)])
 
 
 if __name__ == "__main__":
