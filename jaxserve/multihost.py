@@ -2,9 +2,9 @@
 
     process 0:  intake (trace) -> Engine(clock=ReplicatedClock) -> events, results
     process k:  the same trace -> Engine(clock=ReplicatedClock) -> (events discarded)
-    each iteration, one `broadcast_one_to_all` of 12 bytes from process 0 (`tick`):
+    each iteration, process 0 posts one tick (~20 bytes) in the coordination service:
         its clock (the time every process's engine reads until the next tick)
-        + a fingerprint of its previous iteration's events, checked on every process
+        + a fingerprint of the iteration's events, checked by every other process
 
 Why the inputs and not the plan. A follower given only process 0's `Plan` could not dispatch
 the same device calls: the engine turns a plan into calls through host state the plan does
@@ -14,10 +14,10 @@ would have to mirror that state, i.e. run the engine. So every process runs the 
 what could make the replicas differ is made identical: the scheduler is deterministic given
 its inputs, the inputs are the submissions (the same trace in every process; a server would
 broadcast its new requests the same way) and the clock, and the clock is process 0's, read
-once per iteration. The price is one 12-byte broadcast per iteration (`ClockStats`), which
-also keeps the processes in lockstep. A divergence (a nondeterministic policy, a different
-trace) is not a silent hang: the fingerprint check names the iteration where process k's
-events differ from process 0's.
+once per iteration. The price is one ~20-byte post per iteration (`ClockStats`); the
+followers keep pace because every device step's collectives need them. A divergence (a
+nondeterministic policy, a different trace) is not a silent hang: the fingerprint check names
+the iteration where process k's events differ from process 0's.
 
 Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
 axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
@@ -31,28 +31,37 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from jaxserve import distributed
 
 
 @dataclasses.dataclass
 class ClockStats:
-    ticks: int = 0  # broadcasts: one per loop iteration (time and the last fingerprint)
-    seconds: float = 0.0  # spent in them (includes waiting for the slowest process)
-    nbytes_per_tick: int = 12  # three int32: seconds, microseconds, fingerprint
+    ticks: int = 0  # one per loop iteration: process 0's time and last fingerprint
+    seconds: float = 0.0  # spent posting (process 0) or waiting for (the others) them
+    nbytes: int = 0  # payload bytes of the ticks
 
 
-def _broadcast(x: np.ndarray) -> np.ndarray:
-    from jax.experimental import multihost_utils
+_TICK = "jaxserve/tick/{}"
+_KEEP = 1000  # ticks kept in the store (the others are never this far behind)
 
-    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+def _send(key: str, value: str) -> None:
+    distributed._client().key_value_set(key, value)
+
+
+def _drop(key: str) -> None:
+    distributed._client().key_value_delete(key)
+
+
+def _receive(key: str) -> str:
+    return distributed._client().blocking_key_value_get(key, 3_600_000)
 
 
 def events_fingerprint(events: Sequence) -> int:
-    """crc32 of an iteration's events (kind, request, token, detail), as a signed int32."""
-    text = "|".join(f"{e.kind},{e.request_id},{e.token},{e.detail}" for e in events)
-    return int(np.int32(np.uint32(zlib.crc32(text.encode()))))
+    """crc32 of an iteration's events (kind, request, token, detail)."""
+    return zlib.crc32(
+        "|".join(f"{e.kind},{e.request_id},{e.token},{e.detail}" for e in events).encode()
+    )
 
 
 class ReplicaDivergedError(RuntimeError):
@@ -62,12 +71,14 @@ class ReplicaDivergedError(RuntimeError):
 class ReplicatedClock:
     """Process 0's clock, the same in every process: it advances only at `tick()`.
 
-    `tick(fingerprint)` is the one collective of a loop iteration: process 0 sends its clock
-    reading and the fingerprint of its previous iteration's events; every process checks
-    that fingerprint against its own (ReplicaDivergedError naming the iteration if they
-    differ). Between ticks the clock reads the last tick's time, in every process alike, so
-    the engine's decisions do not depend on which process reads it. With one process `tick`
-    is free and the clock is `base`."""
+    `tick(fingerprint)` ends a loop iteration. Process 0 posts its clock reading and the
+    fingerprint of the iteration's events in the coordination service's key-value store
+    (not a device collective: it never waits for the device, so the engine stays one step
+    ahead); every other process waits for that post, takes the time, and checks the
+    fingerprint against its own (ReplicaDivergedError naming the iteration if they differ;
+    `cli` then tells process 0). Between ticks the clock reads the last tick's time in every
+    process alike, so the engine's decisions do not depend on which process reads it. With
+    one process `tick` does nothing and the clock is `base`."""
 
     def __init__(self, base: Callable[[], float] = time.perf_counter):
         self.base = base
@@ -85,18 +96,23 @@ class ReplicatedClock:
         if distributed.process_count() == 1:
             return
         t0 = time.perf_counter()
-        since = self.base() - self._origin if distributed.is_main() else 0.0
-        whole = int(since)
-        mine = [whole, int((since - whole) * 1e6), fingerprint]
-        out = _broadcast(np.array(mine, np.int32))
+        key = _TICK.format(self.iteration)
+        if distributed.is_main():
+            value = f"{self.base() - self._origin:.6f} {fingerprint}"
+            _send(key, value)
+            if self.iteration >= _KEEP:
+                _drop(_TICK.format(self.iteration - _KEEP))
+        else:
+            value = _receive(key)
+            if int(value.split()[1]) != fingerprint:
+                raise ReplicaDivergedError(
+                    f"{distributed.label()}: iteration {self.iteration} differs from process "
+                    "0's (its engine replica got other inputs or a nondeterministic policy)"
+                )
+        self._now = float(value.split()[0])
         self.stats.ticks += 1
+        self.stats.nbytes += len(value)
         self.stats.seconds += time.perf_counter() - t0
-        if int(out[2]) != fingerprint:
-            raise ReplicaDivergedError(
-                f"{distributed.label()}: iteration {self.iteration} differs from process 0's "
-                "(its engine replica got other inputs or a nondeterministic policy); stopping"
-            )
-        self._now = float(out[0]) + float(out[1]) * 1e-6
         self.iteration += 1
 
 
@@ -110,8 +126,8 @@ def check_mesh(mesh) -> None:
 
 
 def run_replicated(engine, arrivals: Sequence[tuple[float, Callable[[float], str]]]) -> int:
-    """`Engine.replay(arrivals)` in every process, in lockstep: one `tick` per iteration (the
-    clock, and the check of the previous iteration's events). The engine must run on a
+    """`Engine.replay(arrivals)` in every process: one `tick` per iteration (the clock, and
+    the check of the iteration's events). The engine must run on a
     `ReplicatedClock`. Returns the iterations that stepped the engine."""
     clock = engine.clock
     if not isinstance(clock, ReplicatedClock):

@@ -13,7 +13,6 @@ import json
 import sys
 import time
 
-import numpy as np
 import pytest
 from test_distributed import ROOT, launch
 
@@ -95,13 +94,12 @@ def test_a_replica_that_diverges_is_named(monkeypatch):
     monkeypatch.setattr(distributed, "process_index", lambda: 1)
     clock = multihost.ReplicatedClock()
     mine = multihost.events_fingerprint(events)
-    sent = np.array([3, 250000, mine], np.int32)  # process 0: 3.25 s, the same events
-    monkeypatch.setattr(multihost, "_broadcast", lambda x: sent)
-    clock.tick(mine)
+    posted = {"jaxserve/tick/0": f"3.25 {mine}", "jaxserve/tick/1": f"3.5 {mine + 1}"}
+    monkeypatch.setattr(multihost, "_receive", posted.pop)  # what process 0 posted
+    clock.tick(mine)  # iteration 0: process 0 emitted the same events
     assert clock() == 3.25 and clock.iteration == 1
-    sent[2] += 1  # process 0 emitted something else
     with pytest.raises(multihost.ReplicaDivergedError, match="process 1 of 2: iteration 1"):
-        clock.tick(mine)
+        clock.tick(mine)  # iteration 1: process 0 emitted something else
     assert mine == multihost.events_fingerprint(list(events))
     assert mine != multihost.events_fingerprint([Event("token", "r0", 0.0, token=6)])
 
