@@ -12,22 +12,21 @@ parsing flags and before `main`, so the runtime is up before anything touches a 
             -> jax.devices() spans every process; --mesh then spans them too
 
 Failure is bounded by `--distributed_timeout` (T) seconds. An unreachable coordinator is
-reported by the probe. Each process runs a `Watchdog` thread over JAX's coordination key-value
-store: it posts its own heartbeat every second, and a process that fails posts its error line
-(`announce_failure`, called by `cli`), so within about T/2 seconds every other process exits
-with `error: process 0 of 2: process 1 failed: <its error>` or `... process 1 stopped
-answering (killed, crashed or hung)`, even while blocked in a collective that will never
-finish. JAX's own heartbeat (T) is the backstop: it aborts every process, naming the task.
+reported by the probe. Each process runs a `jaxserve.watchdog.Watchdog` thread over JAX's
+coordination key-value store: it posts its own heartbeat every second, and a process that
+fails posts its error line (`announce_failure`, called by `cli`), so within about T/2 seconds
+every other process exits with `error: process 0 of 2: process 1 failed: <its error>` or
+`... process 1 stopped answering (killed, crashed or hung)`, even while blocked in a
+collective that will never finish. JAX's own heartbeat (T) is the backstop: it aborts every
+process, naming the task.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import os
 import socket
 import sys
-import threading
 import time
 
 from absl import app, flags, logging
@@ -196,7 +195,9 @@ def initialize(spec: Spec) -> None:
     )
     global _watchdog
     if jax.process_count() > 1:
-        _watchdog = Watchdog(spec.timeout_s / 2)
+        from jaxserve.watchdog import Watchdog
+
+        _watchdog = Watchdog(_client(), spec.timeout_s / 2, label())
         _watchdog.start()
         atexit.register(_watchdog.exit)  # runs before JAX's own shutdown (registered earlier)
 
@@ -204,6 +205,8 @@ def initialize(spec: Spec) -> None:
 def start() -> Spec | None:
     """Initialize the runtime the command-line flags ask for (module doc); None: one process."""
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not any(v is not None for v in explicit) and "jax" not in sys.modules:
+        return None  # a command that never imports JAX (the simulator) runs as one process
     spec = spec_from_flags(
         *explicit,
         _TIMEOUT.value,
@@ -215,6 +218,8 @@ def start() -> Spec | None:
 
 
 def is_initialized() -> bool:
+    if "jax" not in sys.modules:  # (and do not import it just to ask)
+        return False
     import jax
 
     return jax.distributed.is_initialized()
@@ -222,15 +227,19 @@ def is_initialized() -> bool:
 
 def process_index() -> int:
     """This process's index (0 without a multi-process runtime)."""
+    if not is_initialized():
+        return 0
     import jax
 
-    return jax.process_index() if is_initialized() else 0
+    return jax.process_index()
 
 
 def process_count() -> int:
+    if not is_initialized():
+        return 1
     import jax
 
-    return jax.process_count() if is_initialized() else 1
+    return jax.process_count()
 
 
 def is_main() -> bool:
@@ -314,8 +323,7 @@ def local_mesh():
     return sharding.make_mesh({"data": 1, "model": 1}, jax.local_devices()[:1])
 
 
-_HEALTH = "jaxserve/health/{}"
-_watchdog: Watchdog | None = None
+_watchdog = None  # the running `jaxserve.watchdog.Watchdog` of a multi-process run
 
 
 def _client():
@@ -324,83 +332,10 @@ def _client():
     return jd.global_state.client
 
 
-class Watchdog(threading.Thread):
-    """Heartbeats through the coordination service's key-value store (module doc).
-
-    Key `jaxserve/health/I` holds "alive N" (N counts up every `period_s`), "exited" (a normal
-    exit is under way) or "failed MESSAGE". A peer whose key stops changing for `patience_s`
-    seconds, or that failed, ends this process with one error line naming it."""
-
-    def __init__(self, patience_s: float, period_s: float = 1.0):
-        super().__init__(name="jaxserve-watchdog", daemon=True)
-        import jax
-
-        self.me, self.n = jax.process_index(), jax.process_count()
-        self.patience_s, self.period_s = max(patience_s, 2 * period_s), period_s
-        self.client = _client()
-        self.stopped = threading.Event()
-
-    def _post(self, value: str) -> None:
-        self.client.key_value_set(_HEALTH.format(self.me), value, allow_overwrite=True)
-
-    def run(self) -> None:
-        start = time.monotonic()
-        seen = {p: (None, start) for p in range(self.n) if p != self.me}
-        beat = 0
-        while not self.stopped.is_set():
-            try:
-                self._post(f"alive {beat}")
-                beat += 1
-                for p, (old, since) in seen.items():
-                    try:
-                        value = self.client.key_value_try_get(_HEALTH.format(p))
-                    except Exception:  # noqa: BLE001 - not posted yet
-                        value = None
-                    if value is not None and value.startswith("failed"):
-                        self._end(f"process {p} failed: {value[len('failed ') :]}")
-                    if value == "exited" or value != old:
-                        seen[p] = (value, time.monotonic())
-                    elif time.monotonic() - since > self.patience_s:
-                        self._end(
-                            f"process {p} stopped answering for {self.patience_s:.0f} s "
-                            "(killed, crashed or hung; see its output)"
-                        )
-            except Exception as e:  # noqa: BLE001 - the coordination service is gone
-                if self.stopped.is_set():
-                    return
-                self._end(f"lost the coordination service of process 0 ({_first(e)})")
-            self.stopped.wait(self.period_s)
-
-    def _end(self, why: str) -> None:
-        if self.stopped.is_set():
-            return
-        print(f"error: {label()}: {why}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)
-
-    def exit(self) -> None:
-        """A normal exit: tell the others, stop beating (before JAX shuts the client down)."""
-        if not self.stopped.is_set():
-            self.stopped.set()
-            try:
-                self._post("exited")
-            except Exception:  # noqa: BLE001
-                pass
-
-
-def _first(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__
-
-
 def announce_failure(message: str) -> None:
     """Post this process's error line for the others to report (no-op for one process)."""
-    if _watchdog is not None and not _watchdog.stopped.is_set():
-        _watchdog.stopped.set()
-        message = message.removeprefix(f"{label()}: ")
-        try:
-            _watchdog._post(f"failed {' '.join(message.split())[:500]}")
-        except Exception:  # noqa: BLE001 - the service is gone: nobody to tell
-            pass
+    if _watchdog is not None:
+        _watchdog.announce(message.removeprefix(f"{label()}: "))
 
 
 def single_process_only(command: str) -> None:
