@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxserve import cli, experiment, sharding
+from jaxserve import cli, distributed, experiment, sharding
 from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import evaluate as ev
@@ -93,6 +93,7 @@ def _answer(pred: dict):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.single_process_only("experiments.eval_kvpred")
     try:
         variants = report.parse_variants(_VARIANTS.value)
         batches = [int(b) for b in _TTFT_BATCHES.value]

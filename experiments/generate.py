@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import cli, config, experiment, generate, sharding
+from jaxserve import cli, config, distributed, experiment, generate, sharding
 from jaxserve.errors import InputError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint directory.")
@@ -56,6 +56,7 @@ flags.register_validator("top_p", lambda v: 0 < v <= 1, "--top_p must be in (0, 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.single_process_only("experiments.generate")
     if (_CHECKPOINT.value is None) == (_PRESET.value is None):
         raise app.UsageError("give exactly one of --checkpoint or --preset")
     if not _PROMPT.value and not _PROMPT_IDS.value:

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import cli, config, metrics, serve, workload
+from jaxserve import cli, config, distributed, metrics, serve, workload
 from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
@@ -267,6 +267,7 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.single_process_only("experiments.serve")
     preset = check_model_flags()
     bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
     if bad or not _SCHEDULERS.value:

@@ -22,6 +22,7 @@ import sys
 from absl import app, flags
 
 from experiments import serve as serve_cli
+from jaxserve import distributed
 
 _SCHEDULER = flags.DEFINE_enum("scheduler", "fcfs", serve_cli.POLICIES, "Scheduling policy.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
@@ -61,6 +62,7 @@ _GRACE = flags.DEFINE_float(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.single_process_only("experiments.server")
     given = [n for n in serve_cli.WORKLOAD_FLAGS if flags.FLAGS[n].present]
     if given:
         raise app.UsageError(

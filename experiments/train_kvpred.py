@@ -19,7 +19,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
-from jaxserve import cli
+from jaxserve import cli, distributed
 from jaxserve.errors import InputError
 from jaxserve.tokenizer import load_default
 from kvpred import recipes
@@ -116,11 +116,13 @@ def main(argv):
         raise
     except ValueError as e:  # a bad --aux / --layer_map found while building the model
         raise app.UsageError(str(e)) from None
-    acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"))
+    model = distributed.to_local(model)  # every process evaluates its own full copy
+    acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"), mesh=distributed.local_mesh())
     final = _T.final_metrics(history)
     msg = f"final loss {final.get('loss', float('nan')):.4f}; synthetic QA exact match {acc:.3f}"
-    logging.info(msg)
-    print(msg)
+    if distributed.is_main():
+        logging.info(msg)
+        print(msg)
     _T.write_summary(__name__, final, acc, run)
 
 

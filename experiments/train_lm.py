@@ -22,7 +22,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import training_flags
-from jaxserve import cli
+from jaxserve import cli, distributed
 from jaxserve import config as cfg
 from jaxserve.models.checkpoint import load_model
 from jaxserve.tokenizer import load_default
@@ -99,11 +99,13 @@ def main(argv):
         _T.export.value,
         init,
     )
-    acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"))
+    model = distributed.to_local(model)  # every process evaluates its own full copy
+    acc = qa_accuracy(model, tokenizer, kb.qa_examples("eval"), mesh=distributed.local_mesh())
     final = _T.final_metrics(history)
     msg = f"final loss {final.get('loss', float('nan')):.4f}; synthetic QA exact match {acc:.3f}"
-    logging.info(msg)
-    print(msg)
+    if distributed.is_main():
+        logging.info(msg)
+        print(msg)
     _T.write_summary(__name__, final, acc, run)
 
 

@@ -8,12 +8,13 @@ builds the data stream and writes summary.json (listing the command's own flags 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 
 from absl import app, flags
 
-from jaxserve import experiment, sharding
+from jaxserve import distributed, experiment, sharding
 from kvpred import data as kd
 from kvpred import recipes, train
 from kvpred.train import TrainConfig
@@ -47,7 +48,10 @@ class TrainingFlags:
             experiment.check_output_dir(self.export.value, "--export")
         try:
             recipes.parse_data_spec(self.data.value)
-            return sharding.make_mesh(self.mesh.value) if self.mesh.value else None
+            mesh = sharding.make_mesh(self.mesh.value) if self.mesh.value else None
+            if mesh is not None:
+                distributed.check_mesh(mesh)
+            return mesh
         except ValueError as e:
             raise app.UsageError(str(e)) from None
 
@@ -71,13 +75,23 @@ class TrainingFlags:
         settings (model or base, auxiliary model, loss weights, ...)."""
         settings = {name: getattr(self, name).value for name in self.DEFINING}
         settings.update(own)
-        return train.claim_workdir(
+        claim = functools.partial(
+            train.claim_workdir,
             self.workdir.value,
             settings,
             resume=self.resume.value,
             overwrite=self.overwrite.value,
             outputs=() if self.export.value else ("final",),
         )
+        if distributed.process_count() == 1:
+            return claim()
+        # several processes: all check (the same error everywhere), then process 0 writes
+        run = claim(write=False)
+        distributed.barrier("claim_workdir_checked")
+        if distributed.is_main():
+            run = claim()
+        distributed.barrier("claim_workdir_written")
+        return run
 
     def final_metrics(self, history: list[dict]) -> dict:
         """The last logged metrics: of this process, else (nothing left to train) the log's."""
@@ -113,7 +127,9 @@ class TrainingFlags:
     def write_summary(self, module: str, final: dict, qa_exact_match: float, run: dict) -> None:
         """WORKDIR/summary.json: every flag of `module` (shared ones included), the
         environment, the last logged metrics, the final exact match and the run's history
-        (`claim_workdir`: starts, resumes, forced resumes with what changed)."""
+        (`claim_workdir`: starts, resumes, forced resumes with what changed). Process 0 only."""
+        if not distributed.is_main():
+            return
         experiment.write_json(
             os.path.join(self.workdir.value, "summary.json"),
             {

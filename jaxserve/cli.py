@@ -7,6 +7,11 @@ line on stderr, `error: <what is wrong, naming the file, flag or field>`, and no
 `--verbosity=1` (or higher) adds the traceback. Any other exception is a bug and keeps
 its traceback.
 
+Before `main`, `jaxserve.distributed.start()` brings up the multi-process runtime the
+`--coordinator/--num_processes/--process_id` flags (or the cluster) ask for. In a multi-process
+run every error line names the process (`error: process 1 of 2: ...`), a lost peer is one such
+line (exit status 1), and any failure exits at once instead of waiting for the others.
+
 Compiled programs are kept in a persistent cache (`$JAXSERVE_COMPILATION_CACHE`, by default
 `~/.cache/jaxserve/xla`; an empty value turns it off), so a second run of a command skips
 most of its warm-up.
@@ -21,6 +26,7 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from jaxserve import distributed
 from jaxserve.errors import InputError
 
 USAGE_EXIT = 2
@@ -44,7 +50,11 @@ class _Failed(SystemExit):
 
 
 def fail(message: str, status: int) -> None:
+    where = distributed.label()
+    if where and not message.startswith(where):
+        message = f"{where}: {message}"
     print(f"error: {message}", file=sys.stderr, flush=True)
+    distributed.announce_failure(message)
     raise _Failed(status)
 
 
@@ -67,11 +77,19 @@ def guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object
 
     def wrapped(argv):
         try:
+            distributed.start()
             return main(argv)
         except app.UsageError as e:
             status, err = USAGE_EXIT, e
         except _INPUT_ERRORS as e:
             status, err = INPUT_EXIT, e
+        except RuntimeError as e:
+            lost = distributed.peer_failure(e)
+            if lost is None:
+                raise
+            if _verbose():
+                traceback.print_exception(e)
+            fail(lost, INPUT_EXIT)
         if _verbose():
             traceback.print_exception(err)
         fail(_one_line(err), status)
@@ -96,7 +114,18 @@ def run(main: Callable[[list[str]], object]) -> None:
         app.run(guarded(main), flags_parser=_parse_flags)
     except _Failed as e:
         # exit now: a failed checkpoint read can leave library threads that would print
-        # tracebacks of their own while the interpreter shuts down, after the error line
+        # tracebacks of their own while the interpreter shuts down, after the error line;
+        # in a multi-process run, waiting at JAX's shutdown barrier for peers that are still
+        # running would hold this process for the whole --distributed_timeout
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(e.code)
+    except Exception:
+        if distributed.process_count() < 2:
+            raise
+        print(f"error: {distributed.label()}: failed with a bug:", file=sys.stderr)
+        traceback.print_exc()
+        distributed.announce_failure(_one_line(sys.exc_info()[1]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

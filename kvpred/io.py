@@ -55,7 +55,8 @@ def save_kvp(model: KVPModel, directory: str, *, base_source: str, meta: dict[st
         base_config=model.base.config.to_dict(),
         layer_map=list(model.predictor.layer_map),
     )
-    write_json(os.path.join(directory, CONFIG_FILE), payload)
+    if jax.process_index() == 0:  # several processes: orbax wrote the shards; one writes meta
+        write_json(os.path.join(directory, CONFIG_FILE), payload)
     return directory
 
 

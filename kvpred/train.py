@@ -8,6 +8,12 @@
   decay, global-norm clipping.
 * Data parallel: the batch is sharded over the mesh's "data" axis, parameters by the logical
   rules in `jaxserve.sharding`; XLA inserts the gradient all-reduce.
+* Several processes (`jaxserve.distributed`): the mesh spans every process's devices (by
+  default "data" over all of them); each process computes step's global batch and hands JAX
+  only the rows its own devices hold (`jax.make_array_from_process_local_data`), so the loss
+  curve is the one-process curve of the same global batch. Every process takes part in each
+  orbax save and restore (orbax writes each shard once); process 0 alone writes
+  metrics.jsonl and moves damaged checkpoints aside.
 * `workdir/checkpoints/` holds orbax checkpoints of the trainable parameters, the optimizer
   state and the step. A run restarted with the same workdir resumes from the latest one; since
   a batch is a pure function of its step, it continues on the same loss curve.
@@ -17,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -34,6 +41,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxserve import distributed
 from jaxserve import sharding as shd
 from jaxserve.errors import CheckpointError, RunSettingsError
 from jaxserve.models.checkpoint import first_line, quiet_failed_read_noise
@@ -98,7 +106,12 @@ class Trainer:
     ):
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        self.mesh = mesh or shd.make_mesh({"data": 1, "model": 1}, jax.devices()[:1])
+        if mesh is None:  # one device, or data parallel over every process's devices
+            n = jax.device_count() if distributed.process_count() > 1 else 1
+            mesh = shd.make_mesh({"data": n, "model": 1}, jax.devices()[:n])
+        distributed.check_mesh(mesh)
+        self.mesh = mesh
+        self.main = distributed.is_main()
         self.graphdef, params, frozen = nnx.split(model, trainable, ...)
         if not jax.tree.leaves(params):
             raise ValueError("nothing to train: the trainable filter selects no parameters")
@@ -191,17 +204,19 @@ class Trainer:
 
     def _set_aside(self, step: int) -> None:
         """Move a damaged checkpoint out of the manager's way (a later save reuses its step)."""
-        src = os.path.join(os.fspath(self._ckpt.directory), str(step))
-        dst = os.path.join(self.workdir, "checkpoints_damaged", str(step))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        shutil.move(src, dst)
+        if self.main:
+            src = os.path.join(os.fspath(self._ckpt.directory), str(step))
+            dst = os.path.join(self.workdir, "checkpoints_damaged", str(step))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            shutil.move(src, dst)
+        distributed.barrier(f"set_aside_{step}")
         self._ckpt.reload()
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep the metric lines up to `step` (a torn last line, cut by a kill, is dropped)."""
-        if not os.path.exists(self.metrics_path):
+        if not self.main or not os.path.exists(self.metrics_path):
             return
         keep = [rec for rec in read_metrics(self.workdir) if rec["step"] <= step]
         with open(self.metrics_path, "w") as f:
@@ -215,7 +230,18 @@ class Trainer:
             raise ValueError(
                 f"batch of {rows} rows does not split over the data axis ({self.data_size})"
             )
-        return jax.device_put(batch, self._batch_sharding)
+        if distributed.process_count() == 1:
+            return jax.device_put(batch, self._batch_sharding)
+        return {k: self._global_rows(np.asarray(v)) for k, v in batch.items()}
+
+    def _global_rows(self, x: np.ndarray) -> jax.Array:
+        """The global batch array, given only the rows this process's devices hold."""
+        rows = self._batch_sharding.addressable_devices_indices_map(x.shape).values()
+        spans = sorted({idx[0].indices(x.shape[0])[:2] for idx in rows})
+        lo, hi = spans[0][0], max(stop for _, stop in spans)
+        if any(b[0] > a[1] for a, b in zip(spans, spans[1:])):
+            raise ValueError(f"this process's batch rows {spans} are not contiguous on the mesh")
+        return jax.make_array_from_process_local_data(self._batch_sharding, x[lo:hi], x.shape)
 
     def run(self, batch_at: Callable[[int], dict], resume: bool = True) -> list[dict]:
         """Train to `config.steps`; `batch_at(step)` gives step's batch (numpy arrays)."""
@@ -227,7 +253,7 @@ class Trainer:
         history: list[dict] = []
         os.makedirs(self.workdir, exist_ok=True)
         t_last, tokens_since = time.perf_counter(), 0
-        with open(self.metrics_path, "a") as log:
+        with open(self.metrics_path, "a") if self.main else contextlib.nullcontext() as log:
             while self.step < c.steps:
                 batch = batch_at(self.step)
                 tokens_since += int(np.asarray(batch["mask"]).sum())
@@ -244,8 +270,9 @@ class Trainer:
                     rec.update(metrics)
                     rec["tokens_per_s"] = tokens_since / max(now - t_last, 1e-9)
                     t_last, tokens_since = now, 0
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
                     history.append(rec)
                     logging.info(
                         "step %d/%d loss %.4f lr %.2e %.0f tok/s",
@@ -295,6 +322,7 @@ def claim_workdir(
     resume: str = "auto",
     overwrite: bool = False,
     outputs: tuple[str, ...] = (),
+    write: bool = True,
 ) -> dict:
     """Check that `workdir` is empty or holds a run with the same `settings`; record this one.
 
@@ -304,22 +332,28 @@ def claim_workdir(
       difference and both values); "force" continues anyway and records the differences in
       the run's history (and removes the stale summary.json).
     overwrite: remove what an earlier run left (`RUN_OUTPUTS` and `outputs`) and start over.
+    write: False only checks and returns the record, changing nothing (the processes of a
+      multi-process run other than process 0).
     Returns the run record written to WORKDIR/run.json.
     """
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, not {resume!r}")
     settings = _jsonable(settings)
     workdir = os.path.abspath(workdir)
-    if overwrite:
+    if overwrite and write:
         for name in RUN_OUTPUTS + tuple(outputs):
             path = os.path.join(workdir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
-    old = read_run(workdir)
+    old = None if overwrite else read_run(workdir)
     ckpt = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+    steps = (
+        sorted(int(n) for n in os.listdir(ckpt) if n.isdigit())
+        if os.path.isdir(ckpt) and not overwrite
+        else []
+    )
     step = steps[-1] if steps else 0
     changed: dict[str, list] = {}
     if old is None and steps:
@@ -360,6 +394,8 @@ def claim_workdir(
         }
     )
     run = {"settings": settings, "history": history}
+    if not write:
+        return run
     if event == "resume_forced":  # it described the run before the change
         summary = os.path.join(workdir, "summary.json")
         if os.path.exists(summary):

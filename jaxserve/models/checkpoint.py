@@ -53,6 +53,8 @@ def save_checkpoint(model: Decoder, directory: str | os.PathLike, step: int | No
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, nnx.state(model, nnx.Param), force=True)
         ckptr.wait_until_finished()
+    if jax.process_index() != 0:  # several processes: orbax wrote the shards; one writes meta
+        return target
     meta = {"format_version": FORMAT_VERSION, "step": step, "config": model.config.to_dict()}
     tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
     with open(tmp, "w") as f:
@@ -111,7 +113,7 @@ def restore_checkpoint(
     unknown = sorted(map(str, set(wanted) - set(flat)))
     if unknown:
         raise ValueError(f"shardings name parameters the model does not have: {unknown}")
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for path, var in flat.items():
         sds = var.get_value()
         var.set_value(

@@ -1,0 +1,154 @@
+"""Serving across processes: every process runs the same engine on one mesh, process 0 decides.
+
+    process 0:  intake (trace) -> Engine(clock=ReplicatedClock) -> events, results
+    process k:  the same trace -> Engine(clock=ReplicatedClock) -> (events discarded)
+    each iteration, process 0 posts one tick (~20 bytes) in the coordination service:
+        its clock (the time every process's engine reads until the next tick)
+        + a fingerprint of the iteration's events, checked by every other process
+
+Why the inputs and not the plan. A follower given only process 0's `Plan` could not dispatch
+the same device calls: the engine turns a plan into calls through host state the plan does
+not carry (the device slot table and its packed diffs, the tokens read back, which pages a
+request already has, the multi-step length, the host copies of swapped KV), so a follower
+would have to mirror that state, i.e. run the engine. So every process runs the engine, and
+what could make the replicas differ is made identical: the scheduler is deterministic given
+its inputs, the inputs are the submissions (the same trace in every process; a server would
+broadcast its new requests the same way) and the clock, and the clock is process 0's, read
+once per iteration. The price is one ~20-byte post per iteration (`ClockStats`); the
+followers keep pace because every device step's collectives need them. A divergence (a
+nondeterministic policy, a different trace) is not a silent hang: the fingerprint check names
+the iteration where process k's events differ from process 0's.
+
+Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
+axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
+and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+from jaxserve import distributed
+
+
+@dataclasses.dataclass
+class ClockStats:
+    ticks: int = 0  # one per loop iteration: process 0's time and last fingerprint
+    seconds: float = 0.0  # spent posting (process 0) or waiting for (the others) them
+    nbytes: int = 0  # payload bytes of the ticks
+
+
+_TICK = "jaxserve/tick/{}"
+_KEEP = 1000  # ticks kept in the store (the others are never this far behind)
+
+
+def _send(key: str, value: str) -> None:
+    distributed._client().key_value_set(key, value)
+
+
+def _drop(key: str) -> None:
+    distributed._client().key_value_delete(key)
+
+
+def _receive(key: str) -> str:
+    return distributed._client().blocking_key_value_get(key, 3_600_000)
+
+
+def events_fingerprint(events: Sequence) -> int:
+    """crc32 of an iteration's events (kind, request, token, detail)."""
+    return zlib.crc32(
+        "|".join(f"{e.kind},{e.request_id},{e.token},{e.detail}" for e in events).encode()
+    )
+
+
+class ReplicaDivergedError(RuntimeError):
+    """A process's engine did something else than process 0's (names the process)."""
+
+
+class ReplicatedClock:
+    """Process 0's clock, the same in every process: it advances only at `tick()`.
+
+    `tick(fingerprint)` ends a loop iteration. Process 0 posts its clock reading and the
+    fingerprint of the iteration's events in the coordination service's key-value store
+    (not a device collective: it never waits for the device, so the engine stays one step
+    ahead); every other process waits for that post, takes the time, and checks the
+    fingerprint against its own (ReplicaDivergedError naming the iteration if they differ;
+    `cli` then tells process 0). Between ticks the clock reads the last tick's time in every
+    process alike, so the engine's decisions do not depend on which process reads it. With
+    one process `tick` does nothing and the clock is `base`."""
+
+    def __init__(self, base: Callable[[], float] = time.perf_counter):
+        self.base = base
+        self.stats = ClockStats()
+        self._origin = base()
+        self._now = 0.0
+        self.iteration = 0
+
+    def __call__(self) -> float:
+        if distributed.process_count() == 1:
+            return self.base() - self._origin
+        return self._now
+
+    def tick(self, fingerprint: int = 0) -> None:
+        if distributed.process_count() == 1:
+            return
+        t0 = time.perf_counter()
+        key = _TICK.format(self.iteration)
+        if distributed.is_main():
+            value = f"{self.base() - self._origin:.6f} {fingerprint}"
+            _send(key, value)
+            if self.iteration >= _KEEP:
+                _drop(_TICK.format(self.iteration - _KEEP))
+        else:
+            value = _receive(key)
+            if int(value.split()[1]) != fingerprint:
+                raise ReplicaDivergedError(
+                    f"{distributed.label()}: iteration {self.iteration} differs from process "
+                    "0's (its engine replica got other inputs or a nondeterministic policy)"
+                )
+        self._now = float(value.split()[0])
+        self.stats.ticks += 1
+        self.stats.nbytes += len(value)
+        self.stats.seconds += time.perf_counter() - t0
+        self.iteration += 1
+
+
+def check_mesh(mesh) -> None:
+    """ValueError unless the mesh can serve across these processes (module doc)."""
+    if distributed.process_count() > 1 and mesh.shape.get("data", 1) != 1:
+        raise ValueError(
+            f"serving across processes needs a mesh with data:1 (tensor parallel over all "
+            f"devices, e.g. model:{mesh.size}), not {dict(mesh.shape)}"
+        )
+
+
+def run_replicated(engine, arrivals: Sequence[tuple[float, Callable[[float], str]]]) -> int:
+    """`Engine.replay(arrivals)` in every process: one `tick` per iteration (the clock, and
+    the check of the iteration's events). The engine must run on a
+    `ReplicatedClock`. Returns the iterations that stepped the engine."""
+    clock = engine.clock
+    if not isinstance(clock, ReplicatedClock):
+        raise TypeError("run_replicated needs an Engine built with clock=ReplicatedClock()")
+    pending = list(arrivals)
+    clock.tick()
+    base = engine.now()
+    i = steps = 0
+    fingerprint = 0
+    while i < len(pending) or engine.has_work:
+        now = engine.now() - base
+        while i < len(pending) and pending[i][0] <= now:
+            pending[i][1](base + pending[i][0])
+            i += 1
+        engine.next_arrival = base + pending[i][0] if i < len(pending) else None
+        fingerprint = 0
+        if engine.has_work:
+            fingerprint = events_fingerprint(engine.step())
+            steps += 1
+        elif i < len(pending) and distributed.is_main():
+            time.sleep(max(0.0, min(pending[i][0] - now, 0.05)))
+        clock.tick(fingerprint)
+    engine.next_arrival = None
+    return steps
