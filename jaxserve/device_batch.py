@@ -1,7 +1,7 @@
 """The engine's batches on the device: prefill arrays, and the resident decode slots.
 
     DeviceBatch(runner, sched_config, max_stop_ids, max_steps)
-      .prefill(kv, reqs, seqs, params, keys)   -> kv, first tokens [B]
+      .prefill(kv, reqs, seqs, params, keys[, base])   -> kv, first tokens [B]
       .extend(kv, req, seq, start, ...)        -> kv, first token (a kept turn's continuation)
       .assemble([(out, rows), ...], n)         -> one [B] array of first tokens
       .decode(kv, reqs, steps, ...)            -> kv, [2, b, max_steps] (tokens, emitted)
@@ -79,9 +79,11 @@ class DeviceBatch:
         seqs: Sequence[Sequence[int]],
         params: Sequence[SamplingParams],
         keys: Sequence[np.ndarray],
+        base: bool = False,
     ) -> tuple[KVPages, jax.Array]:
         """Prefill (or recompute) `seqs`, the requests' known tokens, into their pages;
-        returns the pages and each row's next token [B]."""
+        returns the pages and each row's next token [B]. `base`: the base model's exact
+        prefill (`ModelRunner.prefill`)."""
         b = pow2(len(reqs), self.min_rows)
         t = pow2(max(len(s) for s in seqs), 16)
         tokens = np.zeros((b, t), np.int32)
@@ -95,7 +97,7 @@ class DeviceBatch:
             bt[i, : len(pages)] = pages
         samp = sampling_arrays(list(params), list(keys), b)
         batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-        return self.runner.prefill(kv, batch)
+        return self.runner.prefill(kv, batch, base=base)
 
     def extend(
         self,
@@ -219,22 +221,29 @@ class DeviceBatch:
         max_prompt: int,
         max_context: int,
         extend: bool = False,
+        recover: bool = False,
     ) -> KVPages:
         """Compile every prefill, slot-update, decode and swap bucket a run up to these
-        lengths can hit (and with `extend`, the continuation of a kept conversation);
-        returns the pages."""
+        lengths can hit (with `extend`, the continuation of a kept conversation; with
+        `recover`, the re-prefill of a dropped request's whole context, up to `max_context`,
+        and the base model's exact prefill too when the model predicts its cache); returns
+        the pages."""
         ps, runner = self.page_size, self.runner
         batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
+        longest = max(max_prompt, max_context) if recover else max_prompt
+        prefill_lens = [16 * b for b in pow2_range(max(1, math.ceil(longest / 16)))]
         widths = pow2_range(math.ceil(max_context / ps))
         prefill_outs = [self._no_prefill]
+        bases = (False, True) if recover and runner.can_predict else (False,)
         for b in batches:
             samp = sampling_arrays([], [], b)
-            for t in prompt_lens:
+            for t in prefill_lens:
                 bt = np.zeros((b, math.ceil(t / ps)), np.int32)
                 tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
                 batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-                kv, first = runner.prefill(kv, batch)
+                for base in bases:
+                    kv, first = runner.prefill(kv, batch, base=base)
             prefill_outs.append(first)
         slots = self._slots
         for u in [0] + pow2_range(self.max_rows):  # the updates of up to max_batch rows
@@ -245,8 +254,14 @@ class DeviceBatch:
             for w in widths:
                 for k in sorted({1, self.max_steps}):  # one or two programs (decode_slots)
                     kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
-        for w in widths:  # swaps move one request's pages: up to a full block table
-            kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
+        budget, host.budget_bytes = host.budget_bytes, None  # warm-up copies are not kept
+        try:
+            for w in widths:  # swaps move one request's pages: up to a full block table
+                copy = host.swap_out(kv, [0] * w)
+                kv = host.swap_in(kv, copy, [0] * w)
+                copy.release()
+        finally:
+            host.budget_bytes = budget
         if extend:
             b = self.min_rows
             samp = sampling_arrays([], [], b)

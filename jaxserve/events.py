@@ -37,6 +37,15 @@ class Timeline:
     swap_time: float = 0.0  # this request's share of the time spent moving KV
     stall_time: float = 0.0  # time it was ready to compute but waited for swaps
     rejected: bool = False
+    # each preemption: when (engine clock) and how ("swap", "drop", "pause": left resident)
+    preempt_times: list[float] = dataclasses.field(default_factory=list)
+    preempt_kinds: list[str] = dataclasses.field(default_factory=list)
+    # each resume after one: when it computed again, how ("swap": swapped in, "recompute",
+    # "predict": a drop's recovery, "pause") and its cost, seconds from the dispatch of the
+    # iteration that brought it back to the read of its token (absent until read)
+    resume_times: list[float] = dataclasses.field(default_factory=list)
+    resume_kinds: list[str] = dataclasses.field(default_factory=list)
+    resume_costs: list[float] = dataclasses.field(default_factory=list)
 
 
 class UnknownRequestError(KeyError):

@@ -128,6 +128,15 @@ def parse_prefill(spec: str) -> str | None:
     return path
 
 
+def check_preemption(preemption: str, prefill: str) -> None:
+    """--preemption=predict re-predicts dropped requests' caches: only with KV prediction."""
+    if preemption == "predict" and prefill == "base":
+        raise InputError(
+            "--preemption=predict re-predicts a dropped request's cache with KV prediction's "
+            "auxiliary model: it needs --prefill=kv_prediction:CKPT"
+        )
+
+
 def scheduler_config(
     s: ServeSettings,
     prof: Profile,
@@ -135,13 +144,19 @@ def scheduler_config(
     kv_page_bytes: int,
     client_weights: dict[str, float] | None = None,
 ):
+    """The scheduler's knobs for one run. A profile of a model that predicts its cache
+    (KV prediction) brings the cost of re-predicting; on the base prefill, `predict` runs as
+    `recompute` (the base cannot predict)."""
     q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
+    predict = prof.predict_tokens_per_s
+    preemption = "recompute" if s.preemption == "predict" and predict is None else s.preemption
     return SchedulerConfig(
         max_batch=s.max_batch,
         num_pages=s.kv_pages,
         page_size=s.page_size,
         max_seq_len=max_seq_len,
-        preemption=s.preemption,
+        preemption=preemption,
+        predict_tokens_per_s=predict,
         host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
         swap_bandwidth=prof.swap_bandwidth,
         prefill_tokens_per_s=prof.prefill_tokens_per_s,
@@ -269,6 +284,7 @@ def run_serve(
     base)` builds the model of `settings.prefill`'s checkpoint (KV prediction: the entry point
     passes `kvpred.io.load_kvp`; jaxserve does not import kvpred)."""
     s = settings
+    check_preemption(s.preemption, s.prefill)
     experiment.check_output_dir(out_dir)
     prof = load_profile(profile_path) if profile_path else None
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-PREEMPTION_MODES = ("swap", "recompute", "auto")
+PREEMPTION_MODES = ("swap", "recompute", "predict", "auto")
 QUANTUM_CHARGES = ("own", "iteration")
 
 
@@ -22,10 +22,14 @@ class SchedulerConfig:
     num_pages: int  # device pages, including the null page 0
     page_size: int  # tokens per page
     max_seq_len: int  # longest context the model supports
-    preemption: str = "swap"  # how victims lose their KV: "swap" | "recompute" | "auto"
+    preemption: str = "swap"  # how victims lose their KV: "swap" | "recompute" | "predict" |
+    # "auto" (`jaxserve.sched.preempt`)
     host_pages: int | None = None  # host KV budget in pages (None: unbounded); beyond it, drop
     swap_bandwidth: float = 16e9  # bytes/s device<->host (measured by the executor)
     prefill_tokens_per_s: float = 1e4  # prefill throughput (measured by the executor)
+    # throughput of re-predicting a dropped request's cache (KV prediction's auxiliary model,
+    # measured by the executor); None: the served model cannot predict
+    predict_tokens_per_s: float | None = None
     kv_bytes_per_page: int = 1 << 20  # bytes of K and V for one page, all layers
     q0: float = 0.01  # seconds, MLFQ quantum of queue 0 (queue i gets q0 * 2**i)
     num_queues: int = 8  # MLFQ levels
@@ -57,6 +61,8 @@ class SchedulerConfig:
             raise ValueError(
                 f"preemption must be one of {PREEMPTION_MODES}, not {self.preemption!r}"
             )
+        if self.predict_tokens_per_s is not None and not self.predict_tokens_per_s > 0:
+            raise ValueError(f"predict_tokens_per_s must be > 0, got {self.predict_tokens_per_s}")
         if self.quantum_charge not in QUANTUM_CHARGES:
             raise ValueError(
                 f"quantum_charge must be one of {QUANTUM_CHARGES}, not {self.quantum_charge!r}"
