@@ -403,3 +403,18 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     kept.submit(new[0], SamplingParams(max_new_tokens=3), request_id="other", conversation="c")
     kept.run_until_done(max_iterations=50)
     assert kept.conversations.hits == len(new) - 1 and kept.conversations.misses >= 1
+
+
+def test_swap_outs_copy_only_pages_not_on_the_host(model, runner):
+    """Requests swapped out, in and out again: each later swap-out moves only the pages
+    written since its swap-in (the full pages stay on the host), outputs equal the run
+    without preemption, and no host copy outlives its request."""
+    prompts, lens = _workload(seed=3)
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    engine, out = _serve(model, runner, "mlfq", _config(24), prompts, lens)
+    assert out == ref
+    switch = engine.switch
+    out_bytes = switch.bytes_out
+    assert switch.bytes_not_copied > 0 and out_bytes > 0
+    assert engine.host.live_bytes == 0 and not switch.on_host and not switch.swapped
+
