@@ -418,3 +418,33 @@ def test_swap_outs_copy_only_pages_not_on_the_host(model, runner):
     assert switch.bytes_not_copied > 0 and out_bytes > 0
     assert engine.host.live_bytes == 0 and not switch.on_host and not switch.swapped
 
+
+@pytest.mark.parametrize("failure", ["budget", "raises"])
+def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, failure):
+    """Host memory runs out (a budget of 6 pages, or an allocation that raises): the victim
+    is dropped instead, the engine goes on, and every request finishes with the output of
+    the run without preemption."""
+    prompts, lens = _workload(seed=3)
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    kv = runner.new_kv(2, PAGE)
+    page = kv.nbytes // kv.num_pages
+    kw = {"host_bytes": 6 * page} if failure == "budget" else {}
+    engine = Engine(model, "mlfq", _config(24), runner=runner, **kw)
+    if failure == "raises":
+        real, calls = engine.host.swap_out, []
+
+        def swap_out(kv, pages):  # every other allocation fails
+            calls.append(len(pages))
+            if len(calls) % 2:
+                raise MemoryError("host allocation failed")
+            return real(kv, pages)
+
+        engine.host.swap_out = swap_out
+    for i, (p, n) in enumerate(zip(prompts, lens)):
+        engine.submit(p, SamplingParams(max_new_tokens=n, seed=5), request_id=f"r{i}")
+    engine.run_until_done(max_iterations=5000)
+    assert {i: engine.output(i) for i in ref} == ref
+    kinds = [k for tl in engine.timelines.values() for k in tl.preempt_kinds]
+    assert engine.switch.fallbacks > 0 and "drop" in kinds and "swap" in kinds
+    engine.scheduler.check_invariants()
+    assert engine.scheduler.allocator.num_free == 24 - 1 and engine.host.live_bytes == 0
