@@ -11,6 +11,7 @@ from jaxserve.generate import Generator
 from jaxserve.runner import CompileCounter, ModelRunner
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig
+from jaxserve.sched.request import pages_for
 
 PAGE = 4
 
@@ -379,7 +380,8 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     new = [[int(t) for t in rs.randint(3, 128, n)] for n in (13, 7, 21)]
     kept = Engine(model, "fcfs", _config(60), runner=runner, reuse=True)
     fresh = Engine(model, "fcfs", _config(60), runner=runner)
-    prompt, saved = [], 0
+    prompt, saved, last = [], 0, 0
+    page = kept.kv.nbytes // kept.kv.num_pages
     for turn, tokens in enumerate(new):
         prompt = prompt + tokens
         kw = {"output_len": 6, "stop_at_output_len": True} if ending == "stop" else {}
@@ -394,6 +396,12 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
             outs.append(engine.output(rid))
         assert outs[0] == outs[1]
         assert kept.conversations.hits == turn
+        # bytes moved: the kept turn back in, and out only the pages it did not hold
+        cached = len(prompt) + len(outs[0]) - 1
+        pages_in = pages_for(last, PAGE) if turn else 0
+        pages_out = pages_for(cached, PAGE) - (last // PAGE if turn else 0)
+        assert kept.timelines[f"t{turn}"].swapped_bytes == (pages_in + pages_out) * page
+        last = cached
         if turn:  # everything but the previous turn's last token came back
             assert kept.conversations.tokens_reused - saved == len(prompt) - len(tokens) - 1
         saved = kept.conversations.tokens_reused
