@@ -26,6 +26,7 @@ import numpy as np
 from jaxserve import experiment, metrics, plots, workload
 from jaxserve.engine import Engine, Timeline
 from jaxserve.errors import InputError
+from jaxserve.events import preemption_record, preemption_summary
 from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
@@ -371,7 +372,14 @@ def run_serve(
                     reuse_hits=engine.conversations.hits,
                     reused_prompt_tokens=engine.conversations.tokens_reused,
                     prompt_tokens=sum(r.prompt_len for r in records),
+                    host_fallbacks=engine.switch.fallbacks,
+                    swap_bytes_not_copied=engine.switch.bytes_not_copied,
+                    **preemption_summary([engine.timelines[r.id] for r in trace]),
                 )
+                # each request's preempt and resume times, beside its record (in trace order)
+                switches = [
+                    {"id": r.id, **preemption_record(engine.timelines[r.id])} for r in trace
+                ]
                 by_sched[label] = records
                 sweep[label].append((rate, summary))
                 results["runs"].append(
@@ -381,6 +389,7 @@ def run_serve(
                         "rate": rate,
                         "summary": summary,
                         "requests": metrics.records_to_json(records),
+                        "preemptions": switches,
                     }
                 )
                 print(_row(label, rate, summary), flush=True)
@@ -464,6 +473,12 @@ def detail_lines(summary: dict) -> list[str]:
         f"s/request ({_pct(s.get('p99_stall_share'))} of p99 JCT), "
         f"{s['total_swapped_bytes'] / 1e6:.2f} MB device<->host"
     ]
+    wait, cost = s.get("preempt_to_resume"), s.get("resume_cost")
+    if wait and wait["n"]:
+        lines.append(
+            f"{pad} preempt -> resume mean/p99 {_s(wait['mean'])}/{_s(wait['p99'])} s over "
+            f"{wait['n']} resumes, resume cost mean/p99 {_s(cost['mean'])}/{_s(cost['p99'])} s"
+        )
     if s.get("reuse_hits"):
         lines.append(
             f"{pad} KV reuse: {s['reuse_hits']} turns continued from kept KV, "

@@ -456,3 +456,44 @@ def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, failure):
     assert engine.switch.fallbacks > 0 and "drop" in kinds and "swap" in kinds
     engine.scheduler.check_invariants()
     assert engine.scheduler.allocator.num_free == 24 - 1 and engine.host.live_bytes == 0
+
+
+def test_preempt_and_resume_times_are_recorded_in_async_mode(model, runner):
+    """Overlapped loop, asynchronous swaps: every preemption has its time and kind, every
+    resume its time (after the preemption it ends), kind and measured cost."""
+    from jaxserve.events import preemption_summary
+
+    prompts, lens = _workload(seed=3)
+    engine, _ = _serve(model, runner, "mlfq", _config(24), prompts, lens)
+    assert engine.overlap and not engine.sync_swaps
+    tls = list(engine.timelines.values())
+    assert sum(tl.preemptions for tl in tls) > 0
+    for tl in tls:
+        assert len(tl.preempt_times) == len(tl.preempt_kinds) == tl.preemptions
+        # every preempted request here computed again, and each resume's step was read
+        assert len(tl.resume_times) == len(tl.resume_costs) == tl.preemptions
+        for p, r in zip(tl.preempt_times, tl.resume_times):
+            assert tl.arrival <= p < r <= tl.finish_time
+        later = tl.preempt_times[1:] + [tl.finish_time]
+        assert all(r <= q for r, q in zip(tl.resume_times, later))
+        assert all(c > 0 for c in tl.resume_costs)
+        for pk, rk in zip(tl.preempt_kinds, tl.resume_kinds):
+            assert (pk, rk) in {("swap", "swap"), ("pause", "pause"), ("pause", "swap")}
+    summary = preemption_summary(tls)
+    n = sum(tl.preemptions for tl in tls)
+    assert summary["preempt_to_resume"]["n"] == summary["resume_cost"]["n"] == n
+
+
+def test_preemption_summary_by_hand():
+    from jaxserve.events import Timeline, preemption_record, preemption_summary
+
+    a = Timeline("a", 0.0, 4, preempt_times=[1.0, 5.0], preempt_kinds=["swap", "drop"])
+    a.resume_times, a.resume_kinds, a.resume_costs = [2.0, 9.0], ["swap", "recompute"], [0.1, 0.5]
+    b = Timeline("b", 0.0, 4, preempt_times=[3.0], preempt_kinds=["pause"])  # never resumed
+    s = preemption_summary([a, b])
+    assert s["preempt_to_resume"]["n"] == 2 and s["preempt_to_resume"]["mean"] == 2.5
+    assert s["preempt_to_resume"]["max"] == 4.0 and s["resume_cost"]["mean"] == 0.3
+    assert s["resumes_by_kind"]["recompute"]["preempt_to_resume"]["mean"] == 4.0
+    assert s["resumes_by_kind"]["swap"]["resume_cost"]["mean"] == 0.1
+    assert preemption_record(a)["preempted_for"] == [1.0, 4.0]
+    assert preemption_record(b)["preempted_for"] == []
