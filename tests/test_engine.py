@@ -413,13 +413,21 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     assert kept.conversations.hits == len(new) - 1 and kept.conversations.misses >= 1
 
 
-def test_swap_outs_copy_only_pages_not_on_the_host(model, runner):
-    """Requests swapped out, in and out again: each later swap-out moves only the pages
-    written since its swap-in (the full pages stay on the host), outputs equal the run
-    without preemption, and no host copy outlives its request."""
+@pytest.fixture(scope="module")
+def tight_mlfq(model, runner):
+    """(reference outputs, engine, outputs): a workload served without preemption, and by
+    mlfq on a pool of 24 pages, where requests are swapped out, in and out again."""
     prompts, lens = _workload(seed=3)
     _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
     engine, out = _serve(model, runner, "mlfq", _config(24), prompts, lens)
+    return ref, engine, out
+
+
+def test_swap_outs_copy_only_pages_not_on_the_host(tight_mlfq):
+    """Requests swapped out, in and out again: each later swap-out moves only the pages
+    written since its swap-in (the full pages stay on the host), outputs equal the run
+    without preemption, and no host copy outlives its request."""
+    ref, engine, out = tight_mlfq
     assert out == ref
     switch = engine.switch
     out_bytes = switch.bytes_out
@@ -428,12 +436,12 @@ def test_swap_outs_copy_only_pages_not_on_the_host(model, runner):
 
 
 @pytest.mark.parametrize("failure", ["budget", "raises"])
-def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, failure):
+def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, tight_mlfq, failure):
     """Host memory runs out (a budget of 6 pages, or an allocation that raises): the victim
     is dropped instead, the engine goes on, and every request finishes with the output of
     the run without preemption."""
     prompts, lens = _workload(seed=3)
-    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    ref = tight_mlfq[0]
     kv = runner.new_kv(2, PAGE)
     page = kv.nbytes // kv.num_pages
     kw = {"host_bytes": 6 * page} if failure == "budget" else {}
@@ -458,13 +466,12 @@ def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, failure):
     assert engine.scheduler.allocator.num_free == 24 - 1 and engine.host.live_bytes == 0
 
 
-def test_preempt_and_resume_times_are_recorded_in_async_mode(model, runner):
+def test_preempt_and_resume_times_are_recorded_in_async_mode(tight_mlfq):
     """Overlapped loop, asynchronous swaps: every preemption has its time and kind, every
     resume its time (after the preemption it ends), kind and measured cost."""
     from jaxserve.events import preemption_summary
 
-    prompts, lens = _workload(seed=3)
-    engine, _ = _serve(model, runner, "mlfq", _config(24), prompts, lens)
+    engine = tight_mlfq[1]
     assert engine.overlap and not engine.sync_swaps
     tls = list(engine.timelines.values())
     assert sum(tl.preemptions for tl in tls) > 0

@@ -185,3 +185,15 @@ def test_serve_refuses_predict_without_kv_prediction():
         check_preemption("predict", "base")
     check_preemption("predict", "kv_prediction:/some/dir")
     check_preemption("auto", "base")
+
+
+def test_the_profile_measures_prediction_beside_the_base_prefill(kvp, runner):
+    """A predicting model's profile: its prefill table is the prediction's, and the
+    recompute cost is the base's exact prefill; a base model has no prediction cost."""
+    from jaxserve.profiler import profile
+
+    prof = profile(runner, PAGE, lengths=[16, 32], batches=[1], reps=1)
+    assert prof.predict_tokens_per_s == pytest.approx(32 / prof.prefill[-1][1])
+    assert prof.prefill_tokens_per_s > 0 and prof.prefill_tokens_per_s != prof.predict_tokens_per_s
+    base = profile(ModelRunner(kvp.base), PAGE, lengths=[16], batches=[1], reps=1)
+    assert base.predict_tokens_per_s is None
