@@ -28,6 +28,10 @@ the step dispatched one iteration earlier, and by then the device is busy with t
   device call runs k steps with stop checks on the device (`decode_steps`).
 * Asynchronous swaps. Swap-outs and swap-ins are dispatched, never waited for (see
   `kvcache/host.py`); a page freed by a swap-out can be reused by the next step at once.
+  `jaxserve.switch` carries out the plan's context switches: a swap-out copies only the
+  pages not already on the host, a copy the host cannot hold drops its request, a drop
+  resumes by recompute (the base's exact prefill) or prediction (`preempt.recovery`), and
+  each request's preempt and resume times go on its `Timeline`.
 
 `overlap=False` reads each step's tokens right after dispatching it (the scheduler then sees
 every result before the next plan, as in a synchronous loop); outputs are the same either way.
