@@ -124,10 +124,13 @@ class DeviceBatch:
         batch = ExtendBatch(tokens=tokens, starts=starts, lengths=lengths, block_tables=bt, **samp)
         return self.runner.extend(kv, batch)
 
+    def _zeros(self, n: int) -> jax.Array:
+        return jax.device_put(np.zeros(n, np.int32))
+
     def assemble(self, parts: Sequence[tuple[jax.Array, int]], n: int) -> jax.Array:
         """One [pow2(n)] array of next tokens from several calls' outputs: the first `k` rows
         of each (out, k), in order."""
-        out = jax.device_put(np.zeros(pow2(n, self.min_rows), np.int32))
+        out = self._zeros(pow2(n, self.min_rows))
         offset = 0
         for x, k in parts:
             out = _place(out, x, np.int32(offset), np.int32(k))
@@ -271,9 +274,15 @@ class DeviceBatch:
                     tokens, bt = np.zeros((b, t), np.int32), np.zeros((b, w), np.int32)
                     batch = ExtendBatch(tokens, zeros, zeros, bt, **samp)
                     kv, first = runner.extend(kv, batch)
-            for n in batches:  # assembling a prefill's rows with continuations'
-                for x in prefill_outs[1:] + [first]:
-                    _place(jnp.zeros(n, np.int32), x, np.int32(0), np.int32(1))
+            parts = prefill_outs[1:] + [first]
+        elif len(bases) > 1:
+            parts = prefill_outs[1:]  # the model's prefill rows and the base's
+        else:
+            parts = []
+        one = (np.int32(0), np.int32(1))
+        for n in batches if parts else []:  # assembling the rows of several calls' outputs
+            for x in parts:  # the first part placed in a new array, the next in its result
+                _place(_place(self._zeros(n), x, *one), x, *one)
         kv.block_until_ready()
         self._slots = slots
         return kv
