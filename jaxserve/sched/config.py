@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-PREEMPTION_MODES = ("swap", "recompute", "predict", "auto")
+PREEMPTION_MODES = ("swap", "recompute", "auto")  # what every executor supports
+# re-predict dropped requests' caches: only an engine serving KV prediction (not the simulator)
+PREDICT = "predict"
 QUANTUM_CHARGES = ("own", "iteration")
 
 
@@ -57,9 +59,9 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_pages < 2:
             raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
-        if self.preemption not in PREEMPTION_MODES:
+        if self.preemption not in (*PREEMPTION_MODES, PREDICT):
             raise ValueError(
-                f"preemption must be one of {PREEMPTION_MODES}, not {self.preemption!r}"
+                f"preemption must be one of {(*PREEMPTION_MODES, PREDICT)}, not {self.preemption!r}"
             )
         if self.predict_tokens_per_s is not None and not self.predict_tokens_per_s > 0:
             raise ValueError(f"predict_tokens_per_s must be > 0, got {self.predict_tokens_per_s}")
