@@ -47,7 +47,14 @@ _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 256, "Clip outputs.", lower
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Requests per iteration.", lower_bound=1)
 _KV_PAGES = flags.DEFINE_integer("kv_pages", 512, "Device KV pages (incl. the null page).")
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_bound=1)
-_PREEMPTION = flags.DEFINE_enum("preemption", "swap", ["swap", "recompute", "auto"], "Victims.")
+_PREEMPTION = flags.DEFINE_enum(
+    "preemption",
+    "swap",
+    ["swap", "recompute", "predict", "auto"],
+    "Victims: swap to host, drop and recompute with the base, drop and re-predict the cache "
+    "(needs --prefill=kv_prediction:CKPT; its base-prefill runs recompute), or auto (the "
+    "cheapest by the profiled costs, prediction among them with KV prediction).",
+)
 _HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
 _DECODE_STEPS = flags.DEFINE_integer(
     "decode_steps",
@@ -221,6 +228,7 @@ def check_engine_flags() -> None:
         raise app.UsageError("--input_cost and --output_cost cannot both be 0")
     try:
         serve.parse_prefill(_PREFILL.value)
+        serve.check_preemption(_PREEMPTION.value, _PREFILL.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 

@@ -1,7 +1,7 @@
 """The engine's batches on the device: prefill arrays, and the resident decode slots.
 
     DeviceBatch(runner, sched_config, max_stop_ids, max_steps)
-      .prefill(kv, reqs, seqs, params, keys)   -> kv, first tokens [B]
+      .prefill(kv, reqs, seqs, params, keys[, base])   -> kv, first tokens [B]
       .extend(kv, req, seq, start, ...)        -> kv, first token (a kept turn's continuation)
       .assemble([(out, rows), ...], n)         -> one [B] array of first tokens
       .decode(kv, reqs, steps, ...)            -> kv, [2, b, max_steps] (tokens, emitted)
@@ -95,9 +95,11 @@ class DeviceBatch:
         seqs: Sequence[Sequence[int]],
         params: Sequence[SamplingParams],
         keys: Sequence[np.ndarray],
+        base: bool = False,
     ) -> tuple[KVPages, jax.Array]:
         """Prefill (or recompute) `seqs`, the requests' known tokens, into their pages;
-        returns the pages and each row's next token [B]."""
+        returns the pages and each row's next token [B]. `base`: the base model's exact
+        prefill (`ModelRunner.prefill`)."""
         b = pow2(len(reqs), self.min_rows)
         t = pow2(max(len(s) for s in seqs), 16)
         tokens = np.zeros((b, t), np.int32)
@@ -111,7 +113,7 @@ class DeviceBatch:
             bt[i, : len(pages)] = pages
         samp = sampling_arrays(list(params), list(keys), b)
         batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-        return self.runner.prefill(kv, batch)
+        return self.runner.prefill(kv, batch, base=base)
 
     def extend(
         self,
@@ -139,10 +141,13 @@ class DeviceBatch:
         batch = ExtendBatch(tokens=tokens, starts=starts, lengths=lengths, block_tables=bt, **samp)
         return self.runner.extend(kv, batch)
 
+    def _zeros(self, n: int) -> jax.Array:
+        return jax.device_put(np.zeros(n, np.int32), self._replicated)
+
     def assemble(self, parts: Sequence[tuple[jax.Array, int]], n: int) -> jax.Array:
         """One [pow2(n)] array of next tokens from several calls' outputs: the first `k` rows
         of each (out, k), in order."""
-        out = jax.device_put(np.zeros(pow2(n, self.min_rows), np.int32), self._replicated)
+        out = self._zeros(pow2(n, self.min_rows))
         offset = 0
         for x, k in parts:
             args = (out, x, np.int32(offset), np.int32(k))
@@ -248,26 +253,33 @@ class DeviceBatch:
         max_prompt: int,
         max_context: int,
         extend: bool = False,
+        recover: bool = False,
     ) -> KVPages:
         """Compile every prefill, slot-update, decode and swap bucket a run up to these
-        lengths can hit (and with `extend`, the continuation of a kept conversation);
-        returns the pages."""
+        lengths can hit (with `extend`, the continuation of a kept conversation; with
+        `recover`, the re-prefill of a dropped request's whole context, up to `max_context`,
+        and the base model's exact prefill too when the model predicts its cache); returns
+        the pages."""
         ps, runner = self.page_size, self.runner
         batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]
+        longest = max(max_prompt, max_context) if recover else max_prompt
+        prefill_lens = [16 * b for b in pow2_range(max(1, math.ceil(longest / 16)))]
         swap_widths = pow2_range(math.ceil(max_context / ps))
         widths = sorted({max(w, self.min_width) for w in swap_widths})
+        bases = (False, True) if recover and runner.can_predict else (False,)
         slots = self._slots
         # every device program but the swaps' is lowered first, then compiled several at a
         # time; the calls below return placeholders (`ModelRunner.compile_ahead`)
         with runner.compile_ahead():
             for b in batches:
                 samp = sampling_arrays([], [], b)
-                for t in prompt_lens:
+                for t in prefill_lens:
                     bt = np.zeros((b, math.ceil(t / ps)), np.int32)
                     tokens, lengths = np.zeros((b, t), np.int32), np.zeros(b, np.int32)
                     batch = PrefillBatch(tokens=tokens, lengths=lengths, block_tables=bt, **samp)
-                    kv, first = runner.prefill(kv, batch)
+                    for base in bases:
+                        kv, first = runner.prefill(kv, batch, base=base)
                 self.dispatched(first, [])  # widening this batch size's tokens
             for u in [0] + pow2_range(self.max_rows):  # the updates of up to max_batch rows
                 packed = self._updates.pack([], min_records=u)
@@ -285,14 +297,23 @@ class DeviceBatch:
                         tokens, bt = np.zeros((b, t), np.int32), np.zeros((b, w), np.int32)
                         batch = ExtendBatch(tokens, zeros, zeros, bt, **samp)
                         kv, first = runner.extend(kv, batch)
-                for n in batches:  # a prefill's rows assembled with continuations'
+            if extend or len(bases) > 1:
+                # one iteration's rows from several calls (a continuation's, the model's
+                # prefill's, the base's) assembled into one array, then widened
+                for n in batches:
                     for b in batches:
                         x = jax.ShapeDtypeStruct((b,), np.int32, sharding=runner.batch_sharding)
                         self.assemble([(x, 1)], n)
-                    self.dispatched(self.assemble([(first, 1)], n), [])  # and widened
+                    self.dispatched(self.assemble([(x, 1)], n), [])
         self._last_prefill = (self._no_prefill, {})
-        for w in swap_widths:  # swaps move one request's pages: up to a full block table
-            kv = host.swap_in(kv, host.swap_out(kv, [0] * w), [0] * w)
+        budget, host.budget_bytes = host.budget_bytes, None  # warm-up copies are not kept
+        try:
+            for w in swap_widths:  # swaps move one request's pages: up to a full block table
+                copy = host.swap_out(kv, [0] * w)
+                kv = host.swap_in(kv, copy, [0] * w)
+                copy.release()
+        finally:
+            host.budget_bytes = budget
         kv.block_until_ready()
         self._slots = slots
         return kv

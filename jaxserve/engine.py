@@ -28,6 +28,10 @@ the step dispatched one iteration earlier, and by then the device is busy with t
   device call runs k steps with stop checks on the device (`decode_steps`).
 * Asynchronous swaps. Swap-outs and swap-ins are dispatched, never waited for (see
   `kvcache/host.py`); a page freed by a swap-out can be reused by the next step at once.
+  `jaxserve.switch` carries out the plan's context switches: a swap-out copies only the
+  pages not already on the host, a copy the host cannot hold drops its request, a drop
+  resumes by recompute (the base's exact prefill) or prediction (`preempt.recovery`), and
+  each request's preempt and resume times go on its `Timeline`.
 
 `overlap=False` reads each step's tokens right after dispatching it (the scheduler then sees
 every result before the next plan, as in a synchronous loop); outputs are the same either way.
@@ -63,6 +67,7 @@ from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
 from jaxserve.sched.request import pages_for
+from jaxserve.switch import ContextSwitch
 from jaxserve.tokenizer import Tokenizer
 
 __all__ = ["Engine", "Event", "Timeline", "UnknownRequestError"]
@@ -99,6 +104,7 @@ class Engine:
         sync_swaps: bool = False,
         swap_transfer: str = "gather",
         reuse: bool = False,
+        host_bytes: int | None = None,
     ):
         """`runner` may be shared between engines (one set of compiled programs).
         `overlap`: plan and dispatch the next step before reading this one (module doc).
@@ -111,7 +117,9 @@ class Engine:
         `swap_transfer`: how swaps are cut into transfers (`HostTier`): "gather" (one per
         swap), "groups" (one per contiguous run of pages), "pages" (one per page).
         `reuse`: keep a finished turn's KV on the host for the next turn of its conversation
-        (`submit(conversation=...)`), which then prefills only its new tokens."""
+        (`submit(conversation=...)`), which then prefills only its new tokens.
+        `host_bytes`: the host tier's budget (None: unbounded); a swap-out beyond it drops
+        its request instead (`jaxserve.switch`)."""
         if decode_steps < 1 or decode_steps & (decode_steps - 1):
             raise ValueError(f"decode_steps must be a power of two >= 1, got {decode_steps}")
         self.runner = runner if runner is not None else ModelRunner(model, mesh)
@@ -122,7 +130,14 @@ class Engine:
         self.tokenizer = tokenizer
         self.page_size = sched_config.page_size
         self.kv = self.runner.new_kv(sched_config.num_pages, self.page_size)
-        self.host = HostTier(self.runner.kv_sharding, host_mode, swap_transfer)
+        if sched_config.preemption == "predict" and not self.runner.can_predict:
+            raise InputError(
+                "preemption 'predict' re-predicts a dropped request's cache: it needs a model "
+                "that predicts its prompts' cache (--prefill=kv_prediction:CKPT)"
+            )
+        if sched_config.predict_tokens_per_s is not None and not self.runner.can_predict:
+            raise InputError("predict_tokens_per_s is set but the model cannot predict its cache")
+        self.host = HostTier(self.runner.kv_sharding, host_mode, swap_transfer, host_bytes)
         self.reuse = reuse
         self.conversations = ConversationKV()  # kept turns (host), by conversation
         self._conv: dict[str, str] = {}  # request -> its conversation
@@ -133,7 +148,6 @@ class Engine:
         self._tokens: dict[str, list[int]] = {}  # prompt + generated tokens read so far
         self._params: dict[str, SamplingParams] = {}
         self._keys: dict[str, np.ndarray] = {}
-        self._host_kv: dict[str, HostKV] = {}
         self._stop_at: dict[str, int] = {}  # trace replay: emulated EOS after this many tokens
         self.overlap = overlap
         self.decode_steps = decode_steps
@@ -152,6 +166,7 @@ class Engine:
         self.swap_time = 0.0  # host seconds spent dispatching swaps
         self.swap_wait = 0.0  # host seconds spent waiting for swaps (only with sync_swaps)
         self.sync_swaps = sync_swaps
+        self.switch = ContextSwitch(self)  # swap-outs, drops, resumes (jaxserve.switch)
         # host seconds by phase: schedule (plan, commit, complete), dispatch (swaps, batch
         # and slot updates, device calls), read (emit, stop checks), wait (for tokens)
         self.host_time = dict.fromkeys(("schedule", "dispatch", "read", "wait"), 0.0)
@@ -235,8 +250,8 @@ class Engine:
         still in flight are dropped when they arrive."""
         tl = self._timeline(request_id)
         self.scheduler.cancel(request_id)
-        self._host_kv.pop(request_id, None)
-        self._reuse.pop(request_id, None)
+        self.switch.forget(request_id)
+        self._unreuse(request_id)
         self.device.release(request_id)
         if tl.finish_time is None:
             tl.finish_time, tl.finish_reason = self.now(), "cancelled"
@@ -252,9 +267,15 @@ class Engine:
         self.scheduler.forget(rid)
         self.device.release(rid)
         tables = (self.timelines, self._tokens, self._params, self._keys, self._stop_at)
-        for table in tables + (self._conv, self._reuse):
+        self.switch.forget(rid)
+        self._unreuse(rid)
+        for table in tables + (self._conv,):
             table.pop(rid, None)
-        self._host_kv.pop(rid, None)
+
+    def _unreuse(self, rid: str) -> None:
+        kept = self._reuse.pop(rid, None)
+        if kept is not None:
+            kept.host.release()
 
     def output(self, request_id: str) -> list[int]:
         return self._timeline(request_id).output_ids
@@ -285,7 +306,7 @@ class Engine:
             # the scheduler's reason ("rejected: <why>") reaches the record and the event
             tl.rejected, tl.finish_time, tl.finish_reason = True, now, r.finish_reason
             events.append(Event("reject", r.id, now, detail=r.finish_reason))
-        swapped_out = self._swaps(plan, now, events)
+        swapped_out = self.switch.dispatch(plan, now, events)
         previous, current = self._inflight, None
         t2 = t3 = clock()
         if plan.batch:
@@ -305,43 +326,7 @@ class Engine:
         self._inflight = current
         return events
 
-    def _swaps(self, plan: Plan, now: float, events: list[Event]) -> list[HostKV]:
-        """Dispatch the plan's swaps (no waiting) and emit preempt / resume events."""
-        start = self.clock()
-        out = []
-        for r, pages in plan.swap_out:
-            self.device.release(r.id)
-            host = self.host.swap_out(self.kv, pages)
-            self._host_kv[r.id] = host
-            out.append(host)
-            self._account_swap(r.id, host.nbytes)
-        for r in plan.drop:
-            self.device.release(r.id)
-            self._host_kv.pop(r.id, None)
-        dropped = {r.id for r in plan.drop}
-        swapped = {r.id for r, _ in plan.swap_out}
-        for r in plan.preempted:
-            self.timelines[r.id].preemptions += 1
-            kind = "drop" if r.id in dropped else "swap" if r.id in swapped else "pause"
-            events.append(Event("preempt", r.id, now, detail=kind))
-        for r, pages in plan.swap_in:
-            host = self._host_kv.pop(r.id)
-            self.kv = self.host.swap_in(self.kv, host, pages)
-            self._account_swap(r.id, host.nbytes)
-            events.append(Event("resume", r.id, now))
-        if plan.swap_out or plan.swap_in:
-            if self.sync_swaps:
-                t = self.clock()
-                self.kv.block_until_ready()
-                for host in out:
-                    host.settle()
-                self.swap_wait += self.clock() - t
-                for r in plan.batch:  # every request of the batch waited for them
-                    self.timelines[r.id].stall_time += self.clock() - t
-            self.swap_time += self.clock() - start
-        return out
-
-    def _account_swap(self, rid: str, nbytes: int) -> None:
+    def account_swap(self, rid: str, nbytes: int) -> None:
         tl = self.timelines[rid]
         tl.swapped_bytes += nbytes
         # the copy runs on the device, ordered by data dependencies: its expected duration
@@ -384,27 +369,31 @@ class Engine:
             seqs.append(seq)
         params = [self._params[r.id] for r in reqs]
         keys = [self._keys[r.id] for r in reqs]
-        reused = [i for i, r in enumerate(reqs) if r.id in self._reuse]
-        if not reused:
+        # "prefill" (the model's), "base" (a drop recovered by the base model's exact
+        # prefill) or "extend" (a turn continuing a kept conversation)
+        kinds = ["extend" if r.id in self._reuse else self.switch.prefill_kind(r.id) for r in reqs]
+        if all(k == "prefill" for k in kinds):
             self.kv, first = self.device.prefill(self.kv, reqs, seqs, params, keys)
             return first, list(reqs)
-        # turns that continue a kept conversation: its KV back from the host, then only the
-        # new tokens; they come after the plain prefill's rows in the output
-        fresh = [i for i in range(len(reqs)) if i not in reused]
-        parts = []
-        if fresh:
-            pick = lambda xs: [xs[i] for i in fresh]  # noqa: E731
-            self.kv, out = self.device.prefill(
-                self.kv, pick(reqs), pick(seqs), pick(params), pick(keys)
-            )
-            parts.append((out, len(fresh)))
-        for i in reused:
+        # one call per kind, rows in that order: the plain prefill's, the base's, then each
+        # continuation (its KV back from the host, then only the new tokens)
+        parts, order = [], []
+        for kind in ("prefill", "base"):
+            rows = [i for i, k in enumerate(kinds) if k == kind]
+            if rows:
+                picked = [[xs[i] for i in rows] for xs in (reqs, seqs, params, keys)]
+                self.kv, out = self.device.prefill(self.kv, *picked, kind == "base")
+                parts.append((out, len(rows)))
+                order += rows
+        for i in (i for i, k in enumerate(kinds) if k == "extend"):
             r, kept = reqs[i], self._reuse.pop(reqs[i].id)
             self.kv = self.host.swap_in(self.kv, kept.host, r.pages[: kept.num_pages])
             self.timelines[r.id].swapped_bytes += kept.host.nbytes
+            self.switch.retain(r.id, kept.host, kept.cached)  # its full pages stay valid
             self.kv, out = self.device.extend(self.kv, r, seqs[i], kept.cached, params[i], keys[i])
             parts.append((out, 1))
-        rows = [reqs[i] for i in fresh + reused]
+            order.append(i)
+        rows = [reqs[i] for i in order]
         return self.device.assemble(parts, len(rows)), rows
 
     def _num_steps(self, plan: Plan) -> int:
@@ -474,6 +463,7 @@ class Engine:
             )
         for host in flight.swapped_out:
             host.settle()
+        self.switch.read(flight.plan, elapsed)
         events: list[Event] = []
         stopped = set()
         for rid, toks in sampled:
@@ -539,8 +529,8 @@ class Engine:
     def _finish(self, rid: str, t: float, reason: str) -> None:
         tl = self.timelines[rid]
         tl.finish_time, tl.finish_reason = t, reason
-        self._host_kv.pop(rid, None)
-        self._reuse.pop(rid, None)
+        self.switch.forget(rid, keep_resident=True)  # `_keep` may still copy it out
+        self._unreuse(rid)
         conv = self._conv.get(rid)
         if conv is not None and reason in ("stop", "length"):
             self.conversations.complete(conv, rid, self._tokens[rid])
@@ -552,15 +542,22 @@ class Engine:
         pages = self.device.slot_pages(r.id)
         tl = self.timelines[r.id]
         if not self.reuse or conv is None or pages is None or tl.finish_reason == "cancelled":
+            self.switch.drop_host(r.id)
             return
         # KV exists for every token but the last generated one (never fed back)
         ended = tl.finish_time is not None
         cached = (tl.prompt_len + len(tl.output_ids) if ended else r.context_len) - 1
         if cached < 1:
+            self.switch.drop_host(r.id)
             return
-        host = self.host.swap_out(self.kv, pages[: pages_for(cached, self.page_size)])
+        try:  # only the pages not on the host already move
+            host, moved = self.switch.copy_out(
+                self.kv, r.id, list(pages[: pages_for(cached, self.page_size)])
+            )
+        except MemoryError:  # no room on the host: the next turn prefills from scratch
+            return
         self.conversations.keep(conv, r.id, host, cached)
-        tl.swapped_bytes += host.nbytes
+        tl.swapped_bytes += moved
         if ended:  # its tokens are all read (a stop): the entry is complete now
             self.conversations.complete(conv, r.id, self._tokens[r.id])
         budget = self.sched_config.host_pages
@@ -572,7 +569,11 @@ class Engine:
         lengths can hit. Returns the number of compilations it caused (0 when warm)."""
         before = CompileCounter.count()
         extend = self.reuse if extend is None else extend
-        self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context, extend)
+        sc = self.sched_config
+        # drops re-prefill whole contexts (by the base's prefill too, for a predicting model)
+        recover = sc.preemption != "swap" or sc.host_pages is not None
+        recover = recover or self.host.budget_bytes is not None
+        self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context, extend, recover)
         return CompileCounter.count() - before
 
     # -- driving ------------------------------------------------------------------------

@@ -3,7 +3,11 @@
     prefill[(input_len, seconds)]   first-iteration time by input length (skip-join's table)
     decode[(batch, seconds)]        one decode iteration by batch size (scales MLFQ's q0)
     swap_bandwidth                  bytes/s of a host-tier round trip
-    prefill_tokens_per_s            for the swap-vs-recompute choice
+    prefill_tokens_per_s            for the swap-vs-recompute choice (the base model's exact
+                                    prefill, also for a model that predicts its cache)
+    predict_tokens_per_s            a model that predicts its prompts' cache (KV prediction):
+                                    its prefill's throughput, the cost of re-predicting a
+                                    dropped request's cache (None for other models)
 
 and, for the simulator's calibrated cost model (`jaxserve.sim.calibrated`):
 
@@ -52,6 +56,7 @@ class Profile:
     swap: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # round trips
     host_per_iteration: float | None = None  # seconds; None: not measured
     slot_update: float | None = None  # seconds; None: not measured
+    predict_tokens_per_s: float | None = None  # None: the model does not predict its cache
 
     def prefill_time(self, input_len: int) -> float:
         """Linear interpolation (and extrapolation past the ends) of the prefill table."""
@@ -126,7 +131,7 @@ def profile(
     kv = runner.new_kv(1 + max(max(batches), 1) * width, page_size)
     state = {"kv": kv}
 
-    def prefill(n: int):
+    def prefill(n: int, base: bool = False):
         batch = PrefillBatch(
             tokens=np.ones((1, n), np.int32),
             lengths=np.array([n], np.int32),
@@ -136,7 +141,7 @@ def profile(
         batch = runner.put_batch(batch)
 
         def run():
-            state["kv"], first = runner.prefill(state["kv"], batch)
+            state["kv"], first = runner.prefill(state["kv"], batch, base=base)
             first.block_until_ready()
 
         return run
@@ -203,13 +208,18 @@ def profile(
 
         slot_update = _median_time(update, reps)
     n_big, t_big = prefill_table[-1]
+    prefill_rate, predict_rate = n_big / t_big, None
+    if runner.can_predict:  # the table is the prediction's; recovery by recompute is the base's
+        predict_rate = prefill_rate
+        prefill_rate = n_big / _median_time(prefill(n_big, base=True), reps)
     return Profile(
         model=config.name,
         device=str(jax.devices()[0].device_kind),
         prefill=prefill_table,
         decode=decode_table,
         swap_bandwidth=2 * nbytes / swap_s,  # out and back in
-        prefill_tokens_per_s=n_big / t_big,
+        prefill_tokens_per_s=prefill_rate,
+        predict_tokens_per_s=predict_rate,
         page_size=page_size,
         decode_grid=grid,
         swap=swaps,

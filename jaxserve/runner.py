@@ -2,6 +2,8 @@
 
     ModelRunner(model, mesh)
       .prefill(kv, batch)             -> kv, first tokens [B]
+      .prefill(kv, batch, base=True)  the base model's exact prefill (a model that predicts
+                                      its prompts' cache, `can_predict`, recomputes with it)
       .decode(kv, batch, num_steps)   -> kv, batch (advanced), tokens [B, n], emitted [B, n]
 
 The model is split once (`nnx.split`) and the step functions are plain `jax.jit` over its
@@ -145,6 +147,17 @@ class ModelRunner:
             out_shardings=(self.kv_sharding, batch),
             donate_argnums=(1,),
         )
+        # a model whose prefill is not its decoder's (KV prediction) also keeps the decoder's
+        # exact prefill: a dropped request may recover by recomputing its cache
+        self.can_predict = model.decoder is not model
+        self._prefill_base = self._prefill
+        if self.can_predict:
+            self._prefill_base = jax.jit(
+                functools.partial(self._prefill_fn, base=True),
+                in_shardings=(leaf_shardings, self.kv_sharding, batch),
+                out_shardings=(self.kv_sharding, batch),
+                donate_argnums=(1,),
+            )
         self._extend = jax.jit(
             self._extend_fn,
             in_shardings=(leaf_shardings, self.kv_sharding, batch),
@@ -212,14 +225,18 @@ class ModelRunner:
                 )
         return jax.device_put(batch, self.batch_sharding)
 
-    def prefill(self, kv: KVPages, batch: PrefillBatch | dict) -> tuple[KVPages, jax.Array]:
+    def prefill(
+        self, kv: KVPages, batch: PrefillBatch | dict, base: bool = False
+    ) -> tuple[KVPages, jax.Array]:
         """Writes the prompts' KV; returns the first sampled token of each row [B].
-        (A dict with `PrefillBatch`'s fields is accepted too.)"""
+        (A dict with `PrefillBatch`'s fields is accepted too.) `base`: with the decoder's
+        exact prefill, not the model's (which differ only when `can_predict`)."""
         if isinstance(batch, dict):
             batch = PrefillBatch(**batch)
+        fn = self._prefill_base if base else self._prefill
         if self.ahead is not None:
-            return kv, self._lower(self._prefill, (self.leaves, kv, batch), 1, self.batch_sharding)
-        return self._prefill(self.leaves, kv, batch)
+            return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.batch_sharding)
+        return fn(self.leaves, kv, batch)
 
     def extend(self, kv: KVPages, batch: ExtendBatch) -> tuple[KVPages, jax.Array]:
         """Append `batch.tokens` to sequences cached up to `batch.starts` (attending to the
@@ -323,8 +340,8 @@ class ModelRunner:
         treedef = self._row_treedef if out_in else self._treedef
         return nnx.merge(self.graphdef, jax.tree.unflatten(treedef, leaves))
 
-    def _prefill_fn(self, state, kv: KVPages, batch: PrefillBatch):
-        model = self._model(state)
+    def _prefill_fn(self, state, kv: KVPages, batch: PrefillBatch, base: bool = False):
+        model = self._model(state).decoder if base else self._model(state)
         lengths = batch.lengths
         logits, kv = model.prefill_paged(batch.tokens, lengths, kv, batch.block_tables)
         first = sample(logits, batch.keys, lengths, batch.temperature, batch.top_k, batch.top_p)

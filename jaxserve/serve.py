@@ -26,6 +26,7 @@ import numpy as np
 from jaxserve import experiment, metrics, plots, workload
 from jaxserve.engine import Engine, Timeline
 from jaxserve.errors import InputError
+from jaxserve.events import preemption_record, preemption_summary
 from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
@@ -128,6 +129,15 @@ def parse_prefill(spec: str) -> str | None:
     return path
 
 
+def check_preemption(preemption: str, prefill: str) -> None:
+    """--preemption=predict re-predicts dropped requests' caches: only with KV prediction."""
+    if preemption == "predict" and prefill == "base":
+        raise InputError(
+            "--preemption=predict re-predicts a dropped request's cache with KV prediction's "
+            "auxiliary model: it needs --prefill=kv_prediction:CKPT"
+        )
+
+
 def scheduler_config(
     s: ServeSettings,
     prof: Profile,
@@ -135,13 +145,19 @@ def scheduler_config(
     kv_page_bytes: int,
     client_weights: dict[str, float] | None = None,
 ):
+    """The scheduler's knobs for one run. A profile of a model that predicts its cache
+    (KV prediction) brings the cost of re-predicting; on the base prefill, `predict` runs as
+    `recompute` (the base cannot predict)."""
     q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
+    predict = prof.predict_tokens_per_s
+    preemption = "recompute" if s.preemption == "predict" and predict is None else s.preemption
     return SchedulerConfig(
         max_batch=s.max_batch,
         num_pages=s.kv_pages,
         page_size=s.page_size,
         max_seq_len=max_seq_len,
-        preemption=s.preemption,
+        preemption=preemption,
+        predict_tokens_per_s=predict,
         host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
         swap_bandwidth=prof.swap_bandwidth,
         prefill_tokens_per_s=prof.prefill_tokens_per_s,
@@ -269,6 +285,7 @@ def run_serve(
     base)` builds the model of `settings.prefill`'s checkpoint (KV prediction: the entry point
     passes `kvpred.io.load_kvp`; jaxserve does not import kvpred)."""
     s = settings
+    check_preemption(s.preemption, s.prefill)
     experiment.check_output_dir(out_dir)
     prof = load_profile(profile_path) if profile_path else None
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
@@ -355,7 +372,14 @@ def run_serve(
                     reuse_hits=engine.conversations.hits,
                     reused_prompt_tokens=engine.conversations.tokens_reused,
                     prompt_tokens=sum(r.prompt_len for r in records),
+                    host_fallbacks=engine.switch.fallbacks,
+                    swap_bytes_not_copied=engine.switch.bytes_not_copied,
+                    **preemption_summary([engine.timelines[r.id] for r in trace]),
                 )
+                # each request's preempt and resume times, beside its record (in trace order)
+                switches = [
+                    {"id": r.id, **preemption_record(engine.timelines[r.id])} for r in trace
+                ]
                 by_sched[label] = records
                 sweep[label].append((rate, summary))
                 results["runs"].append(
@@ -365,6 +389,7 @@ def run_serve(
                         "rate": rate,
                         "summary": summary,
                         "requests": metrics.records_to_json(records),
+                        "preemptions": switches,
                     }
                 )
                 print(_row(label, rate, summary), flush=True)
@@ -448,6 +473,12 @@ def detail_lines(summary: dict) -> list[str]:
         f"s/request ({_pct(s.get('p99_stall_share'))} of p99 JCT), "
         f"{s['total_swapped_bytes'] / 1e6:.2f} MB device<->host"
     ]
+    wait, cost = s.get("preempt_to_resume"), s.get("resume_cost")
+    if wait and wait["n"]:
+        lines.append(
+            f"{pad} preempt -> resume mean/p99 {_s(wait['mean'])}/{_s(wait['p99'])} s over "
+            f"{wait['n']} resumes, resume cost mean/p99 {_s(cost['mean'])}/{_s(cost['p99'])} s"
+        )
     if s.get("reuse_hits"):
         lines.append(
             f"{pad} KV reuse: {s['reuse_hits']} turns continued from kept KV, "

@@ -11,6 +11,7 @@ from jaxserve.generate import Generator
 from jaxserve.runner import CompileCounter, ModelRunner
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig
+from jaxserve.sched.request import pages_for
 
 PAGE = 4
 
@@ -402,7 +403,8 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     new = [[int(t) for t in rs.randint(3, 128, n)] for n in (13, 7, 21)]
     kept = Engine(model, "fcfs", _config(60), runner=runner, reuse=True)
     fresh = Engine(model, "fcfs", _config(60), runner=runner)
-    prompt, saved = [], 0
+    prompt, saved, last = [], 0, 0
+    page = kept.kv.nbytes // kept.kv.num_pages
     for turn, tokens in enumerate(new):
         prompt = prompt + tokens
         kw = {"output_len": 6, "stop_at_output_len": True} if ending == "stop" else {}
@@ -417,6 +419,12 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
             outs.append(engine.output(rid))
         assert outs[0] == outs[1]
         assert kept.conversations.hits == turn
+        # bytes moved: the kept turn back in, and out only the pages it did not hold
+        cached = len(prompt) + len(outs[0]) - 1
+        pages_in = pages_for(last, PAGE) if turn else 0
+        pages_out = pages_for(cached, PAGE) - (last // PAGE if turn else 0)
+        assert kept.timelines[f"t{turn}"].swapped_bytes == (pages_in + pages_out) * page
+        last = cached
         if turn:  # everything but the previous turn's last token came back
             assert kept.conversations.tokens_reused - saved == len(prompt) - len(tokens) - 1
         saved = kept.conversations.tokens_reused
@@ -426,3 +434,96 @@ def test_a_conversations_next_turn_reuses_its_kept_kv(model, runner, ending):
     kept.submit(new[0], SamplingParams(max_new_tokens=3), request_id="other", conversation="c")
     kept.run_until_done(max_iterations=50)
     assert kept.conversations.hits == len(new) - 1 and kept.conversations.misses >= 1
+
+
+@pytest.fixture(scope="module")
+def tight_mlfq(model, runner):
+    """(reference outputs, engine, outputs): a workload served without preemption, and by
+    mlfq on a pool of 24 pages, where requests are swapped out, in and out again."""
+    prompts, lens = _workload(seed=3)
+    _, ref = _serve(model, runner, "fcfs", _config(200), prompts, lens)
+    engine, out = _serve(model, runner, "mlfq", _config(24), prompts, lens)
+    return ref, engine, out
+
+
+def test_swap_outs_copy_only_pages_not_on_the_host(tight_mlfq):
+    """Requests swapped out, in and out again: each later swap-out moves only the pages
+    written since its swap-in (the full pages stay on the host), outputs equal the run
+    without preemption, and no host copy outlives its request."""
+    ref, engine, out = tight_mlfq
+    assert out == ref
+    switch = engine.switch
+    out_bytes = switch.bytes_out
+    assert switch.bytes_not_copied > 0 and out_bytes > 0
+    assert engine.host.live_bytes == 0 and not switch.on_host and not switch.swapped
+
+
+@pytest.mark.parametrize("failure", ["budget", "raises"])
+def test_a_swap_the_host_cannot_hold_drops_its_request(model, runner, tight_mlfq, failure):
+    """Host memory runs out (a budget of 6 pages, or an allocation that raises): the victim
+    is dropped instead, the engine goes on, and every request finishes with the output of
+    the run without preemption."""
+    prompts, lens = _workload(seed=3)
+    ref = tight_mlfq[0]
+    kv = runner.new_kv(2, PAGE)
+    page = kv.nbytes // kv.num_pages
+    kw = {"host_bytes": 6 * page} if failure == "budget" else {}
+    engine = Engine(model, "mlfq", _config(24), runner=runner, **kw)
+    if failure == "raises":
+        real, calls = engine.host.swap_out, []
+
+        def swap_out(kv, pages):  # every other allocation fails
+            calls.append(len(pages))
+            if len(calls) % 2:
+                raise MemoryError("host allocation failed")
+            return real(kv, pages)
+
+        engine.host.swap_out = swap_out
+    for i, (p, n) in enumerate(zip(prompts, lens)):
+        engine.submit(p, SamplingParams(max_new_tokens=n, seed=5), request_id=f"r{i}")
+    engine.run_until_done(max_iterations=5000)
+    assert {i: engine.output(i) for i in ref} == ref
+    kinds = [k for tl in engine.timelines.values() for k in tl.preempt_kinds]
+    assert engine.switch.fallbacks > 0 and "drop" in kinds and "swap" in kinds
+    engine.scheduler.check_invariants()
+    assert engine.scheduler.allocator.num_free == 24 - 1 and engine.host.live_bytes == 0
+
+
+def test_preempt_and_resume_times_are_recorded_in_async_mode(tight_mlfq):
+    """Overlapped loop, asynchronous swaps: every preemption has its time and kind, every
+    resume its time (after the preemption it ends), kind and measured cost."""
+    from jaxserve.events import preemption_summary
+
+    engine = tight_mlfq[1]
+    assert engine.overlap and not engine.sync_swaps
+    tls = list(engine.timelines.values())
+    assert sum(tl.preemptions for tl in tls) > 0
+    for tl in tls:
+        assert len(tl.preempt_times) == len(tl.preempt_kinds) == tl.preemptions
+        # every preempted request here computed again, and each resume's step was read
+        assert len(tl.resume_times) == len(tl.resume_costs) == tl.preemptions
+        for p, r in zip(tl.preempt_times, tl.resume_times):
+            assert tl.arrival <= p < r <= tl.finish_time
+        later = tl.preempt_times[1:] + [tl.finish_time]
+        assert all(r <= q for r, q in zip(tl.resume_times, later))
+        assert all(c > 0 for c in tl.resume_costs)
+        for pk, rk in zip(tl.preempt_kinds, tl.resume_kinds):
+            assert (pk, rk) in {("swap", "swap"), ("pause", "pause"), ("pause", "swap")}
+    summary = preemption_summary(tls)
+    n = sum(tl.preemptions for tl in tls)
+    assert summary["preempt_to_resume"]["n"] == summary["resume_cost"]["n"] == n
+
+
+def test_preemption_summary_by_hand():
+    from jaxserve.events import Timeline, preemption_record, preemption_summary
+
+    a = Timeline("a", 0.0, 4, preempt_times=[1.0, 5.0], preempt_kinds=["swap", "drop"])
+    a.resume_times, a.resume_kinds, a.resume_costs = [2.0, 9.0], ["swap", "recompute"], [0.1, 0.5]
+    b = Timeline("b", 0.0, 4, preempt_times=[3.0], preempt_kinds=["pause"])  # never resumed
+    s = preemption_summary([a, b])
+    assert s["preempt_to_resume"]["n"] == 2 and s["preempt_to_resume"]["mean"] == 2.5
+    assert s["preempt_to_resume"]["max"] == 4.0 and s["resume_cost"]["mean"] == 0.3
+    assert s["resumes_by_kind"]["recompute"]["preempt_to_resume"]["mean"] == 4.0
+    assert s["resumes_by_kind"]["swap"]["resume_cost"]["mean"] == 0.1
+    assert preemption_record(a)["preempted_for"] == [1.0, 4.0]
+    assert preemption_record(b)["preempted_for"] == []

@@ -127,7 +127,8 @@ def test_random_interleavings_keep_outputs_and_pages(model, runner, references, 
             assert got == tokens, (rid, engine.timelines[rid].finish_reason)
     engine.scheduler.check_invariants()
     assert engine.scheduler.allocator.num_free == scenario["pages"] - 1
-    assert engine.scheduler.host_used == 0 and not engine._host_kv
+    assert engine.scheduler.host_used == 0 and not engine.switch.swapped
+    assert not engine.switch.on_host and engine.host.live_bytes == 0  # no host copy leaked
     assert not engine.device.resident and engine.device.num_free_slots == scenario["pages"] - 1
 
 

@@ -101,3 +101,61 @@ def test_swap_programs_are_bucketed():
         kv = tier.swap_in(kv, tier.swap_out(kv, list(range(1, n + 1))), list(range(9, 9 + n)))
     assert CompileCounter.count() == before
     assert all(jnp.isfinite(x).all() for x in kv.k)
+
+
+@pytest.mark.parametrize("transfer", ["gather", "groups", "pages"])
+def test_a_second_swap_out_copies_only_the_pages_written_since(transfer):
+    """A request swapped out with 18 tokens (5 pages of 4), swapped back in, then grown to
+    26 tokens (7 pages): its second swap-out moves only the pages the host lacks (the
+    partial fifth page and the two new ones), the 4 full pages stay shared, the joined copy
+    comes back exact, and every block is freed exactly once."""
+    from types import SimpleNamespace
+
+    from jaxserve.sched import SchedulerConfig
+    from jaxserve.switch import ContextSwitch
+
+    sharding = _shardings(shd.make_mesh("data:1"))
+    tier = HostTier(sharding, "numpy", transfer)
+    cfg = SchedulerConfig(max_batch=1, num_pages=SHAPE[1], page_size=SHAPE[2], max_seq_len=96)
+    switch = ContextSwitch(SimpleNamespace(sched_config=cfg, host=tier))
+    kv = _random_pages(sharding)
+    page = kv.nbytes // kv.num_pages
+    host, moved = switch.copy_out(kv, "r", [1, 2, 3, 4, 5])
+    assert moved == 5 * page and tier.live_bytes == 5 * page
+    back = [6, 7, 8, 9, 10]
+    kv = tier.swap_in(kv, host, back)
+    switch.retain("r", host, 18)  # 4 full pages stay valid on the host
+    assert switch.on_host["r"].num_pages == 4
+    # decoding writes the rest of page 10 and pages 11 and 12
+    rs = np.random.RandomState(1)
+    new = lambda x: x.at[:, 10:13].set(rs.randn(*x[:, 10:13].shape))  # noqa: E731
+    kv = KVPages(tuple(map(new, kv.k)), tuple(map(new, kv.v)))
+    want_k, want_v = _stacked(kv.k)[:, :, 6:13], _stacked(kv.v)[:, :, 6:13]
+    host, moved = switch.copy_out(kv, "r", back + [11, 12])
+    assert moved == 3 * page and host.num_pages == 7 and host.nbytes == 7 * page
+    assert switch.bytes_out == 8 * page and switch.bytes_not_copied == 4 * page
+    assert "r" not in switch.on_host
+    host.settle()
+    kv = tier.swap_in(kv, host, list(range(13, 20)))
+    np.testing.assert_array_equal(_stacked(kv.k)[:, :, 13:20], want_k)
+    np.testing.assert_array_equal(_stacked(kv.v)[:, :, 13:20], want_v)
+    host.release()
+    assert tier.live_bytes == 0
+    with pytest.raises(AssertionError, match="twice"):
+        host.release()
+
+
+def test_a_host_budget_refuses_a_copy_it_cannot_hold():
+    from jaxserve.kvcache.host import HostMemoryError
+
+    sharding = _shardings(shd.make_mesh("data:1"))
+    kv = _random_pages(sharding)
+    page = kv.nbytes // kv.num_pages
+    tier = HostTier(sharding, "numpy", budget_bytes=4 * page)
+    held = tier.swap_out(kv, [1, 2, 3])
+    with pytest.raises(HostMemoryError, match="budget"):
+        tier.swap_out(kv, [4, 5])
+    assert tier.live_bytes == 3 * page  # the refused copy took nothing
+    held.release()
+    tier.swap_out(kv, [4, 5, 6, 7]).release()
+    assert tier.live_bytes == 0

@@ -19,6 +19,12 @@ the step runs after the gather has read it.
     numpy, so "auto" picks numpy there and pinned_host on accelerators.
 Page counts are bucketed to powers of two (padding reads and writes hit the null page), so a
 run compiles a handful of swap programs at most.
+
+Copies share what is already on the host. A copy is made of blocks (one per transfer), each
+referenced by every copy holding some of its pages: `HostKV.prefix` keeps a swapped-in
+request's unchanged pages on the host (the engine then copies out only the pages written
+since), `HostKV.join` appends a new copy to it, and `release` frees a block with its last
+reference. The tier counts the bytes of live blocks (`live_bytes`) against an optional budget.
 """
 
 from __future__ import annotations
@@ -34,32 +40,111 @@ from jaxserve.sched.allocator import contiguous_runs
 from jaxserve.utils import pow2
 
 
+class HostMemoryError(MemoryError):
+    """The host tier cannot hold another copy (its budget, `HostTier.budget_bytes`)."""
+
+
+class HostBlock:
+    """One transfer's copy on the host: a `KVPages` with pages on axis 1, padded to a power
+    of two, `size` of them real. Shared by every `HostKV` that holds some of its pages and
+    freed (its bytes returned to the tier) when the last one releases it."""
+
+    def __init__(self, tier: HostTier, part: KVPages, size: int, page_bytes: int):
+        self.tier, self.part, self.size, self.page_bytes = tier, part, size, page_bytes
+        self.refs = 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.page_bytes
+
+    def settle(self) -> None:
+        part = self.part
+        first = None if part is None else part.k[0]
+        if isinstance(first, jax.Array) and first.sharding.memory_kind != "pinned_host":
+            self.part = KVPages(*jax.device_get((part.k, part.v)))
+
+    def unref(self) -> None:
+        if self.refs <= 0:
+            raise AssertionError("host block freed twice")
+        self.refs -= 1
+        if not self.refs:
+            self.part = None
+            self.tier.live_bytes -= self.nbytes
+            self.tier.freed_blocks += 1
+
+
 @dataclasses.dataclass
 class HostKV:
-    """A request's pages on the host: one copy per transfer (`HostTier.transfer`), each a
-    `KVPages` with pages on axis 1, padded to a power of two, `sizes[i]` of them real."""
+    """A request's pages on the host, in order: slices (block, first page in it, pages) of
+    one or more `HostBlock`s. Several copies may share a block (`prefix`): a page already on
+    the host is never copied again. `release` gives the copy's blocks back, once."""
 
-    parts: list[KVPages]  # pinned_host arrays, or numpy once settled
-    sizes: list[int]
+    slices: list[tuple[HostBlock, int, int]]
+    released: bool = False
 
     @property
     def num_pages(self) -> int:
-        return sum(self.sizes)
+        return sum(n for _, _, n in self.slices)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its pages (the real ones, not the padding)."""
+        return sum(n * b.page_bytes for b, _, n in self.slices)
+
+    @property
+    def parts(self) -> list[KVPages]:
+        return [b.part for b, _, _ in self.slices]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [n for _, _, n in self.slices]
+
+    def _blocks(self) -> list[HostBlock]:
+        return list({id(b): b for b, _, _ in self.slices}.values())
 
     def settle(self) -> None:
         """Hold the copy as numpy arrays (numpy mode), releasing the device buffers. Waits for
         the gather: call it once the steps dispatched after the swap-out have been read."""
-        for i, part in enumerate(self.parts):
-            first = part.k[0]
-            if isinstance(first, jax.Array) and first.sharding.memory_kind != "pinned_host":
-                self.parts[i] = KVPages(*jax.device_get((part.k, part.v)))
+        for b in self._blocks():
+            b.settle()
 
-    @property
-    def nbytes(self) -> int:
-        total = 0
-        for part, n in zip(self.parts, self.sizes):
-            total += sum(x.nbytes for x in part.k + part.v) // part.k[0].shape[1] * n
-        return total
+    def prefix(self, num_pages: int) -> HostKV:
+        """A copy of its first `num_pages` pages that shares their blocks (nothing moves)."""
+        if not 0 <= num_pages <= self.num_pages or self.released:
+            raise ValueError(f"prefix of {num_pages} pages of a copy of {self.num_pages}")
+        out, left = [], num_pages
+        for b, first, n in self.slices:
+            if left <= 0:
+                break
+            out.append((b, first, min(n, left)))
+            left -= n
+        copy = HostKV(out)
+        for b in copy._blocks():
+            b.refs += 1
+        return copy
+
+    @staticmethod
+    def join(a: HostKV | None, b: HostKV | None) -> HostKV:
+        """`a`'s pages then `b`'s, as one copy that takes over both copies' references."""
+        parts = [x for x in (a, b) if x is not None]
+        if any(x.released for x in parts):
+            raise ValueError("join of a released host copy")
+        seen: set[int] = set()
+        for x in parts:
+            for blk in x._blocks():
+                if id(blk) in seen:  # the joined copy holds one reference to each block
+                    blk.unref()
+                seen.add(id(blk))
+            x.released = True  # its references now belong to the joined copy
+        return HostKV([s for x in parts for s in x.slices])
+
+    def release(self) -> None:
+        """Give its blocks back (each freed when no other copy holds it); once."""
+        if self.released:
+            raise AssertionError("host copy released twice")
+        self.released = True
+        for b in self._blocks():
+            b.unref()
 
 
 def _gather(kv: KVPages, idx: jax.Array) -> KVPages:
@@ -86,11 +171,24 @@ def split_transfers(pages: Sequence[int], transfer: str) -> list[list[int]]:
 
 
 class HostTier:
-    def __init__(self, kv_sharding: KVPages, mode: str = "auto", transfer: str = "gather"):
+    def __init__(
+        self,
+        kv_sharding: KVPages,
+        mode: str = "auto",
+        transfer: str = "gather",
+        budget_bytes: int | None = None,
+    ):
         """kv_sharding: the pages' shardings (a `KVPages` of `NamedSharding`s).
         transfer: how a swap is cut into device<->host transfers (`split_transfers`): the
         default moves a request's pages as one gathered block; "groups" and "pages" are the
-        block-group and per-page designs, kept to measure them against."""
+        block-group and per-page designs, kept to measure them against.
+        budget_bytes: the most bytes of pages held at once (None: no limit); a swap-out
+        beyond it raises `HostMemoryError` and copies nothing."""
+        if budget_bytes is not None and budget_bytes < 0:
+            raise ValueError(f"host budget must be >= 0 bytes or None, got {budget_bytes}")
+        self.budget_bytes = budget_bytes
+        self.live_bytes = 0  # bytes of the pages of blocks not freed yet
+        self.freed_blocks = 0
         if transfer not in TRANSFERS:
             raise ValueError(f"swap transfer must be one of {TRANSFERS}, not {transfer!r}")
         self.transfer = transfer
@@ -114,7 +212,14 @@ class HostTier:
         may be reused by anything dispatched afterwards."""
         if not pages:
             raise ValueError("swap_out of zero pages")
-        parts, sizes = [], []
+        page_bytes = kv.nbytes // kv.num_pages
+        need = len(pages) * page_bytes
+        if self.budget_bytes is not None and self.live_bytes + need > self.budget_bytes:
+            raise HostMemoryError(
+                f"host tier: {need} more bytes would exceed its budget of {self.budget_bytes} "
+                f"({self.live_bytes} held)"
+            )
+        slices = []
         for group in split_transfers(pages, self.transfer):
             copy = self._gather(kv, self._index(group))
             if self.mode == "numpy":
@@ -122,19 +227,25 @@ class HostTier:
                     x.copy_to_host_async()
             else:
                 copy = jax.device_put(copy, self.host_sharding)
-            parts.append(copy)
-            sizes.append(len(group))
-        return HostKV(parts, sizes)
+            slices.append((HostBlock(self, copy, len(group), page_bytes), 0, len(group)))
+        self.live_bytes += need
+        return HostKV(slices)
 
     def swap_in(self, kv: KVPages, host: HostKV, pages: Sequence[int]) -> KVPages:
         """Dispatch the write of a host copy into `pages` (newly allocated, as many as were
         swapped out); returns the new page arrays at once."""
         if len(pages) != host.num_pages:
             raise ValueError(f"swap_in of {host.num_pages} pages into {len(pages)} pages")
+        if host.released:
+            raise ValueError("swap_in of a released host copy")
         start = 0
-        for part, n in zip(host.parts, host.sizes):
+        for block, first, n in host.slices:
+            part = block.part
             # numpy or host arrays, or a gathered copy not settled yet: one input signature
             copy = jax.device_put(KVPages(tuple(part.k), tuple(part.v)), self.device_sharding)
-            kv = self._scatter(kv, copy, self._index(pages[start : start + n]))
+            # the block's pages [first, first + n) go to their pages; the rest to the null page
+            idx = np.full(part.k[0].shape[1], NULL_PAGE, np.int32)
+            idx[first : first + n] = pages[start : start + n]
+            kv = self._scatter(kv, copy, idx)
             start += n
         return kv

@@ -6,6 +6,9 @@
                                                 starts with its tokens (and adds at least one)
     evict(budget_pages)                         least recently used out, down to the budget
 
+An entry owns its host copy: a replaced or evicted entry releases it, and `take` hands it
+over to the caller (who releases it).
+
 One entry per conversation (the latest turn's). The engine fills an entry's tokens when the
 turn's last token has been read (`complete`), since the copy is dispatched while they are
 still in flight; an entry whose tokens are not all known yet matches nothing.
@@ -41,7 +44,9 @@ class ConversationKV:
         self.evicted = 0
 
     def keep(self, conversation: str, request_id: str, host: HostKV, cached: int) -> None:
-        self._entries.pop(conversation, None)  # a later turn replaces an earlier one
+        old = self._entries.pop(conversation, None)  # a later turn replaces an earlier one
+        if old is not None:
+            old.host.release()
         self._entries[conversation] = Kept(request_id, host, cached)
 
     def complete(self, conversation: str, request_id: str, tokens: Sequence[int]) -> None:
@@ -71,7 +76,8 @@ class ConversationKV:
 
     def evict(self, budget_pages: int) -> None:
         while self._entries and self.num_pages > budget_pages:
-            self._entries.popitem(last=False)
+            _, entry = self._entries.popitem(last=False)
+            entry.host.release()
             self.evicted += 1
 
     def __len__(self) -> int:

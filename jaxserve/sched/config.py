@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-PREEMPTION_MODES = ("swap", "recompute", "auto")
+PREEMPTION_MODES = ("swap", "recompute", "auto")  # what every executor supports
+# re-predict dropped requests' caches: only an engine serving KV prediction (not the simulator)
+PREDICT = "predict"
 QUANTUM_CHARGES = ("own", "iteration")
 
 
@@ -22,10 +24,14 @@ class SchedulerConfig:
     num_pages: int  # device pages, including the null page 0
     page_size: int  # tokens per page
     max_seq_len: int  # longest context the model supports
-    preemption: str = "swap"  # how victims lose their KV: "swap" | "recompute" | "auto"
+    preemption: str = "swap"  # how victims lose their KV: "swap" | "recompute" | "predict" |
+    # "auto" (`jaxserve.sched.preempt`)
     host_pages: int | None = None  # host KV budget in pages (None: unbounded); beyond it, drop
     swap_bandwidth: float = 16e9  # bytes/s device<->host (measured by the executor)
     prefill_tokens_per_s: float = 1e4  # prefill throughput (measured by the executor)
+    # throughput of re-predicting a dropped request's cache (KV prediction's auxiliary model,
+    # measured by the executor); None: the served model cannot predict
+    predict_tokens_per_s: float | None = None
     kv_bytes_per_page: int = 1 << 20  # bytes of K and V for one page, all layers
     q0: float = 0.01  # seconds, MLFQ quantum of queue 0 (queue i gets q0 * 2**i)
     num_queues: int = 8  # MLFQ levels
@@ -53,10 +59,12 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_pages < 2:
             raise ValueError(f"num_pages must be >= 2 (page 0 is reserved), got {self.num_pages}")
-        if self.preemption not in PREEMPTION_MODES:
+        if self.preemption not in (*PREEMPTION_MODES, PREDICT):
             raise ValueError(
-                f"preemption must be one of {PREEMPTION_MODES}, not {self.preemption!r}"
+                f"preemption must be one of {(*PREEMPTION_MODES, PREDICT)}, not {self.preemption!r}"
             )
+        if self.predict_tokens_per_s is not None and not self.predict_tokens_per_s > 0:
+            raise ValueError(f"predict_tokens_per_s must be > 0, got {self.predict_tokens_per_s}")
         if self.quantum_charge not in QUANTUM_CHARGES:
             raise ValueError(
                 f"quantum_charge must be one of {QUANTUM_CHARGES}, not {self.quantum_charge!r}"

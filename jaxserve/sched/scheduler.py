@@ -280,6 +280,15 @@ class Scheduler:
         r.pages = []
         return mode
 
+    def swap_failed(self, r: Request) -> None:
+        """The executor could not copy a swapped-out request's KV to the host (host memory
+        ran out): its KV is lost, so it is dropped instead and resumes by re-prefilling."""
+        if r.state is not State.SWAPPED:
+            raise AssertionError(f"swap_failed for {r}, which is not swapped out")
+        self.host_used -= r.host_pages
+        r.host_pages = 0
+        r.state = State.DROPPED
+
     def run(self, r: Request, plan: Plan, pages: int | None = None) -> None:
         """Put `r` in this iteration's batch, giving it the pages its step needs (`pages`
         pages instead, for a prefill that reserves more, e.g. fcfs)."""
