@@ -21,8 +21,9 @@ from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF-format or jaxserve checkpoint dir.")
-# by default the policies FastServe compares (the fair ones are for multi-client traces)
-_DEFAULT_SCHEDULERS = [p for p in POLICIES if p not in ("vtc", "fair_priority")]
+# by default the policies FastServe compares (the fair ones are for multi-client traces, and
+# `priority` for traces whose requests carry one)
+_DEFAULT_SCHEDULERS = [p for p in POLICIES if p not in ("vtc", "fair_priority", "priority")]
 _SCHEDULERS = flags.DEFINE_list(
     "schedulers", _DEFAULT_SCHEDULERS, f"Policies, from {list(POLICIES)}."
 )

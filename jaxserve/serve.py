@@ -582,6 +582,7 @@ def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_o
             client=req.client,
             stop_at_output_len=True,
             conversation=req.conversation,
+            priority=req.priority,
         )
 
     return submit

@@ -132,3 +132,26 @@ def test_trace_priority_column_round_trips_and_is_checked(tmp_path):
     )
     with pytest.raises(wl.WorkloadError, match=r"t.jsonl:2: priority must be an integer"):
         wl.read_trace(path)
+
+
+def test_trace_replay_passes_each_requests_priority_to_the_engine():
+    """`experiments.serve`'s replay submits a trace line's priority with its request: under
+    `priority` with one batch slot, the later, better request is served first."""
+    from conftest import random_model, tiny_config
+
+    from jaxserve.engine import Engine
+    from jaxserve.serve import PreparedTrace, replay_trace
+    from jaxserve.workload.request import TraceRequest
+
+    model = random_model(tiny_config(vocab_size=128))
+    engine = Engine(model, "priority", config(max_batch=1, max_seq_len=64))
+    reqs = [
+        TraceRequest("low", 0.0, 4, 6, priority=3),
+        TraceRequest("mid", 0.0, 4, 6, priority=2),
+        TraceRequest("high", 0.0, 4, 6, priority=-1),
+    ]
+    prompts = {r.id: [5, 6, 7, 8] for r in reqs}
+    trace = PreparedTrace(1.0, reqs, prompts, {r.id: 6 for r in reqs}, {})
+    replay_trace(engine, trace, max_output_len=6)
+    order = sorted(reqs, key=lambda r: engine.timelines[r.id].finish_time)
+    assert [r.id for r in order] == ["high", "mid", "low"]
