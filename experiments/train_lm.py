@@ -7,8 +7,10 @@
     python -m experiments.train_lm --init_from=runs/lm_tiny_aux/final --steps=600 \
         --lr=1e-3 --warmup_steps=50 --workdir=runs/lm_tiny_aux_more
 
-Data: the synthetic closed-book QA knowledge base and Python standard-library code (or text
-files, `--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
+Data (`--data`, sources and their row shares): the synthetic closed-book QA knowledge base,
+Python standard-library code and the synthetic code task's train split, e.g.
+`--data=synthetic_qa:0.6,synthetic_code:0.35,stdlib_code:0.05` (or text files,
+`--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
 jaxserve checkpoint, usable as `--checkpoint=` / `--base=` everywhere. Re-running with the same
 workdir resumes from its latest checkpoint if the settings that define the run are the same
 (WORKDIR/run.json); otherwise it refuses, naming each difference, unless --overwrite (start

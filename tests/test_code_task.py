@@ -101,3 +101,21 @@ def test_jsonl_round_trip_through_the_tasks(heldout, tmp_path):
         make_task("humaneval:")
     with pytest.raises(ValueError, match="synthetic_code takes no argument"):
         make_task("synthetic_code:x")
+
+
+def test_training_streams_draw_the_code_task_train_split(monkeypatch):
+    from jaxserve.tokenizer import load_default
+    from kvpred import recipes
+
+    monkeypatch.setattr(recipes, "CODE_TASK_DOCUMENTS", 50)
+    tok = load_default()
+    batch = recipes.make_stream(tok, "synthetic_code", seq_len=192, batch_size=4)(0)
+    text = tok.decode([int(t) for t in batch["inputs"][0] if t > 2])
+    assert any(text.startswith(d) for d in ct.train_documents(50)), text
+    assert recipes.parse_data_spec("synthetic_qa:0.5,synthetic_code:0.4,stdlib_code:0.1") == {
+        "synthetic_qa": 0.5,
+        "synthetic_code": 0.4,
+        "stdlib_code": 0.1,
+    }
+    with pytest.raises(ValueError, match="synthetic_cod"):
+        recipes.parse_data_spec("synthetic_cod:1")
