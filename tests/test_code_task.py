@@ -119,3 +119,33 @@ def test_training_streams_draw_the_code_task_train_split(monkeypatch):
     }
     with pytest.raises(ValueError, match="synthetic_cod"):
         recipes.parse_data_spec("synthetic_cod:1")
+
+
+def test_greedy_pass_at_1_and_sampled_pass_at_k_are_scored_apart(heldout):
+    from kvpred.tasks import TaskOptions
+
+    task = make_task("synthetic_code", TaskOptions(samples=3, temperature=0.8))
+    greedy, sampled = task.generations()
+    assert greedy.params.temperature == 0 and greedy.samples == 1
+    assert sampled.params.temperature == 0.8 and sampled.samples == 3
+    assert task.prompts(heldout[:1]) == [heldout[0]["prompt"].rstrip()]
+    p, q = heldout[:2]
+    right = lambda x: "\n" + x["canonical_solution"] + "\n\ndef more():\n"  # noqa: E731
+    wrong = "\n    return None\n"
+    # greedy first, then the samples: p greedy right, 1 of 3 samples right; q greedy wrong,
+    # 3 of 3 samples right
+    texts = [[right(p), wrong, right(p), wrong], [wrong, right(q), right(q), right(q)]]
+    score, records = task.score([p, q], texts)
+    assert score == 0.5 and [r["correct"] for r in records] == [1, 0]
+    assert [(r["sampled_n"], r["sampled_correct"]) for r in records] == [(3, 1), (3, 3)]
+    assert records[0]["completions"] == ["\n" + p["canonical_solution"] + "\n"]  # cut
+    extra = task.extra_metrics(records)
+    # pass@1 = mean(c/n); pass@2 = mean(1 - C(n-c, 2)/C(n, 2)) = mean(1 - 1/3, 1)
+    assert extra == pytest.approx({"sampled_pass@1": (1 / 3 + 1) / 2, "sampled_pass@2": 5 / 6})
+    # greedy only: no sampled figures
+    plain = make_task("synthetic_code")
+    assert len(plain.generations()) == 1
+    _, records = plain.score([p], [[right(p)]])
+    assert plain.extra_metrics(records) == {}
+    with pytest.raises(ValueError, match="temperature"):
+        make_task("synthetic_code", TaskOptions(samples=2, temperature=0)).generations()
