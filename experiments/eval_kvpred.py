@@ -26,10 +26,9 @@ from absl import app, flags, logging
 
 from jaxserve import cli, experiment, sharding
 from jaxserve.errors import InputError
-from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import evaluate as ev
 from kvpred import recipes, report, tasks
-from kvpred.io import load_base
+from kvpred.io import load_base, tokenizer_for
 
 _BASE = flags.DEFINE_string(
     "base", None, "Base model: checkpoint directory or preset.", required=True
@@ -123,10 +122,7 @@ def main(argv):
         raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    try:
-        tokenizer = load_tokenizer(_BASE.value) if os.path.isdir(_BASE.value) else load_default()
-    except FileNotFoundError:
-        tokenizer = load_default()
+    tokenizer = tokenizer_for(_BASE.value)
     lengths = [len(tokenizer.encode(p)) + 1 for p in task.prompts(data)]  # the model's inputs
     n = round(statistics.mean(lengths))
     os.makedirs(_OUT.value, exist_ok=True)

@@ -27,10 +27,10 @@ from experiments import training_flags
 from jaxserve import cli
 from jaxserve import config as cfg
 from jaxserve.models.checkpoint import load_model
-from jaxserve.tokenizer import load_default
 from kvpred import recipes
 from kvpred.aux import make_lp
 from kvpred.evaluate import qa_accuracy
+from kvpred.io import tokenizer_for
 
 _MODEL = flags.DEFINE_string("model", "tiny", "Preset to train from scratch.")
 _LP_FROM = flags.DEFINE_string(
@@ -65,7 +65,7 @@ def main(argv):
             f"--model: unknown preset {_MODEL.value!r}; one of {sorted(cfg.PRESETS)}"
         )
     mesh = _T.check()
-    tokenizer = load_default()
+    tokenizer = tokenizer_for(_INIT_FROM.value or _LP_FROM.value)  # an HF model's own
     config, init = cfg.PRESETS[_MODEL.value], None
     if _LP_FROM.value is not None and _INIT_FROM.value is not None:
         raise app.UsageError("--lp_from and --init_from are exclusive: give one")
