@@ -163,7 +163,8 @@ def test_recipe_runs_end_to_end_on_random_hf_checkpoints(tmp_path, arch):
     aux = _write_hf(random_model(aux_cfg, seed=1, std=0.05), tmp_path / "aux")
     from kvpred.data import KnowledgeBase
 
-    qa = write_triviaqa(KnowledgeBase(8).qa_examples("eval")[:3], tmp_path / "tqa.json")
+    qa = tmp_path / "tqa.json"
+    write_triviaqa(KnowledgeBase(8).qa_examples("eval")[:3], qa)
     runs = tmp_path / "runs"
     env = dict(
         os.environ,
