@@ -10,7 +10,10 @@ its reduction against the base (the paper's parameter formula, plus the attentio
 measured warm TTFT at each --ttft_batch_sizes and its speedup, parameter memory, and every
 prediction) and OUT/pareto.png (accuracy against TTFT FLOPs reduction and measured speedup).
 With --task=synthetic_qa the question set is also written in TriviaQA's official layout,
-OUT/synthetic_qa.json, which --task=triviaqa:OUT/synthetic_qa.json reads back.
+OUT/synthetic_qa.json, which --task=triviaqa:OUT/synthetic_qa.json reads back; with
+--task=synthetic_code the held-out problems go to OUT/synthetic_code.jsonl, which
+--task=humaneval:OUT/synthetic_code.jsonl reads back. Code tasks score greedy pass@1, and with
+--samples=N also the unbiased sampled_pass@k of N completions at --temperature (0.8).
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ from absl import app, flags, logging
 
 from jaxserve import cli, distributed, experiment, sharding
 from jaxserve.errors import InputError
-from jaxserve.tokenizer import load_default, load_tokenizer
 from kvpred import evaluate as ev
 from kvpred import recipes, report, tasks
-from kvpred.io import load_base
+from kvpred.io import load_base, tokenizer_for
 
 _BASE = flags.DEFINE_string(
     "base", None, "Base model: checkpoint directory or preset.", required=True
@@ -34,7 +36,16 @@ _BASE = flags.DEFINE_string(
 _VARIANTS = flags.DEFINE_string("variants", "base,kvp_identity", "Comma-separated variants.")
 _TASK = flags.DEFINE_string("task", "synthetic_qa", " | ".join(tasks.task_specs()))
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N examples only.", lower_bound=1)
-_SAMPLES = flags.DEFINE_integer("samples", 1, "HumanEval samples per problem.", lower_bound=1)
+_SAMPLES = flags.DEFINE_integer(
+    "samples",
+    0,
+    "pass@k tasks: sampled completions per problem at --temperature, for the unbiased "
+    "sampled_pass@k next to greedy pass@1 (0: greedy only).",
+    lower_bound=0,
+)
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", 0.8, "pass@k tasks: the sampled completions' temperature (> 0)."
+)
 _KB_ENTITIES = flags.DEFINE_integer(
     "kb_entities", recipes.DEFAULT_KB_ENTITIES, "Synthetic QA entities.", lower_bound=4
 )
@@ -52,7 +63,11 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 
 
 def _task(spec: str, limit: int | None):
-    options = tasks.TaskOptions(_KB_ENTITIES.value, _KB_SEED.value, _SAMPLES.value)
+    if _SAMPLES.value and not _TEMPERATURE.value > 0:
+        raise ValueError(f"--temperature must be > 0 to sample, not {_TEMPERATURE.value}")
+    options = tasks.TaskOptions(
+        _KB_ENTITIES.value, _KB_SEED.value, _SAMPLES.value, _TEMPERATURE.value
+    )
     task = tasks.make_task(spec, options)
     return task, task.load(limit)
 
@@ -108,11 +123,8 @@ def main(argv):
         raise
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    try:
-        tokenizer = load_tokenizer(_BASE.value) if os.path.isdir(_BASE.value) else load_default()
-    except FileNotFoundError:
-        tokenizer = load_default()
-    lengths = [len(tokenizer.encode(p)) + 1 for p in task.prompts(data)]
+    tokenizer = tokenizer_for(_BASE.value)
+    lengths = [len(tokenizer.encode(p)) + 1 for p in task.prompts(data)]  # the model's inputs
     n = round(statistics.mean(lengths))
     os.makedirs(_OUT.value, exist_ok=True)
     task.write_extras(data, _OUT.value)  # synthetic_qa: the set in TriviaQA's layout
@@ -135,8 +147,12 @@ def main(argv):
             "kind": kind,
             metric_name: metric,
             "metric": metric_name,
+            **task.extra_metrics(preds),  # e.g. sampled_pass@k
             "ttft_flops": v.flops_params,
             "ttft_flops_attention": v.flops_attention,
+            # averaged over every example's own prompt length, not taken at the mean
+            "ttft_flops_per_prompt": report.mean_flops(v, base, lengths, "params"),
+            "ttft_flops_attention_per_prompt": report.mean_flops(v, base, lengths, "attention"),
             "ttft_seconds": ttft[batches[0]],
             "ttft_seconds_by_batch": ttft,
             "ttft_base_seconds_by_batch": {b: t for b, (t, _) in paired.items()},
@@ -150,7 +166,11 @@ def main(argv):
         logging.info("%s: %s %.4f, TTFT %.2f ms", name, metric_name, metric, 1e3 * ttft[batches[0]])
     if base_row is None:  # reductions are against the base: measure it even when not listed
         v = report.build_variant("base", "base", "", base, ttft_len)
-        base_row = {"ttft_flops": v.flops_params, "ttft_flops_attention": v.flops_attention}
+        base_row = {
+            "ttft_flops": v.flops_params,
+            "ttft_flops_attention": v.flops_attention,
+            "ttft_flops_per_prompt": report.mean_flops(v, base, lengths, "params"),
+        }
     base_preds = base_row.get("predictions")
     for row in results.values():
         if base_preds is not None:  # kvp_identity must agree on every example
@@ -159,6 +179,9 @@ def main(argv):
         row["ttft_flops_reduction"] = base_row["ttft_flops"] / row["ttft_flops"]
         row["ttft_flops_attention_reduction"] = (
             base_row["ttft_flops_attention"] / row["ttft_flops_attention"]
+        )
+        row["ttft_flops_per_prompt_reduction"] = (
+            base_row["ttft_flops_per_prompt"] / row["ttft_flops_per_prompt"]
         )
         row["ttft_speedup_by_batch"] = {
             b: row["ttft_base_seconds_by_batch"][b] / row["ttft_seconds_by_batch"][b]
@@ -177,6 +200,8 @@ def main(argv):
         "task": _TASK.value,
         "num_examples": len(data),
         "prompt_tokens_mean": n,
+        "prompt_tokens_min": min(lengths),
+        "prompt_tokens_max": max(lengths),
         "ttft_prompt_len": ttft_len,
         "variants": results,
     }

@@ -21,11 +21,10 @@ from absl import app, flags, logging
 from experiments import training_flags
 from jaxserve import cli, distributed
 from jaxserve.errors import InputError
-from jaxserve.tokenizer import load_default
 from kvpred import recipes
 from kvpred.aux import check_aux_spec, parse_aux_spec
 from kvpred.evaluate import qa_accuracy
-from kvpred.io import load_base
+from kvpred.io import load_base, tokenizer_for
 from kvpred.losses import KV_REDUCE, KVPLossWeights
 
 _BASE = flags.DEFINE_string(
@@ -93,7 +92,7 @@ def main(argv):
             "init_batches": _INIT_BATCHES.value,
         }
     )
-    tokenizer = load_default()
+    tokenizer = tokenizer_for(_BASE.value)  # an HF base's own, else the embedded one
     kb, batch_at = _T.stream(tokenizer)
     try:
         model, history = recipes.train_kvpred(

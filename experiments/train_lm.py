@@ -7,8 +7,10 @@
     python -m experiments.train_lm --init_from=runs/lm_tiny_aux/final --steps=600 \
         --lr=1e-3 --warmup_steps=50 --workdir=runs/lm_tiny_aux_more
 
-Data: the synthetic closed-book QA knowledge base and Python standard-library code (or text
-files, `--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
+Data (`--data`, sources and their row shares): the synthetic closed-book QA knowledge base,
+Python standard-library code and the synthetic code task's train split, e.g.
+`--data=synthetic_qa:0.6,synthetic_code:0.35,stdlib_code:0.05` (or text files,
+`--data=PATH:WEIGHT`). The model is exported to `--export` (default WORKDIR/final) as a
 jaxserve checkpoint, usable as `--checkpoint=` / `--base=` everywhere. Re-running with the same
 workdir resumes from its latest checkpoint if the settings that define the run are the same
 (WORKDIR/run.json); otherwise it refuses, naming each difference, unless --overwrite (start
@@ -25,10 +27,10 @@ from experiments import training_flags
 from jaxserve import cli, distributed
 from jaxserve import config as cfg
 from jaxserve.models.checkpoint import load_model
-from jaxserve.tokenizer import load_default
 from kvpred import recipes
 from kvpred.aux import make_lp
 from kvpred.evaluate import qa_accuracy
+from kvpred.io import tokenizer_for
 
 _MODEL = flags.DEFINE_string("model", "tiny", "Preset to train from scratch.")
 _LP_FROM = flags.DEFINE_string(
@@ -63,7 +65,7 @@ def main(argv):
             f"--model: unknown preset {_MODEL.value!r}; one of {sorted(cfg.PRESETS)}"
         )
     mesh = _T.check()
-    tokenizer = load_default()
+    tokenizer = tokenizer_for(_INIT_FROM.value or _LP_FROM.value)  # an HF model's own
     config, init = cfg.PRESETS[_MODEL.value], None
     if _LP_FROM.value is not None and _INIT_FROM.value is not None:
         raise app.UsageError("--lp_from and --init_from are exclusive: give one")

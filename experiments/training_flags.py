@@ -147,7 +147,12 @@ def define(
 ) -> TrainingFlags:
     """Define the shared flags with a command's defaults (call once, at import)."""
     holder = TrainingFlags(
-        data=flags.DEFINE_string("data", recipes.DEFAULT_DATA, "Sources and row shares."),
+        data=flags.DEFINE_string(
+            "data",
+            recipes.DEFAULT_DATA,
+            "Sources and row shares, SOURCE:SHARE,...; built in: "
+            + ", ".join(recipes.BUILTIN_SOURCES),
+        ),
         steps=flags.DEFINE_integer("steps", steps, "Optimizer steps.", lower_bound=1),
         batch_size=flags.DEFINE_integer("batch_size", 32, "Sequences per step.", lower_bound=1),
         seq_len=flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.", lower_bound=8),

@@ -55,7 +55,11 @@ def run_task(model, tokenizer: Tokenizer, task: Task, examples: Sequence, mesh=N
     """Any registered task on any model the runner accepts -> (metric value, records)."""
     if not examples:
         raise ValueError("no examples to evaluate")
-    texts = generate_texts(model, tokenizer, task.prompts(examples), task.generation(), mesh)
+    prompts = task.prompts(examples)
+    texts: list[list[str]] = [[] for _ in examples]
+    for generation in task.generations():  # e.g. greedy, then sampled
+        for out, more in zip(texts, generate_texts(model, tokenizer, prompts, generation, mesh)):
+            out.extend(more)
     return task.score(examples, texts)
 
 
@@ -101,7 +105,7 @@ def humaneval_completions(
         stop_strings=he.STOP_STRINGS,
         seed=seed,
     )
-    prompts = [p["prompt"] for p in problems]
+    prompts = [he.model_prompt(p) for p in problems]
     texts = generate_texts(
         model, tokenizer, prompts, Generation(params, batch_size, num_samples), mesh
     )

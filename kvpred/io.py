@@ -97,6 +97,20 @@ def load_base(source: str, seed: int = 0) -> Decoder:
     raise InputError(f"base {source!r} is neither a preset ({', '.join(PRESETS)}) nor a directory")
 
 
+def tokenizer_for(source: str | None):
+    """The tokenizer of a model source: the checkpoint directory's own (an HF checkpoint's
+    tokenizer.json, ...), else the embedded default that the presets and native checkpoints
+    trained here use."""
+    from jaxserve.tokenizer import load_default, load_tokenizer
+
+    if source and os.path.isdir(source):
+        try:
+            return load_tokenizer(source)
+        except FileNotFoundError:
+            pass
+    return load_default()
+
+
 def load_kvp(directory: str, base: Decoder | None = None) -> KVPModel:
     meta = read_kvp_config(directory)
     try:

@@ -3,9 +3,11 @@
     train_lm(config, data, steps, ...)          -> a base (or C auxiliary) language model
     train_kvpred(base, base_source, aux, ...)   -> a KV prediction checkpoint
 
-Data specs name sources and their share of rows: `synthetic_qa:0.8,stdlib_code:0.2`, or a
-directory / file of text (`FILE.txt`, `FILE.jsonl` with a "text" field, a directory of `*.txt`
-and `*.py`). Both recipes write `workdir/metrics.jsonl` and resume from `workdir/checkpoints`.
+Data specs name sources and their share of rows: `synthetic_qa:0.8,stdlib_code:0.2` (built in:
+the QA knowledge base, standard-library code, and `synthetic_code`, the code task's train split),
+or a directory / file of text (`FILE.txt`, `FILE.jsonl` with a "text" field, a directory of
+`*.txt` and `*.py`). Both recipes write `workdir/metrics.jsonl` and resume from
+`workdir/checkpoints`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from jaxserve.models.transformer import Decoder, init_model
 from jaxserve.tokenizer import Tokenizer
 from kvpred import data as kd
 from kvpred.aux import build_aux
+from kvpred.data import code_task
 from kvpred.io import save_kvp
 from kvpred.losses import KVPLossWeights
 from kvpred.model import KVPModel, trainable_filter
@@ -33,7 +36,8 @@ from kvpred.predictor import KVPredictor, fit_least_squares
 from kvpred.tasks.registry import DEFAULT_KB_ENTITIES  # noqa: F401 (the CLIs read it here)
 from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_loss_fn
 
-BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code")
+BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code", "synthetic_code")
+CODE_TASK_DOCUMENTS = 20_000  # train problems of the synthetic code task a stream draws from
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
@@ -103,6 +107,8 @@ def make_stream(
             docs[name] = kd.qa_documents(kb or kd.KnowledgeBase(), seed=seed)
         elif name == "stdlib_code":
             docs[name] = kd.code_documents(code_bytes, seed=seed)
+        elif name == "synthetic_code":
+            docs[name] = code_task.train_documents(CODE_TASK_DOCUMENTS, seed=seed)
         else:
             docs[name] = _read_texts(name)
     stream = kd.TokenStream(

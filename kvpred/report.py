@@ -98,17 +98,27 @@ def build_variant(name: str, kind: str, arg: str, base: Decoder, n: int) -> Vari
     if model.config.vocab_size != base.config.vocab_size:
         raise ValueError(f"variant {name!r}: its vocabulary differs from the base's")
     v = Variant(name, kind, model)
+    for k in flops.KINDS:
+        setattr(v, f"flops_{k}", prefill_flops(v, base, n, k))
     if isinstance(model, KVPModel):
-        p = model.predictor.num_params()
-        for k in flops.KINDS:
-            f = flops.kvp_prefill_flops(base.config, model.aux.config, p, n, k)
-            setattr(v, f"flops_{k}", f)
         v.memory_bytes = {"aux": _bytes(model.aux), "predictor": _bytes(model.predictor)}
     else:
-        v.flops_params = flops.prefill_flops(model.config, n, "params")
-        v.flops_attention = flops.prefill_flops(model.config, n, "attention")
         v.memory_bytes = {"model": _bytes(model)}
     return v
+
+
+def prefill_flops(v: Variant, base: Decoder, n: int, kind: str) -> int:
+    """A variant's TTFT FLOPs for one prompt of `n` tokens (`flops.KINDS`)."""
+    if isinstance(v.model, KVPModel):
+        p = v.model.predictor.num_params()
+        return flops.kvp_prefill_flops(base.config, v.model.aux.config, p, n, kind)
+    return flops.prefill_flops(v.model.config, n, kind)
+
+
+def mean_flops(v: Variant, base: Decoder, lengths: list[int], kind: str) -> float:
+    """A variant's TTFT FLOPs averaged over prompts of these lengths (a task's real ones)."""
+    by_len = {n: prefill_flops(v, base, n, kind) for n in set(lengths)}
+    return sum(by_len[n] for n in lengths) / len(lengths)
 
 
 def run_task(

@@ -99,6 +99,44 @@ def test_train_kvpred_then_eval_every_variant_kind(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_eval_on_the_code_task_scores_greedy_and_sampled_pass_at_k(tmp_path):
+    out = tmp_path / "eval"
+    args = ["--base=tiny", "--ttft_batch_sizes=1", "--ttft_reps=1", "--limit=3"]
+    r = _run(
+        "experiments.eval_kvpred",
+        *args,
+        "--variants=base,kvp_identity,lp_baseline:0.5",
+        "--task=synthetic_code",
+        "--samples=2",
+        f"--out={out}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    v = data["variants"]
+    for name, row in v.items():
+        assert row["metric"] == "pass@1" and 0 <= row["pass@1"] <= 1, name
+        assert 0 <= row["sampled_pass@1"] <= row["sampled_pass@2"] <= 1, name
+        assert [len(p["samples"]) for p in row["predictions"]] == [2, 2, 2]
+        assert row["ttft_flops_per_prompt"] > 0 and row["ttft_seconds"] > 0
+    assert v["kvp_identity"]["agreement_with_base"] == 1.0
+    assert v["lp_baseline:0.5"]["ttft_flops_per_prompt_reduction"] > 1.0
+    assert data["prompt_tokens_min"] <= data["ttft_prompt_len"] <= data["prompt_tokens_max"]
+    # the problems it wrote are read back by humaneval:PATH: the same greedy completions
+    r = _run(
+        "experiments.eval_kvpred",
+        *args,
+        "--variants=base",
+        f"--task=humaneval:{out / 'synthetic_code.jsonl'}",
+        f"--out={tmp_path / 'again'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())["variants"]["base"]
+    assert [p["completions"] for p in again["predictions"]] == [
+        p["completions"] for p in v["base"]["predictions"]
+    ]
+
+
 def test_train_lm_init_from_continues_a_checkpoint(tmp_path):
     import jax
     import numpy as np
@@ -163,6 +201,12 @@ def test_plot_labels_drop_shared_directories():
         ("experiments.eval_kvpred", ["--base=tiny", "--variants=base,oracle"], "oracle"),
         ("experiments.eval_kvpred", ["--base=tiny", "--variants=kvp:/no/such"], "/no/such"),
         ("experiments.eval_kvpred", ["--base=tiny", "--task=mmlu"], "--task"),
+        (
+            "experiments.eval_kvpred",
+            ["--base=tiny", "--task=synthetic_code", "--samples=2", "--temperature=0"],
+            "--temperature",
+        ),
+        ("experiments.eval_kvpred", ["--base=tiny", "--task=humaneval:/no/such.jsonl"], "such"),
         ("experiments.train_kvpred", ["--base=tiny", "--aux=lp:0.3"], "fraction"),
         ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
         ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),

@@ -6,6 +6,8 @@ Everything is deterministic: the same arguments give the same facts, documents a
                        countries, cities and rivers, three facts each, TriviaQA-style questions
     qa.py              qa_prompt, qa_documents: the evaluation prompt and training documents
     stdlib_code.py     stdlib_files, code_documents: the standard library's source, in chunks
+    code_task.py       make_problems, train_documents: small Python functions in HumanEval's
+                       format, held out by composition (the synthetic_code task)
     stream.py          TokenStream: packed, padded batches, a pure function of the step
 
 ``QAExample`` is the TriviaQA task's example type (``kvpred.tasks.triviaqa``), and ``qa_prompt``

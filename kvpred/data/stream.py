@@ -3,7 +3,8 @@
 ``TokenStream(tokenizer, documents, weights=None, seq_len=128, batch_size=32, seed=0)``:
     ``documents`` maps a source name to its texts, ``weights`` gives each source's share of
     the rows (default: proportional to its token count). Texts are tokenised once, as
-    ``[BOS] + text + [EOS]``. ``stream.batch(step)`` is a pure function of ``step``: each
+    ``[BOS] + text + [EOS]`` (no BOS where the tokenizer has none; EOS pads where it has no
+    pad token). ``stream.batch(step)`` is a pure function of ``step``: each
     row takes its source by weight, then packs uniformly drawn whole documents until the
     next one does not fit, and pads the rest; a document longer than a whole row
     contributes a random window that fills the remaining space instead. It returns numpy
@@ -40,13 +41,16 @@ class TokenStream:
         batch_size: int = 32,
         seed: int = 0,
     ) -> None:
-        if tokenizer.bos_id is None or tokenizer.eos_id is None or tokenizer.pad_id is None:
-            raise ValueError("the tokenizer needs BOS, EOS and pad tokens")
+        if tokenizer.eos_id is None:
+            raise ValueError("the tokenizer needs an EOS token to end documents")
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"bad shape: seq_len={seq_len}, batch_size={batch_size}")
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.pad_id = int(tokenizer.pad_id)
-        bos, eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
+        eos = int(tokenizer.eos_id)
+        # a tokenizer without BOS (Qwen2's) starts documents bare; without a pad token,
+        # padding is EOS (the mask hides it either way)
+        self.pad_id = eos if tokenizer.pad_id is None else int(tokenizer.pad_id)
+        head = [] if tokenizer.bos_id is None else [int(tokenizer.bos_id)]
         self.sources: list[str] = []
         self._docs: list[list[np.ndarray]] = []
         for name, texts in documents.items():
@@ -56,7 +60,7 @@ class TokenStream:
                 raise ValueError(f"source {name!r} has no documents")
             ids = _encode_all(tokenizer, texts)
             self.sources.append(name)
-            self._docs.append([np.asarray([bos, *d, eos], dtype=np.int32) for d in ids])
+            self._docs.append([np.asarray([*head, *d, eos], dtype=np.int32) for d in ids])
         if weights is not None:
             unknown = set(weights) - set(documents)
             if unknown:

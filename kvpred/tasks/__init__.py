@@ -2,7 +2,7 @@
 
 registry.py       Task (load, prompts, generation, score, metric), register_task, make_task
 qa_tasks.py       synthetic_qa and triviaqa:PATH, 1-shot exact match
-humaneval_task.py humaneval, executed pass@1
+humaneval_task.py humaneval[:PATH] and synthetic_code: executed greedy pass@1, sampled pass@k
 triviaqa.py       TriviaQA: read the official or Hugging Face layouts, prompt, cut, exact match
 humaneval.py      HumanEval: problems, stop strings, sandboxed test runs, unbiased pass@k
 """

@@ -135,6 +135,14 @@ def load_humaneval(path: str | os.PathLike | None = None, limit: int | None = No
     return problems
 
 
+def model_prompt(problem: Mapping[str, Any]) -> str:
+    """What the model is given: the prompt without its trailing whitespace. A prompt ends in a
+    newline that a tokenizer would merge with the next line's indent; cut there, the model
+    writes the newline and indent itself as it saw them in training. The completion is checked
+    after the whole prompt (the blank line that adds is harmless)."""
+    return problem["prompt"].rstrip()
+
+
 def cut_completion(text: str) -> str:
     """A generated function body up to (not including) the first stop string."""
     end = len(text)
