@@ -3,13 +3,14 @@
 Warm-up used to call each bucket's program once, one after the other. On XLA:CPU one
 compilation runs on one core, and it is about nine tenths of the cost: tracing and lowering
 (Python, holding the GIL) are the rest. `AheadOfTime` collects lowered programs and compiles
-them on a thread pool, as XLA releases the GIL while it compiles. A later call with the same
+them on a thread pool, as XLA releases the GIL while it compiles; a program starts compiling
+as soon as it is lowered, while the next one is lowered. A later call with the same
 argument shapes and shardings finds the executable in jit's in-memory cache and compiles
 nothing (the engine's tests count compiles after warm-up).
 
     ahead = AheadOfTime()
-    ahead.add(jitted_fn, *args)       # lowers now: args may be arrays or ShapeDtypeStructs
-    ahead.compile()                   # compiles every program added, `workers` at a time
+    ahead.add(jitted_fn, *args)   # lowers now (arrays or ShapeDtypeStructs), compiles meanwhile
+    ahead.compile()               # waits for every program added; an AheadOfTime is used once
 """
 
 from __future__ import annotations
@@ -32,24 +33,36 @@ def default_workers() -> int:
 class AheadOfTime:
     def __init__(self, workers: int | None = None):
         self.workers = workers if workers is not None else default_workers()
-        self._lowered: list[jax.stages.Lowered] = []
+        # compiling starts as soon as a program is lowered, while the next is being lowered
+        self._pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="compile")
+            if self.workers > 1
+            else None
+        )
+        self._pending: list = []  # futures of compiled programs, or lowered ones (no pool)
         self._compiled: list[jax.stages.Compiled] = []
 
     def __len__(self) -> int:
-        return len(self._lowered)
+        return len(self._pending)
 
     def add(self, fn, *args) -> jax.stages.Lowered:
-        """Lower `fn` (a `jax.jit` function) for `args`; nothing runs and nothing is donated."""
+        """Lower `fn` (a `jax.jit` function) for `args` and start compiling it; nothing runs
+        and nothing is donated."""
         lowered = fn.lower(*args)
-        self._lowered.append(lowered)
+        self._pending.append(lowered if self._pool is None else self._pool.submit(lowered.compile))
         return lowered
 
     def compile(self) -> None:
-        """Compile every program added so far."""
-        lowered, self._lowered = self._lowered, []
-        if self.workers <= 1 or len(lowered) <= 1:
-            compiled = [x.compile() for x in lowered]
-        else:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="compile") as pool:
-                compiled = list(pool.map(lambda x: x.compile(), lowered))
-        self._compiled += compiled  # kept alive with the cache entries they fill
+        """Wait for every program added so far to be compiled (an error raises here)."""
+        pending, self._pending = self._pending, []
+        try:
+            for x in pending:
+                self._compiled.append(x.compile() if self._pool is None else x.result())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop what has not started compiling and release the threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

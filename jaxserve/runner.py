@@ -322,6 +322,7 @@ class ModelRunner:
             yield self.ahead
             self.ahead.compile()
         finally:
+            self.ahead.close()
             self.ahead = None
 
     def _lower(self, fn, args: tuple, output: int | None = None, sharding=None):
