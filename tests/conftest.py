@@ -80,3 +80,75 @@ def make_config() -> Callable[..., ModelConfig]:
 def randomize_params() -> Callable[..., nnx.Module]:
     """Fixture form of `randomize(model, seed=0, std=0.15)`."""
     return randomize
+
+
+def save_openelm_hf(model, path) -> None:
+    """Write `model` (architecture "openelm") as Apple ships OpenELM checkpoints: fused qkv and
+    gate/up projections, its own config keys."""
+    import json
+
+    from jaxserve.models import safetensors_io
+
+    c = model.config
+    p = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    d = c.d_model
+    t = {"transformer.token_embeddings.weight": p[("embed",)]}
+    t["transformer.norm.weight"] = p[("final_norm", "scale")]
+    for i in range(c.num_layers):
+        L, pre = ("layers", i), f"transformer.layers.{i}."
+        a = {n: p[L + ("attn", n)] for n in "qkvo"}
+        t[pre + "attn.qkv_proj.weight"] = np.concatenate(
+            [a[n].reshape(d, -1).T for n in "qkv"], axis=0
+        )
+        t[pre + "attn.out_proj.weight"] = a["o"].reshape(-1, d).T
+        t[pre + "attn.q_norm.weight"] = p[L + ("attn", "q_norm", "scale")]
+        t[pre + "attn.k_norm.weight"] = p[L + ("attn", "k_norm", "scale")]
+        t[pre + "attn_norm.weight"] = p[L + ("attn_norm", "scale")]
+        t[pre + "ffn_norm.weight"] = p[L + ("mlp_norm", "scale")]
+        t[pre + "ffn.proj_1.weight"] = np.concatenate(
+            [p[L + ("mlp", "gate")].T, p[L + ("mlp", "up")].T], axis=0
+        )
+        t[pre + "ffn.proj_2.weight"] = p[L + ("mlp", "down")].T
+    hf = {
+        "model_type": "openelm",
+        "vocab_size": c.vocab_size,
+        "model_dim": d,
+        "num_transformer_layers": c.num_layers,
+        "head_dim": c.head_dim,
+        "num_query_heads": list(c.num_heads),
+        "num_kv_heads": list(c.num_kv_heads),
+        "ffn_multipliers": [f / d for f in c.ffn_dim],
+        "ffn_dim_divisor": 16,
+        "rope_freq_constant": 10000,
+        "normalize_qk_projections": True,
+        "share_input_output_layers": True,
+        "max_context_length": c.max_seq_len,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f)
+    safetensors_io.save_file(t, os.path.join(path, "model.safetensors"))
+
+
+def engine_config(num_pages: int, preemption: str = "swap", page_size: int = 4, **kw):
+    """A `SchedulerConfig` for engine tests: batch 4, 128-token contexts, fixed costs (the
+    tests' outcomes must not depend on a measured profile)."""
+    from jaxserve.sched import SchedulerConfig
+
+    fields = dict(
+        max_batch=4,
+        num_pages=num_pages,
+        page_size=page_size,
+        max_seq_len=128,
+        preemption=preemption,
+        host_pages=1000,
+        swap_bandwidth=1e9,
+        prefill_tokens_per_s=1e4,
+        kv_bytes_per_page=1024,
+        q0=1e-4,
+        prefill_table=[(16, 1e-4), (64, 4e-4)],
+    )
+    fields.update(kw)
+    return SchedulerConfig(**fields)

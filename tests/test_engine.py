@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_model, tiny_config
+from conftest import engine_config, random_model, tiny_config
 
 from jaxserve.engine import Engine, UnknownRequestError
 from jaxserve.generate import Generator
@@ -27,21 +27,7 @@ def runner(model):
 
 
 def _config(num_pages: int, preemption: str = "swap", **kw) -> SchedulerConfig:
-    fields = dict(
-        max_batch=4,
-        num_pages=num_pages,
-        page_size=PAGE,
-        max_seq_len=128,
-        preemption=preemption,
-        host_pages=1000,
-        swap_bandwidth=1e9,
-        prefill_tokens_per_s=1e4,
-        kv_bytes_per_page=1024,
-        q0=1e-4,
-        prefill_table=[(16, 1e-4), (64, 4e-4)],
-    )
-    fields.update(kw)
-    return SchedulerConfig(**fields)
+    return engine_config(num_pages, preemption, PAGE, **kw)
 
 
 def _workload(n: int = 8, seed: int = 0):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_model, randomize, tiny_config
+from conftest import engine_config, random_model, randomize, tiny_config
 from flax import nnx
 
 from jaxserve.device_batch import DeviceBatch
@@ -37,21 +37,7 @@ def runner(kvp):
 
 
 def _config(num_pages: int, preemption: str, **kw) -> SchedulerConfig:
-    fields = dict(
-        max_batch=4,
-        num_pages=num_pages,
-        page_size=PAGE,
-        max_seq_len=128,
-        preemption=preemption,
-        host_pages=1000,
-        swap_bandwidth=1e9,
-        prefill_tokens_per_s=1e4,
-        kv_bytes_per_page=1024,
-        q0=1e-4,
-        prefill_table=[(16, 1e-4), (64, 4e-4)],
-    )
-    fields.update(kw)
-    return SchedulerConfig(**fields)
+    return engine_config(num_pages, preemption, PAGE, **kw)
 
 
 def _pages_kv(kv, pages: list[int], n: int) -> np.ndarray:

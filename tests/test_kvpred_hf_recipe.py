@@ -8,12 +8,9 @@ import os
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
-from conftest import random_model, tiny_config
-from flax import nnx
+from conftest import random_model, save_openelm_hf, tiny_config
 
-from jaxserve.models import safetensors_io
 from jaxserve.models.weights import load_hf, save_hf
 from jaxserve.tokenizer import load_default
 from kvpred.io import tokenizer_for
@@ -22,51 +19,6 @@ from kvpred.tasks import write_triviaqa
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "jaxserve", "assets", "tokenizer.json")
 VOCAB = 4096  # the tokenizer copied next to the weights
-
-
-def _save_openelm_hf(model, path) -> None:
-    """An OpenELM checkpoint as Apple ships it: fused qkv and gate/up, its own config keys."""
-    c = model.config
-    p = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    d = c.d_model
-    t = {"transformer.token_embeddings.weight": p[("embed",)]}
-    t["transformer.norm.weight"] = p[("final_norm", "scale")]
-    for i in range(c.num_layers):
-        L, pre = ("layers", i), f"transformer.layers.{i}."
-        a = {n: p[L + ("attn", n)] for n in "qkvo"}
-        t[pre + "attn.qkv_proj.weight"] = np.concatenate(
-            [a[n].reshape(d, -1).T for n in "qkv"], axis=0
-        )
-        t[pre + "attn.out_proj.weight"] = a["o"].reshape(-1, d).T
-        t[pre + "attn.q_norm.weight"] = p[L + ("attn", "q_norm", "scale")]
-        t[pre + "attn.k_norm.weight"] = p[L + ("attn", "k_norm", "scale")]
-        t[pre + "attn_norm.weight"] = p[L + ("attn_norm", "scale")]
-        t[pre + "ffn_norm.weight"] = p[L + ("mlp_norm", "scale")]
-        t[pre + "ffn.proj_1.weight"] = np.concatenate(
-            [p[L + ("mlp", "gate")].T, p[L + ("mlp", "up")].T], axis=0
-        )
-        t[pre + "ffn.proj_2.weight"] = p[L + ("mlp", "down")].T
-    hf = {
-        "model_type": "openelm",
-        "vocab_size": c.vocab_size,
-        "model_dim": d,
-        "num_transformer_layers": c.num_layers,
-        "head_dim": c.head_dim,
-        "num_query_heads": list(c.num_heads),
-        "num_kv_heads": list(c.num_kv_heads),
-        "ffn_multipliers": [f / d for f in c.ffn_dim],
-        "ffn_dim_divisor": 16,
-        "rope_freq_constant": 10000,
-        "normalize_qk_projections": True,
-        "share_input_output_layers": True,
-        "max_context_length": c.max_seq_len,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-    os.makedirs(path)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f)
-    safetensors_io.save_file(t, os.path.join(path, "model.safetensors"))
 
 
 def _configs(arch: str):
@@ -105,7 +57,7 @@ def _configs(arch: str):
 
 def _write_hf(model, path) -> str:
     if model.config.architecture == "openelm":
-        _save_openelm_hf(model, path)
+        save_openelm_hf(model, path)
     else:
         save_hf(model, path)
     shutil.copy(TOKENIZER, os.path.join(path, "tokenizer.json"))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import random_model, tiny_config
+from conftest import random_model, save_openelm_hf, tiny_config
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -120,8 +120,8 @@ def test_load_hf_index_naming_absent_file(tmp_path):
 
 
 def test_openelm_checkpoint_reproduces_model(tmp_path):
-    d, hd, divisor = 64, 16, 16
-    ffn_mult = [1.0, 1.5, 2.0]
+    d, hd = 64, 16
+    ffn_mult = [1.0, 1.5, 2.0]  # OpenELM's per-layer multipliers, divisor 16
     config = tiny_config(
         name="elm",
         d_model=d,
@@ -136,47 +136,8 @@ def test_openelm_checkpoint_reproduces_model(tmp_path):
         max_seq_len=128,
     )
     model = random_model(config, seed=7)
-    p = {k: np.asarray(v) for k, v in _flat(model).items()}
-    t = {
-        "transformer.token_embeddings.weight": p[("embed",)],
-        "transformer.norm.weight": p[("final_norm", "scale")],
-    }
-    for i in range(config.num_layers):
-        L, pre = ("layers", i), f"transformer.layers.{i}."
-        a = {n: p[L + ("attn", n)] for n in "qkvo"}
-        t[pre + "attn.qkv_proj.weight"] = np.concatenate(
-            [a[n].reshape(d, -1).T for n in "qkv"], axis=0
-        )
-        t[pre + "attn.out_proj.weight"] = a["o"].reshape(-1, d).T
-        t[pre + "attn.q_norm.weight"] = p[L + ("attn", "q_norm", "scale")]
-        t[pre + "attn.k_norm.weight"] = p[L + ("attn", "k_norm", "scale")]
-        t[pre + "attn_norm.weight"] = p[L + ("attn_norm", "scale")]
-        t[pre + "ffn_norm.weight"] = p[L + ("mlp_norm", "scale")]
-        t[pre + "ffn.proj_1.weight"] = np.concatenate(
-            [p[L + ("mlp", "gate")].T, p[L + ("mlp", "up")].T], axis=0
-        )
-        t[pre + "ffn.proj_2.weight"] = p[L + ("mlp", "down")].T
-    hf_config = {
-        "model_type": "openelm",
-        "vocab_size": config.vocab_size,
-        "model_dim": d,
-        "num_transformer_layers": config.num_layers,
-        "head_dim": hd,
-        "num_query_heads": list(config.num_heads),
-        "num_kv_heads": list(config.num_kv_heads),
-        "ffn_multipliers": ffn_mult,
-        "ffn_dim_divisor": divisor,
-        "rope_freq_constant": 10000,
-        "normalize_qk_projections": True,
-        "share_input_output_layers": True,
-        "max_context_length": 128,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
     path = tmp_path / "elm"
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(hf_config))
-    safetensors_io.save_file(t, str(path / "model.safetensors"))
+    save_openelm_hf(model, path)
 
     loaded = load_hf(path)
     assert loaded.config == config
