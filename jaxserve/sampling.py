@@ -125,7 +125,9 @@ def sample(
         # the kept tokens are a prefix of the sorted ones: invert their cumulative mass
         mass = jnp.cumsum(jnp.where(keep, probs, 0.0), axis=-1)
         target = uniform(keys, positions) * mass[:, -1]
-        choice = jnp.minimum(jnp.sum(mass <= target[:, None], axis=-1), vocab - 1)
+        # (a target rounded up to the whole mass must still land on a kept token)
+        last_kept = jnp.sum(keep, axis=-1) - 1
+        choice = jnp.minimum(jnp.sum(mass <= target[:, None], axis=-1), last_kept)
         sampled = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
         return jnp.where(temperature > 0, sampled, greedy)
 

@@ -126,6 +126,24 @@ def test_greedy_pick_is_argmax_with_its_tie_and_nan_rules():
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_sample_lands_on_a_kept_token_at_the_top_of_the_uniform(monkeypatch):
+    """A uniform number at (or rounded up to) the whole kept mass still picks a kept token."""
+    import jaxserve.sampling as sampling
+
+    monkeypatch.setattr(sampling, "uniform", lambda keys, pos: jnp.ones(keys.shape[0]))
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2))
+    ones = jnp.ones(2)
+    toks = sampling.sample(
+        logits,
+        row_keys(jnp.arange(2)),
+        jnp.zeros(2, jnp.int32),
+        ones,
+        jnp.array([2, 0]),
+        jnp.array([1.0, 0.7]),
+    )
+    assert list(np.asarray(toks)) == [1, 1]  # the last kept token of each row
+
+
 def test_sampling_params_validation():
     for bad in (
         dict(max_new_tokens=0),
