@@ -42,9 +42,6 @@ class AheadOfTime:
         self._pending: list = []  # futures of compiled programs, or lowered ones (no pool)
         self._compiled: list[jax.stages.Compiled] = []
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def add(self, fn, *args) -> jax.stages.Lowered:
         """Lower `fn` (a `jax.jit` function) for `args` and start compiling it; nothing runs
         and nothing is donated."""
