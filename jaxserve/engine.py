@@ -570,9 +570,11 @@ class Engine:
         before = CompileCounter.count()
         extend = self.reuse if extend is None else extend
         sc = self.sched_config
-        # drops re-prefill whole contexts (by the base's prefill too, for a predicting model)
-        recover = sc.preemption != "swap" or sc.host_pages is not None
-        recover = recover or self.host.budget_bytes is not None
+        # drops re-prefill whole contexts (by the base's prefill too, for a predicting
+        # model). Only where the preemption mode plans drops: a swap the host cannot hold
+        # also drops, but that fallback compiles its recovery prefill when it first happens
+        # (up to 3 lengths x 5 batch sizes, a fifth of the warm-up, that few runs need)
+        recover = sc.preemption != "swap"
         self.kv = self.device.warmup(self.kv, self.host, max_prompt, max_context, extend, recover)
         return CompileCounter.count() - before
 

@@ -117,32 +117,35 @@ def profile(
     contexts: Sequence[int] | None = None,
     steps: Sequence[int] = (1,),
     swap_pages: Sequence[int] | None = None,
+    num_pages: int = 0,
 ) -> Profile:
     """Time prefill at `lengths`, decode at `batches` (context max(lengths) // 2), and a swap
     of max(lengths) tokens. With `contexts` (tokens attended; rounded up to whole pages), the
     decode grid covers batches x contexts x `steps` (decode steps per call); with
-    `swap_pages`, swap round trips of those many pages."""
+    `swap_pages`, swap round trips of those many pages. The pool has at least `num_pages`
+    pages: with the engine's pool size, its prefill programs are the engine's too. Every
+    program is compiled first, several at a time (`ModelRunner.compile_ahead`)."""
     config = runner.config
     if lengths is None:
         top = min(config.max_seq_len, 1024)
         lengths = [2**i for i in range(4, int(math.log2(top)) + 1)]
     max_len = max(max(lengths), *(contexts or [0]))
     width = math.ceil(max_len / page_size)
-    kv = runner.new_kv(1 + max(max(batches), 1) * width, page_size)
+    kv = runner.new_kv(max(1 + max(max(batches), 1) * width, num_pages), page_size)
     state = {"kv": kv}
 
     def prefill(n: int, base: bool = False):
-        batch = PrefillBatch(
+        batch = PrefillBatch(  # host arrays, as the engine passes them
             tokens=np.ones((1, n), np.int32),
             lengths=np.array([n], np.int32),
             block_tables=np.arange(1, 1 + math.ceil(n / page_size), dtype=np.int32)[None],
             **sampling_arrays([], [], 1),
         )
-        batch = runner.put_batch(batch)
 
         def run():
             state["kv"], first = runner.prefill(state["kv"], batch, base=base)
-            first.block_until_ready()
+            if runner.ahead is None:
+                first.block_until_ready()
 
         return run
 
@@ -164,19 +167,27 @@ def profile(
 
         def run():
             state["kv"], _, toks, _ = runner.decode(state["kv"], batch, k)
-            toks.block_until_ready()
+            if runner.ahead is None:
+                toks.block_until_ready()
 
         return run
 
-    prefill_table = [(n, _median_time(prefill(n), reps)) for n in lengths]
-    decode_table = [(b, _median_time(decode(b), reps)) for b in batches]
+    prefills = {n: prefill(n) for n in lengths}
+    decodes = {b: decode(b) for b in batches}
+    cells = [(b, c, k) for b in batches for c in contexts or () for k in steps]
+    cell_runs = [decode(*cell) for cell in cells]
+    base_run = prefill(max(lengths), base=True) if runner.can_predict else None
+    with runner.compile_ahead():  # lower every program, compile them side by side
+        for run in [*prefills.values(), *decodes.values(), *cell_runs, base_run]:
+            if run is not None:
+                run()
+    prefill_table = [(n, _median_time(prefills[n], reps)) for n in lengths]
+    decode_table = [(b, _median_time(decodes[b], reps)) for b in batches]
     grid = [(b, max_len // 2, 1, t) for b, t in decode_table]
     if contexts:
         grid = [
-            (b, math.ceil(c / page_size) * page_size, k, _median_time(decode(b, c, k), reps))
-            for b in batches
-            for c in contexts
-            for k in steps
+            (b, math.ceil(c / page_size) * page_size, k, _median_time(run, reps))
+            for (b, c, k), run in zip(cells, cell_runs)
         ]
     tier = HostTier(runner.kv_sharding)
     pages = list(range(1, 1 + min(width, state["kv"].num_pages - 1)))
@@ -211,7 +222,7 @@ def profile(
     prefill_rate, predict_rate = n_big / t_big, None
     if runner.can_predict:  # the table is the prediction's; recovery by recompute is the base's
         predict_rate = prefill_rate
-        prefill_rate = n_big / _median_time(prefill(n_big, base=True), reps)
+        prefill_rate = n_big / _median_time(base_run, reps)
     return Profile(
         model=config.name,
         device=str(jax.devices()[0].device_kind),

@@ -253,8 +253,13 @@ class ModelRunner:
         if isinstance(batch, dict):
             batch = DecodeBatch(**batch)
         if self.strategy.out_in_for(batch.tokens.shape[0]):
-            return self._decode_row(self._row_leaves, kv, batch, num_steps)
-        return self._decode(self.leaves, kv, batch, num_steps)
+            fn, leaves = self._decode_row, self._row_leaves
+        else:
+            fn, leaves = self._decode, self.leaves
+        if self.ahead is not None:
+            toks = self._lower(fn, (leaves, kv, batch, num_steps), 2)
+            return kv, batch, toks, toks
+        return fn(leaves, kv, batch, num_steps)
 
     # -- the engine's device-resident batch -----------------------------------------------
 
@@ -311,10 +316,11 @@ class ModelRunner:
 
     @contextlib.contextmanager
     def compile_ahead(self, workers: int | None = None) -> Iterator[AheadOfTime]:
-        """Within: `prefill`, `extend`, `update_slots` and `decode_slots` lower their program
-        instead of running it, returning their inputs for what they would update and shapes
-        (`jax.ShapeDtypeStruct`s, which later calls inside accept) for new outputs. On a clean
-        exit every program is compiled, `workers` at a time (`jaxserve.ahead`)."""
+        """Within: `prefill`, `extend`, `decode`, `update_slots` and `decode_slots` lower
+        their program instead of running it, returning their inputs for what they would
+        update and shapes (`jax.ShapeDtypeStruct`s, which later calls inside accept) for new
+        outputs. On a clean exit every program is compiled, `workers` at a time
+        (`jaxserve.ahead`)."""
         if self.ahead is not None:
             raise RuntimeError("compile_ahead is already active")
         self.ahead = AheadOfTime(workers)

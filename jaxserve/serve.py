@@ -186,7 +186,8 @@ def profile_runner(runner: ModelRunner, s: ServeSettings, save_to: str | None = 
     """The prefill table (powers of two up to max_prompt_len), decode times at 1 and
     max_batch, and swap bandwidth; saved to `save_to` when given."""
     lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
-    prof = profile(runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}))
+    batches = sorted({1, s.max_batch})
+    prof = profile(runner, s.page_size, lengths=lengths, batches=batches, num_pages=s.kv_pages)
     if save_to is not None:
         prof.save(save_to)
     return prof

@@ -357,6 +357,23 @@ def test_jaxserve_never_imports_kvpred():
     assert isinstance(KVPModel.decoder, property)
 
 
+def test_the_profile_compiles_the_engines_own_prefill_programs(model):
+    """Profiled on the engine's pool size, the profile's programs (its two batch-1 prefills,
+    its swap's) are ones the warm-up then finds compiled."""
+    import jax
+
+    from jaxserve.profiler import profile
+
+    def warmup_compiles(profiled: bool) -> int:
+        jax.clear_caches()
+        runner = ModelRunner(model)
+        if profiled:
+            profile(runner, PAGE, lengths=[16, 32], batches=[1], reps=1, num_pages=40)
+        return Engine(model, "fcfs", _config(40), runner=runner).warmup(32, 32)
+
+    assert warmup_compiles(False) - warmup_compiles(True) >= 4
+
+
 def test_warmup_covers_a_kept_turns_continuation(model, runner):
     """With reuse, warm-up also compiles the continuation of a kept turn and the assembly
     of its first token with a plain prefill's in the same iteration: serving compiles
