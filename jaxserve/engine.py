@@ -33,6 +33,9 @@ the step dispatched one iteration earlier, and by then the device is busy with t
   resumes by recompute (the base's exact prefill) or prediction (`preempt.recovery`), and
   each request's preempt and resume times go on its `Timeline`.
 
+The dispatch side of a step is `jaxserve.dispatch`, its read side `jaxserve.readback`; both
+are parts of `Engine`.
+
 `overlap=False` reads each step's tokens right after dispatching it (the scheduler then sees
 every result before the next plan, as in a synchronous loop); outputs are the same either way.
 
@@ -48,46 +51,31 @@ swapped KV comes back bit-exact, so greedy and seeded outputs do not depend on p
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxserve.device_batch import DeviceBatch
+from jaxserve.dispatch import Dispatching, InFlight
 from jaxserve.errors import InputError
 from jaxserve.events import Event, Timeline, UnknownRequestError, token_ids
-from jaxserve.kvcache.host import HostKV, HostTier
+from jaxserve.kvcache.host import HostTier
 from jaxserve.kvcache.reuse import ConversationKV, Kept
+from jaxserve.readback import Reading
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
-from jaxserve.sched import Plan, Request, SchedulerConfig, State, make_scheduler
-from jaxserve.sched.request import pages_for
+from jaxserve.sched import Plan, Request, SchedulerConfig, make_scheduler
 from jaxserve.switch import ContextSwitch
 from jaxserve.tokenizer import Tokenizer
 
 __all__ = ["Engine", "Event", "Timeline", "UnknownRequestError"]
 
 
-@dataclasses.dataclass
-class _InFlight:
-    """A dispatched iteration whose tokens the host has not read yet."""
-
-    plan: Plan
-    prefill_rows: list[Request]  # rows of `prefill_out`
-    prefill_out: jax.Array | None  # [Bp] first tokens
-    decode_rows: list[Request]  # rows of `decode_out`, batch order
-    decode_out: jax.Array | None  # [2, b, k]: tokens, emitted
-    dispatched: float  # engine clock at dispatch
-    swapped_out: list[HostKV]  # host copies to settle once this step is read
-    steps: int = 1  # decode steps in the call
-
-
-class Engine:
+class Engine(Dispatching, Reading):
     def __init__(
         self,
         model: ServingModel,
@@ -155,7 +143,7 @@ class Engine:
         max_steps = decode_steps if overlap else 1
         self.device = DeviceBatch(self.runner, sched_config, max_stop_ids, max_steps)
         self._copy_ahead = self.runner.mesh.devices.flat[0].platform != "cpu"
-        self._inflight: _InFlight | None = None
+        self._inflight: InFlight | None = None
         self._last_read = self.now()
         self._step_time = 0.0  # running estimate of one decode step, seconds
         self.next_arrival: float | None = None  # engine clock; multi-step stays before it
@@ -331,238 +319,6 @@ class Engine:
         tl.swapped_bytes += nbytes
         # the copy runs on the device, ordered by data dependencies: its expected duration
         tl.swap_time += nbytes / self.sched_config.swap_bandwidth
-
-    # -- dispatch -------------------------------------------------------------------------
-
-    def _dispatch(self, plan: Plan, swapped_out: list[HostKV]) -> _InFlight:
-        prefill_out, prefill_rows = self._prefill(plan.prefill) if plan.prefill else (None, [])
-        decode_out, steps = None, 1
-        if plan.decode:
-            steps = self._num_steps(plan)
-            decode_out = self._decode(plan.decode, steps)
-        self.device.dispatched(prefill_out, prefill_rows)
-        if self._copy_ahead:  # start the tokens' trip to the host now (not needed on CPU)
-            for x in (prefill_out, decode_out):
-                if x is not None:
-                    x.copy_to_host_async()
-        return _InFlight(
-            plan,
-            prefill_rows,
-            prefill_out,
-            list(plan.decode),
-            decode_out,
-            self.now(),
-            swapped_out,
-            steps,
-        )
-
-    def _prefill(self, reqs: Sequence[Request]) -> tuple[jax.Array, list[Request]]:
-        """Prefill (or recompute) each request's known tokens; their next tokens [B] and the
-        requests in row order."""
-        seqs = []
-        for r in reqs:
-            seq = self._tokens[r.id]
-            if len(seq) != r.context_len:
-                raise AssertionError(
-                    f"{r.id}: prefill of {len(seq)} known tokens, context is {r.context_len}"
-                )
-            seqs.append(seq)
-        params = [self._params[r.id] for r in reqs]
-        keys = [self._keys[r.id] for r in reqs]
-        # "prefill" (the model's), "base" (a drop recovered by the base model's exact
-        # prefill) or "extend" (a turn continuing a kept conversation)
-        kinds = ["extend" if r.id in self._reuse else self.switch.prefill_kind(r.id) for r in reqs]
-        if all(k == "prefill" for k in kinds):
-            self.kv, first = self.device.prefill(self.kv, reqs, seqs, params, keys)
-            return first, list(reqs)
-        # one call per kind, rows in that order: the plain prefill's, the base's, then each
-        # continuation (its KV back from the host, then only the new tokens)
-        parts, order = [], []
-        for kind in ("prefill", "base"):
-            rows = [i for i, k in enumerate(kinds) if k == kind]
-            if rows:
-                picked = [[xs[i] for i in rows] for xs in (reqs, seqs, params, keys)]
-                self.kv, out = self.device.prefill(self.kv, *picked, kind == "base")
-                parts.append((out, len(rows)))
-                order += rows
-        for i in (i for i, k in enumerate(kinds) if k == "extend"):
-            r, kept = reqs[i], self._reuse.pop(reqs[i].id)
-            self.kv = self.host.swap_in(self.kv, kept.host, r.pages[: kept.num_pages])
-            self.timelines[r.id].swapped_bytes += kept.host.nbytes
-            self.switch.retain(r.id, kept.host, kept.cached)  # its full pages stay valid
-            self.kv, out = self.device.extend(self.kv, r, seqs[i], kept.cached, params[i], keys[i])
-            parts.append((out, 1))
-            order.append(i)
-        rows = [reqs[i] for i in order]
-        return self.device.assemble(parts, len(rows)), rows
-
-    def _num_steps(self, plan: Plan) -> int:
-        """Decode steps for this plan's one device call: 1, or up to `decode_steps` when
-        nothing can change meanwhile (module doc)."""
-        k = self.decode_steps
-        if k == 1 or not self.overlap or plan.prefill or plan.swap_in or plan.swap_out:
-            return 1
-        sched = self.scheduler
-        if sched.num_live != len(plan.decode):
-            return 1
-        if self.next_arrival is not None and self._step_time > 0:
-            k = min(k, int((self.next_arrival - self.now()) / self._step_time))
-        limit = sched.config.max_seq_len
-        for r in plan.decode:
-            p = self._params[r.id]
-            if p.stop_strings or len(p.stop_token_ids) > self.device.num_stop:
-                return 1
-            stop_at = self._stop_at.get(r.id, r.max_new_tokens)
-            # no finish by length before the chunk's last token; no page boundary
-            room = len(r.pages) * self.page_size - r.context_len + 1
-            k = min(
-                k,
-                r.max_new_tokens - r.num_generated,
-                stop_at - r.num_generated,
-                limit - r.context_len + 1,
-                room,
-            )
-            if k <= 1:
-                return 1
-        return k  # every length up to decode_steps runs the same program
-
-    def _decode(self, reqs: Sequence[Request], steps: int) -> jax.Array:
-        """Bring the slots up to date (one packed transfer if anything changed), then decode
-        `steps` tokens for `reqs` on the device; returns [2, b, steps] (tokens, emitted)."""
-        self.kv, out = self.device.decode(
-            self.kv, reqs, steps, self._tokens, self._params, self._keys, self._stop_at
-        )
-        self.decode_calls += 1
-        return out
-
-    # -- read back ------------------------------------------------------------------------
-
-    def _read(self, flight: _InFlight) -> list[Event]:
-        """Read a dispatched step's tokens, emit them, check stops, complete its plan."""
-        clock = time.perf_counter
-        t0 = clock()
-        first = None if flight.prefill_out is None else np.asarray(flight.prefill_out)
-        out = None if flight.decode_out is None else np.asarray(flight.decode_out)
-        t1 = clock()  # the only wait of the loop: for this step's tokens
-        sampled: list[tuple[str, list[int]]] = []
-        if first is not None:
-            sampled += [(r.id, [int(first[i])]) for i, r in enumerate(flight.prefill_rows)]
-        if out is not None:
-            toks, emitted = out
-            for i, r in enumerate(flight.decode_rows):
-                sampled.append((r.id, [int(x) for x in toks[i][emitted[i] != 0]]))
-        t = self.now()
-        elapsed = t - max(self._last_read, flight.dispatched)
-        self._last_read = t
-        self.busy_time += elapsed
-        self.iterations += 1
-        if flight.decode_out is not None and flight.prefill_out is None and not flight.plan.swap_in:
-            per_step = elapsed / flight.steps
-            self._step_time = (
-                per_step if not self._step_time else 0.8 * self._step_time + 0.2 * per_step
-            )
-        for host in flight.swapped_out:
-            host.settle()
-        self.switch.read(flight.plan, elapsed)
-        events: list[Event] = []
-        stopped = set()
-        for rid, toks in sampled:
-            tl = self.timelines.get(rid)
-            if tl is None:
-                continue  # released meanwhile
-            for tok in toks:
-                if tl.finish_time is not None:
-                    break  # ended meanwhile (stop, cancel): later tokens are never emitted
-                reason = self._emit(rid, tok, t)
-                events.append(Event("token", rid, t, token=tok))
-                if reason:
-                    events.append(Event("finish", rid, t, detail=reason))
-                    if reason == "stop":
-                        stopped.add(rid)
-        t2 = clock()
-        for r in self.scheduler.complete(flight.plan, t, elapsed, stopped):
-            if r.id in self.timelines:
-                self._keep(r)
-            self.device.release(r.id)
-        t3 = clock()
-        for r in flight.plan.batch:
-            tl = self.timelines.get(r.id)
-            if (
-                tl is not None
-                and tl.finish_time is None
-                and r.state == State.FINISHED
-                and not self._behind(r)
-            ):
-                self._finish(r.id, t, "length")  # the scheduler's context limit
-                events.append(Event("finish", r.id, t, detail="length"))
-        self.host_time["wait"] += t1 - t0
-        self.host_time["schedule"] += t3 - t2
-        self.host_time["read"] += clock() - t1 - (t3 - t2)
-        return events
-
-    def _behind(self, r: Request) -> bool:
-        """Tokens of `r` still in flight (committed but not read)?"""
-        return len(self._tokens[r.id]) < r.context_len
-
-    def _emit(self, rid: str, token: int, t: float) -> str | None:
-        """Record a token; returns a finish reason when it ends the request."""
-        self._tokens[rid].append(token)
-        tl = self.timelines[rid]
-        tl.output_ids.append(token)
-        tl.token_times.append(t)
-        p = self._params[rid]
-        reason = None
-        if token in p.stop_token_ids:
-            reason = "stop"
-        elif p.stop_strings and self.tokenizer is not None:
-            text = self.tokenizer.decode(tl.output_ids)
-            if any(s in text for s in p.stop_strings):
-                reason = "stop"
-        if reason is None and len(tl.output_ids) == self._stop_at.get(rid):
-            reason = "stop"
-        if reason is None and len(tl.output_ids) >= p.max_new_tokens:
-            reason = "length"
-        if reason:
-            self._finish(rid, t, reason)
-        return reason
-
-    def _finish(self, rid: str, t: float, reason: str) -> None:
-        tl = self.timelines[rid]
-        tl.finish_time, tl.finish_reason = t, reason
-        self.switch.forget(rid, keep_resident=True)  # `_keep` may still copy it out
-        self._unreuse(rid)
-        conv = self._conv.get(rid)
-        if conv is not None and reason in ("stop", "length"):
-            self.conversations.complete(conv, rid, self._tokens[rid])
-
-    def _keep(self, r: Request) -> None:
-        """A turn of a conversation ended: dispatch the copy of its KV to the host, kept for
-        the next turn (the device pages may be reused at once, as after a swap-out)."""
-        conv = self._conv.get(r.id)
-        pages = self.device.slot_pages(r.id)
-        tl = self.timelines[r.id]
-        if not self.reuse or conv is None or pages is None or tl.finish_reason == "cancelled":
-            self.switch.drop_host(r.id)
-            return
-        # KV exists for every token but the last generated one (never fed back)
-        ended = tl.finish_time is not None
-        cached = (tl.prompt_len + len(tl.output_ids) if ended else r.context_len) - 1
-        if cached < 1:
-            self.switch.drop_host(r.id)
-            return
-        try:  # only the pages not on the host already move
-            host, moved = self.switch.copy_out(
-                self.kv, r.id, list(pages[: pages_for(cached, self.page_size)])
-            )
-        except MemoryError:  # no room on the host: the next turn prefills from scratch
-            return
-        self.conversations.keep(conv, r.id, host, cached)
-        tl.swapped_bytes += moved
-        if ended:  # its tokens are all read (a stop): the entry is complete now
-            self.conversations.complete(conv, r.id, self._tokens[r.id])
-        budget = self.sched_config.host_pages
-        if budget is not None:  # the scheduler's swaps come first
-            self.conversations.evict(budget - self.scheduler.host_used)
 
     def warmup(self, max_prompt: int, max_context: int, extend: bool | None = None) -> int:
         """Compile every prefill, decode, slot-update and swap bucket a run up to these

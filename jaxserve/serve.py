@@ -308,8 +308,10 @@ def run_serve(
         kvp_model = load_prefill_model(kvp_dir, model)
     runner = ModelRunner(model)
     page_bytes = page_nbytes(config, s.page_size)
+    profile_start = time.perf_counter()
     if prof is None:
         prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"))
+    profile_seconds = time.perf_counter() - profile_start
     # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
     variants = [("", runner, prof)]
     if kvp_model is not None:
@@ -323,6 +325,7 @@ def run_serve(
         "environment": experiment.environment(),
         "model": {"source": source, "config": config.to_dict()},
         "profile": dataclasses.asdict(prof),
+        "profile_seconds": profile_seconds,  # the base model's profile, compiling included
         "runs": [],
     }
     print(HEADER, flush=True)
@@ -348,7 +351,9 @@ def run_serve(
                 )
                 # only the buckets a request that can run reaches (none when none can)
                 turns = any(r.conversation is not None for r in trace)
+                warm_start = time.perf_counter()
                 warm = engine.warmup(*reach, extend=engine.reuse and turns) if reach else 0
+                warm_seconds = time.perf_counter() - warm_start
                 compiles_before = CompileCounter.count()
                 start = time.perf_counter()
                 replay_trace(engine, t, s.max_output_len, closed_loop=s.closed_loop)
@@ -369,6 +374,7 @@ def run_serve(
                     busy_seconds=engine.busy_time,
                     swap_seconds=engine.swap_time,
                     warmup_compiles=warm,
+                    warmup_seconds=warm_seconds,
                     compiles_during_run=compiles,
                     reuse_hits=engine.conversations.hits,
                     reused_prompt_tokens=engine.conversations.tokens_reused,
