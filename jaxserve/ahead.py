@@ -11,11 +11,15 @@ nothing (the engine's tests count compiles after warm-up).
     ahead = AheadOfTime()
     ahead.add(jitted_fn, *args)   # lowers now (arrays or ShapeDtypeStructs), compiles meanwhile
     ahead.compile()               # waits for every program added; an AheadOfTime is used once
+
+`CompileCounter` counts the process's compilations, to prove that after warm-up a run
+compiles nothing.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -63,3 +67,32 @@ class AheadOfTime:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class CompileCounter:
+    """Counts XLA backend compilations (and persistent-cache hits) process-wide."""
+
+    _lock = threading.Lock()
+    _count = 0
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        with cls._lock:
+            if cls._installed:
+                return
+
+            def listener(event: str, duration: float, **kwargs) -> None:
+                if event in (
+                    "/jax/core/compile/backend_compile_duration",
+                    "/jax/compilation_cache/cache_retrieval_time_sec",
+                ):
+                    cls._count += 1
+
+            jax.monitoring.register_event_duration_secs_listener(listener)
+            cls._installed = True
+
+    @classmethod
+    def count(cls) -> int:
+        cls.install()
+        return cls._count

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
@@ -35,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve import sharding as shd
-from jaxserve.ahead import AheadOfTime
+from jaxserve.ahead import AheadOfTime, CompileCounter
 from jaxserve.batch import (
     DecodeBatch,
     ExtendBatch,
@@ -47,14 +46,12 @@ from jaxserve.batch import (
     take_rows,
 )
 from jaxserve.config import ModelConfig
+from jaxserve.decode_loop import decode_chunk
 from jaxserve.kvcache.pages import KVPages, init_pages, layer_shapes
 from jaxserve.models.transformer import Decoder
 from jaxserve.sampling import sample
 from jaxserve.strategy import (
     DecodeStrategy,
-    contiguous_attention,
-    flush_contiguous,
-    gather_contiguous,
     out_in_layout,
 )
 
@@ -78,35 +75,6 @@ class ServingModel(Protocol):
     def decoder(self) -> Decoder:
         """The model that decodes on the cache."""
         ...
-
-
-class CompileCounter:
-    """Counts XLA backend compilations (and persistent-cache hits) process-wide."""
-
-    _lock = threading.Lock()
-    _count = 0
-    _installed = False
-
-    @classmethod
-    def install(cls) -> None:
-        with cls._lock:
-            if cls._installed:
-                return
-
-            def listener(event: str, duration: float, **kwargs) -> None:
-                if event in (
-                    "/jax/core/compile/backend_compile_duration",
-                    "/jax/compilation_cache/cache_retrieval_time_sec",
-                ):
-                    cls._count += 1
-
-            jax.monitoring.register_event_duration_secs_listener(listener)
-            cls._installed = True
-
-    @classmethod
-    def count(cls) -> int:
-        cls.install()
-        return cls._count
 
 
 class ModelRunner:
@@ -386,61 +354,4 @@ class ModelRunner:
     ):
         """`num_steps` decode steps, or with `steps` (traced) that many, at most num_steps."""
         model = self._model(state, out_in).decoder
-        bt, stop_ids = batch.block_tables, batch.stop_ids
-        params = (batch.temperature, batch.top_k, batch.top_p)
-        zeros = jnp.zeros_like(batch.positions)
-        rows = batch.tokens.shape[0]
-        contiguous = self.strategy.contiguous_for(rows, num_steps)
-        # what the steps carry: the pages, or the rows' contiguous copy of them
-        cache = gather_contiguous(kv, bt) if contiguous else kv
-        attention = contiguous_attention if contiguous else self.strategy.attention
-
-        def step(carry):
-            cache, tok, pos, active, remaining = carry
-            new_pos = pos + 1
-            seq_lens = jnp.where(active, new_pos, 0)
-            logits, cache = model(
-                tok[:, None],
-                pos[:, None],
-                kv=cache,
-                block_tables=bt,
-                seq_lens=seq_lens,
-                logits_index=zeros,
-                attention=attention,
-            )
-            nxt = sample(logits, batch.keys, new_pos, *params)
-            nxt = jnp.where(active, nxt, tok)
-            emitted = active
-            remaining = remaining - active.astype(remaining.dtype)
-            hit_stop = jnp.any(nxt[:, None] == stop_ids, axis=-1)
-            active = active & ~hit_stop & (remaining > 0)
-            pos = jnp.where(emitted, new_pos, pos)
-            return (cache, nxt, pos, active, remaining), (nxt, emitted)
-
-        init = (cache, batch.tokens, batch.positions, batch.active, batch.remaining)
-        if steps is None:  # exactly num_steps
-            carry, (toks, emitted) = jax.lax.scan(
-                lambda c, _: step(c), init, None, length=num_steps
-            )
-        else:  # `steps` (a traced count <= num_steps): a loop that ends early
-            buffers = (
-                jnp.zeros((num_steps, rows), batch.tokens.dtype),
-                jnp.zeros((num_steps, rows), bool),
-            )
-
-            def body(i, state):
-                carry, (toks, emitted) = state
-                carry, (nxt, emitted_i) = step(carry)
-                return carry, (toks.at[i].set(nxt), emitted.at[i].set(emitted_i))
-
-            carry, (toks, emitted) = jax.lax.fori_loop(0, steps, body, (init, buffers))
-        cache, tok, pos, active, remaining = carry
-        # a step writes the cache of the token it is fed (at `pos`), so the chunk wrote
-        # positions [start, pos) of each row
-        kv = (
-            flush_contiguous(kv, bt, cache, batch.positions, pos, num_steps)
-            if contiguous
-            else cache
-        )
-        new_batch = batch.replace(tokens=tok, positions=pos, active=active, remaining=remaining)
-        return kv, new_batch, toks.T, emitted.T
+        return decode_chunk(model, self.strategy, kv, batch, num_steps, steps)
