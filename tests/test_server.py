@@ -28,7 +28,8 @@ from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig
 from jaxserve.server import client
-from jaxserve.server.app import RunningServer, build_app
+from jaxserve.server.app import build_app
+from jaxserve.server.running import RunningServer
 from jaxserve.tokenizer import load_default
 
 MODEL = "test-tiny"

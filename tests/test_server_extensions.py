@@ -18,7 +18,8 @@ from conftest import random_model, tiny_config
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sched import SchedulerConfig
-from jaxserve.server.app import RunningServer, build_app
+from jaxserve.server.app import build_app
+from jaxserve.server.running import RunningServer
 from jaxserve.tokenizer import load_default
 
 MODEL = "test-tiny"

@@ -20,7 +20,8 @@ from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sched import SchedulerConfig
 from jaxserve.server import client, load
-from jaxserve.server.app import RunningServer, build_app
+from jaxserve.server.app import build_app
+from jaxserve.server.running import RunningServer
 from jaxserve.tokenizer import load_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
