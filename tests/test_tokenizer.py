@@ -164,7 +164,10 @@ def test_load_tokenizer_missing_files(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "does-not-exist")
 
 
-def test_build_script_reproduces_shipped_json(tmp_path: Path) -> None:
+def test_build_script_reproduces_shipped_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BUILD_SCRIPT.parent))  # its corpus modules sit beside it
     reference = runpy.run_path(str(BUILD_SCRIPT))["REFERENCE_PYTHON"]
     if platform.python_version() != reference:
         pytest.skip(f"stdlib corpus is pinned to Python {reference}")
