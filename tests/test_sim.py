@@ -324,3 +324,34 @@ def test_traces_become_requests_as_the_engine_replays_them():
     assert after == {"a1": ("a0", 2.0)} and [r.max_new_tokens for r in reqs] == [16, 16, 16]
     res = simulate(make_scheduler("fcfs", cfg()), reqs, ONE, after=after)
     assert res.records["a0"].finish_time == 3.0 and res.records["a1"].arrival == 5.0
+
+
+@pytest.mark.parametrize("closed_loop", [True, False])
+def test_multiturn_conversations_run_turn_after_turn(closed_loop):
+    """`multiturn_synth` on two replicas: every conversation stays on one replica, and each
+    later turn arrives its think time (the trace's gap) after the previous turn finished
+    (closed loop), or at its trace time (open loop). Every turn finishes."""
+    from jaxserve.sim import HARDWARE, MODELS, Parallelism, RooflineCost
+    from jaxserve.sim.run import SimSettings, deal, make_trace, run_rates
+
+    cost = RooflineCost(HARDWARE["h100"], MODELS["llama-3-8b"], Parallelism())
+    s = SimSettings(schedulers=["skip_join_mlfq", "vtc"], workload="multiturn_synth",
+                    rates=[2.0], num_requests=60, max_prompt_len=512, max_output_len=256,
+                    replicas=2, closed_loop=closed_loop)  # fmt: skip
+    trace = make_trace(s, 2.0)
+    assert any(t.turn > 0 for t in trace) and len({t.client for t in trace}) > 2
+    home = {t.conversation: k for k, part in enumerate(deal(trace, 2)) for t in part}
+    for k, part in enumerate(deal(trace, 2)):
+        assert all(home[t.conversation] == k for t in part)
+    runs = run_rates(s, cost, SYNC, 8192, cost.kv_pages(), cost.kv_bytes_per_page)
+    for run in runs:
+        recs = {r["id"]: r for r in run["requests"]}
+        assert run["summary"]["num_finished"] == len(trace)
+        prev = {}
+        for t in trace:
+            p = prev.get(t.conversation)
+            if p is not None:
+                want = recs[p.id]["finish_time"] + (t.arrival - p.arrival)
+                got = recs[t.id]["arrival"]
+                assert got == pytest.approx(want if closed_loop else t.arrival), t.id
+            prev[t.conversation] = t
