@@ -144,12 +144,14 @@ def simulate(
     """
     loop = _Loop(sched, requests, cost, timing, cancels, after or {})
     loop.fast = fast and on_step is None and type(sched.policy) in _STEADY_POLICIES
+    loop.mlfq = isinstance(sched.policy, MLFQ)  # `run_steady` may go on after a prefill
     return loop.run(max_iterations, on_step)
 
 
 class _Loop:
     def __init__(self, sched, requests, cost, timing, cancels, after):
         self.fast = False  # repeat steady plans without re-planning (`steady`)
+        self.mlfq = False  # ... also after a prefill (MLFQ policies)
         self.sched = sched
         self.cost = _plan_cost(cost)
         self.cost_model = cost
@@ -336,13 +338,15 @@ class _Loop:
             else:
                 self.host_work(timing.host_idle)
             if not timing.overlap and current is not None:
-                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan)
-                keys = [(r.queue, r.entered_queue) for r in plan.decode] if steady else None
+                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan, self.mlfq)
+                keys = [(r.queue, r.entered_queue) for r in plan.batch] if steady else None
                 self.read(current)
                 current = None
                 if steady:
-                    moved = keys != [(r.queue, r.entered_queue) for r in plan.decode]
-                    forced = run_steady(self, plan, max_iterations, moved)
+                    moved = bool(plan.prefill) or keys != [
+                        (r.queue, r.entered_queue) for r in plan.batch
+                    ]
+                    forced = run_steady(self, plan.batch, max_iterations, moved)
             if inflight is not None:
                 self.read(inflight)
             inflight = current
@@ -355,11 +359,12 @@ class _Loop:
 _STEADY_POLICIES = (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)
 
 
-def _steady_plan(plan: Plan) -> bool:
-    """Decode only, nothing moved, nobody preempted or rejected."""
+def _steady_plan(plan: Plan, prefill: bool = False) -> bool:
+    """Decode only (or, with `prefill`, prefills too), nothing moved, nobody preempted or
+    rejected: a plan whose batch `run_steady` may repeat."""
     return bool(
-        plan.decode
-        and not (plan.prefill or plan.swap_out or plan.swap_in or plan.drop)
+        (plan.decode or (prefill and plan.prefill))
+        and not ((plan.prefill and not prefill) or plan.swap_out or plan.swap_in or plan.drop)
         and not (plan.preempted or plan.rejected)
     )
 

@@ -74,15 +74,15 @@ def _still_first(cfg, rows: list[Request], order: list[int], others: tuple) -> b
     return others == () or (len(rows) == cfg.max_batch and mlfq_order(rows[order[-1]]) < others)
 
 
-def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Plan | None:
-    """Run `plan`'s decode batch again and again without calling `schedule`, for as long as
-    the scheduler is certain to plan that batch (module docstring); stop before any
-    iteration it might plan otherwise, which then runs normally. Where that iteration is
+def run_steady(loop: _Loop, rows: list[Request], max_iterations: int, moved: bool) -> Plan | None:
+    """Run the batch `rows` (the last plan's) again and again without calling `schedule`,
+    for as long as the scheduler is certain to plan that batch (module docstring); stop
+    before any iteration it might plan otherwise, which then runs normally. Where that iteration is
     one in which a row ends, and so still certain to plan the batch, returns its plan (pages
     grown by the scheduler's own `run`) for the loop to run in place of `schedule`'s.
-    `moved`: the plan's own step moved an MLFQ queue (the batch goes on re-sorted, where
-    certain, as after a move within the stretch)."""
-    rows = list(plan.decode)
+    `moved`: the last plan prefilled rows or its step moved an MLFQ queue (the batch goes on
+    re-sorted, where certain, as after a move within the stretch)."""
+    rows = list(rows)
     if not all(r.live for r in rows):
         return None
     sched, res = loop.sched, loop.res
@@ -120,7 +120,8 @@ def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Pla
     next_grow = min(nxt)
     grown_ids: set[str] = set()  # rows whose block tables grew
     others = None  # the best key among live requests outside the batch (on demand)
-    resend = reordered = False
+    resend = True  # compare the rows with those the last decode call sent (first iteration)
+    reordered = False
     if moved:
         if not mlfq:
             return None
@@ -131,7 +132,7 @@ def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Pla
         if order != list(range(n)):
             rows, q, thr, nxt = ([xs[k] for k in order] for xs in (rows, q, thr, nxt))
             cost = step_cost(loop, rows)
-            resend, reordered = bool(row_update), True
+            reordered = True
     t, df, last, busy = loop.t, loop.device_free, loop.last_read, res.device_busy
     last_start = t
     nows: list[float] = []
@@ -139,7 +140,7 @@ def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Pla
     for j in range(hard):
         if stop_at <= t:
             break
-        update = resend
+        update = False
         if j == next_grow:
             grow = [k for k in range(n) if nxt[k] == j]
             if len(grow) > spare:
@@ -153,11 +154,11 @@ def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Pla
             next_grow = min(nxt)
             update = True
         seconds = cost(j)
+        if resend and row_update:  # the loop's own test: other rows, or other pages
+            update = loop.rows_changed(rows)
+        resend = False
         if update and row_update:
             seconds += row_update
-        if resend:
-            loop.rows_sent = [r.id for r in rows]
-            resend = False
         # the clocks, as `_Loop.run` and `_Loop.read` move them
         if serial and df > t:
             df += min(host, df - t)
@@ -186,7 +187,7 @@ def run_steady(loop: _Loop, plan: Plan, max_iterations: int, moved: bool) -> Pla
         if order != list(range(n)):
             rows, q, thr, nxt = ([xs[k] for k in order] for xs in (rows, q, thr, nxt))
             cost = step_cost(loop, rows)  # rows still at their contexts before the stretch
-            resend, reordered = bool(row_update), True
+            resend = reordered = True
     else:
         ran_out = True
     # -- write back
