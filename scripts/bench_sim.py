@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import time
@@ -58,6 +59,7 @@ def main() -> None:
     timing = Timing(overlap=False, decode_steps=1) if args.timing == "sync" else Timing()
     config = scheduler_config(s, cost, 8192, cost.kv_pages(), cost.kv_bytes_per_page)
     rates = []
+    load = os.getloadavg()
     for k in range(1 if args.profile else args.rounds):
         cost = new_cost()  # its memo starts empty each round
         prof = cProfile.Profile() if args.profile else None
@@ -88,7 +90,8 @@ def main() -> None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     print(
         f"simulated requests per minute: median {statistics.median(rates):,.0f} "
-        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} rounds)"
+        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} rounds; load average "
+        f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after: other jobs on this machine)"
     )
 
 

@@ -359,13 +359,14 @@ class _Loop:
 _STEADY_POLICIES = (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)
 
 
-def _steady_plan(plan: Plan, prefill: bool = False) -> bool:
-    """Decode only (or, with `prefill`, prefills too), nothing moved, nobody preempted or
-    rejected: a plan whose batch `run_steady` may repeat."""
+def _steady_plan(plan: Plan, mlfq: bool = False) -> bool:
+    """Decode only, no pages moved, nobody rejected: a plan whose batch `run_steady` may
+    repeat (a request it preempted ranked after the batch or did not fit, and still does);
+    for MLFQ policies also one that prefills (its batch goes on where certain)."""
     return bool(
-        (plan.decode or (prefill and plan.prefill))
-        and not ((plan.prefill and not prefill) or plan.swap_out or plan.swap_in or plan.drop)
-        and not (plan.preempted or plan.rejected)
+        (plan.decode or (mlfq and plan.prefill))
+        and not (plan.prefill and not mlfq)
+        and not (plan.swap_out or plan.swap_in or plan.drop or plan.rejected)
     )
 
 

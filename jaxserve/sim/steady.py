@@ -1,7 +1,8 @@
 """Steady stretches: the decode iterations of one batch without re-planning or per-row work.
 
-    _Loop.run: plan P (decode only, nothing moved) was read and its step moved no MLFQ queue
-      -> run_steady(loop, P):
+    _Loop.run: plan P (decode only, no pages moved; for MLFQ policies also a prefill) was
+    read; rows that ended leave it (MLFQ: the rest go on where certain, as after a move)
+      -> run_steady(loop, P.batch):
            limits  iterations before a row finishes by length or by its trace, before a
                    starvation check, before max_iterations (computed once)
            each iteration, only what can change something:
@@ -16,6 +17,8 @@
                      is certain to plan exactly that: every live request in the batch, or a
                      full batch still ranked before every other live request
            then, once: tokens, token times, counters, quanta written back to the requests
+      -> the iteration in which a row ends is still the same batch: its plan is made here
+         (the scheduler's own `run` for each row) and handed to the loop, which runs it
 
 Why the scheduler would plan P again: the policy's choice depends only on request keys that
 a decode step leaves alone (srpt: only improves for the batch) and on free pages, which only
@@ -77,13 +80,17 @@ def _still_first(cfg, rows: list[Request], order: list[int], others: tuple) -> b
 def run_steady(loop: _Loop, rows: list[Request], max_iterations: int, moved: bool) -> Plan | None:
     """Run the batch `rows` (the last plan's) again and again without calling `schedule`,
     for as long as the scheduler is certain to plan that batch (module docstring); stop
-    before any iteration it might plan otherwise, which then runs normally. Where that iteration is
-    one in which a row ends, and so still certain to plan the batch, returns its plan (pages
-    grown by the scheduler's own `run`) for the loop to run in place of `schedule`'s.
-    `moved`: the last plan prefilled rows or its step moved an MLFQ queue (the batch goes on
-    re-sorted, where certain, as after a move within the stretch)."""
-    rows = list(rows)
-    if not all(r.live for r in rows):
+    before any iteration it might plan otherwise, which then runs normally. Where that
+    iteration is one in which a row ends, and so still certain to plan the batch, returns
+    its plan (pages grown by the scheduler's own `run`) for the loop to run in place of
+    `schedule`'s.
+    `moved`: the last plan prefilled or preempted, or its step moved an MLFQ queue or ended
+    a row (the batch goes on, re-sorted, only where that is certain, as after a move
+    within the stretch)."""
+    live = [r for r in rows if r.live]
+    if len(live) < len(rows):  # rows ended in the last step: the rest, re-sorted (MLFQ)
+        rows, moved = live, True
+    if not rows:
         return None
     sched, res = loop.sched, loop.res
     cfg, policy, alloc, timing = sched.config, sched.policy, sched.allocator, loop.timing
@@ -129,10 +136,9 @@ def run_steady(loop: _Loop, rows: list[Request], max_iterations: int, moved: boo
         order = sorted(range(n), key=lambda k: mlfq_order(rows[k]))
         if not _still_first(cfg, rows, order, others):
             return None
-        if order != list(range(n)):
-            rows, q, thr, nxt = ([xs[k] for k in order] for xs in (rows, q, thr, nxt))
-            cost = step_cost(loop, rows)
-            reordered = True
+        rows, q, thr, nxt = ([xs[k] for k in order] for xs in (rows, q, thr, nxt))
+        cost = step_cost(loop, rows)
+        reordered = True  # a new plan, for `preempted`
     t, df, last, busy = loop.t, loop.device_free, loop.last_read, res.device_busy
     last_start = t
     nows: list[float] = []
