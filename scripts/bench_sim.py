@@ -9,7 +9,9 @@ The trace is `sharegpt_synth` (its own length distribution, clipped to 1024 toke
 max_batch rows per decode iteration over the mean output length), so the scheduler has a
 real queue to sort. Runs `--rounds` times (a fresh cost model and scheduler each: nothing
 cached carries over) and prints each round's wall time and rate, then the median and the
-spread (min-max); with `--profile`, one round and its hottest functions.
+spread (min-max), by wall time and by this process's CPU time (on a machine shared with
+other jobs, the wall time also counts the time the process waited for a core); with
+`--profile`, one round and its hottest functions.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ def main() -> None:
     trace = workload.make_workload("sharegpt_synth", rate, args.num_requests, args.seed, **lengths)
     timing = Timing(overlap=False, decode_steps=1) if args.timing == "sync" else Timing()
     config = scheduler_config(s, cost, 8192, cost.kv_pages(), cost.kv_bytes_per_page)
-    rates = []
+    rates, cpu_rates = [], []
     load = os.getloadavg()
     for k in range(1 if args.profile else args.rounds):
         cost = new_cost()  # its memo starts empty each round
         prof = cProfile.Profile() if args.profile else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if prof:
             prof.enable()
         records, results = simulate_trace(
@@ -71,8 +73,9 @@ def main() -> None:
         )
         if prof:
             prof.disable()
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         rates.append(len(records) / wall * 60)
+        cpu_rates.append(len(records) / cpu * 60)
         if k == 0:
             done = sum(r.state == "finished" for r in records)
             print(
@@ -83,7 +86,8 @@ def main() -> None:
             )
         print(
             f"round {k + 1}: wall {wall:.2f} s, {rates[-1]:,.0f} simulated requests per "
-            f"minute, {results[0].iterations / wall:,.0f} iterations/s",
+            f"minute, {results[0].iterations / wall:,.0f} iterations/s; CPU {cpu:.2f} s, "
+            f"{cpu_rates[-1]:,.0f} per CPU minute",
             flush=True,
         )
         if prof:
@@ -91,7 +95,9 @@ def main() -> None:
     print(
         f"simulated requests per minute: median {statistics.median(rates):,.0f} "
         f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} rounds; load average "
-        f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after: other jobs on this machine)"
+        f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after: other jobs on this machine); "
+        f"per minute of this process's CPU time: median {statistics.median(cpu_rates):,.0f} "
+        f"(min {min(cpu_rates):,.0f}, max {max(cpu_rates):,.0f})"
     )
 
 

@@ -64,8 +64,8 @@ class RooflineCost:
     bandwidth_efficiency: float = 1.0  # fraction of HBM bandwidth reached
     memory_fraction: float = 0.9  # of HBM usable (the rest: runtime, fragmentation)
     activation_bytes: float = 2e9  # per device, kept for activations and workspace
-    # decode-only iteration times by the rows' per-micro-batch (count, context sum), which is
-    # all they depend on: the simulator asks for the same ones again and again
+    # decode-only iteration times by the rows' per-micro-batch counts, then context sums,
+    # which is all they depend on: the simulator asks for the same ones again and again
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -205,20 +205,33 @@ class RooflineCost:
         (the same floats; the simulator's steady stretches)."""
         contexts = list(contexts)
         mb = min(self.par.microbatches or self.par.pp, len(contexts)) or 1
+        if mb == 1:  # one micro-batch: the time depends on the row count and context sum
+            n, total = len(contexts), sum(contexts)
+            memo = self._memo.setdefault(n, {})
+
+            def one(j: int) -> float:
+                t = memo.get(total + j * n)
+                if t is None:
+                    if len(memo) > 1 << 16:
+                        memo.clear()
+                    t = memo[total + j * n] = self.compute_time([], [c + j for c in contexts])
+                return t
+
+            return one
         lens = tuple(len(contexts[k::mb]) for k in range(mb))
         sums = [sum(contexts[k::mb]) for k in range(mb)]
-        memo = self._memo
+        memo = self._memo.setdefault(lens, {})
 
-        def at(j: int) -> float:
-            key = (lens, *(s + j * n for s, n in zip(sums, lens)))
+        def split(j: int) -> float:
+            key = tuple(s + j * n for s, n in zip(sums, lens))
             t = memo.get(key)
             if t is None:
-                if len(memo) > 1 << 18:
+                if len(memo) > 1 << 16:
                     memo.clear()
                 t = memo[key] = self.compute_time([], [c + j for c in contexts])
             return t
 
-        return at
+        return split
 
     def iteration_time(self, plan: Plan, steps: int = 1) -> float:
         t = self.swap_time(plan.swap_out_pages) + self.swap_time(plan.swap_in_pages)

@@ -243,28 +243,37 @@ class _Loop:
                 per_step if not self.step_time else 0.8 * self.step_time + 0.2 * per_step
             )
         records, emitted, target = self.records, self.emitted, self.target
+        prefill, steps = flight.prefill, flight.steps
         stopped = set()
-        for r in plan.batch:
-            rec = records[r.id]
+        batch = plan.batch
+        for r in batch:
+            rid = r.id
+            rec = records[rid]
             if rec.finish_time is not None:
                 continue  # ended meanwhile: its in-flight tokens are never emitted
-            n = min(1 if r.id in flight.prefill else flight.steps, target[r.id] - emitted[r.id])
+            left = target[rid] - emitted[rid]
+            n = 1 if rid in prefill else steps
+            if left < n:
+                n = left
             if n <= 0:
                 continue
-            emitted[r.id] += n
+            emitted[rid] += n
             rec.output_len += n
-            rec.token_times += [now] * n
+            if n == 1:
+                rec.token_times.append(now)
+            else:
+                rec.token_times += [now] * n
             if rec.first_token_time is None:
                 rec.first_token_time = now
-            if emitted[r.id] >= target[r.id]:
+            if n == left:
                 if r.live:
-                    stopped.add(r.id)
-                self.finish(r, now, "stop" if target[r.id] < r.max_new_tokens else "length")
+                    stopped.add(rid)
+                self.finish(r, now, "stop" if target[rid] < r.max_new_tokens else "length")
         self.sched.complete(plan, now, elapsed, stopped)
-        for r in plan.batch:  # ended by the scheduler (max_seq_len) with every token read
-            rec = records[r.id]
-            if rec.finish_time is None and r.state is State.FINISHED and not r.cancelled:
-                if emitted[r.id] >= r.num_generated:
+        for r in batch:  # ended by the scheduler (max_seq_len) with every token read
+            if r.state is State.FINISHED and not r.cancelled:
+                rec = records[r.id]
+                if rec.finish_time is None and emitted[r.id] >= r.num_generated:
                     self.finish(r, now, "length")
 
     def run(self, max_iterations, on_step) -> SimResult:
