@@ -11,6 +11,7 @@ requests) and DIR/jct_vs_rate.png (mean and P99 JCT against arrival rate).
 
 from __future__ import annotations
 
+import math
 import os
 
 from absl import app, flags
@@ -56,6 +57,22 @@ _PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period,
 _STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
 _RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "Swapped jobs to prefetch ahead of running.")
+_INPUT_COST = flags.DEFINE_float(
+    "input_cost", 1.0, "vtc / fair_priority and service metrics: charge per prompt token."
+)
+_OUTPUT_COST = flags.DEFINE_float(
+    "output_cost", 2.0, "vtc / fair_priority and service metrics: charge per generated token."
+)
+_RERANK = flags.DEFINE_integer(
+    "rerank_every", 8, "fair_priority: iterations between re-rankings by client service.",
+    lower_bound=1,
+)  # fmt: skip
+_CLOSED_LOOP = flags.DEFINE_bool(
+    "closed_loop",
+    True,
+    "Release a conversation's next turn when the previous one ended plus the think time "
+    "(else every turn at its trace arrival).",
+)
 _OUT = flags.DEFINE_string("out", "runs/simulate", "Output directory.")
 
 
@@ -96,6 +113,11 @@ def check_flags() -> list[float]:
             raise app.UsageError(f"--{flag.name} must be in (0, 1], got {flag.value}")
     if _OUT_SIGMA.value is not None and _OUT_SIGMA.value <= 0:
         raise app.UsageError("--output_sigma must be > 0")
+    for flag in (_INPUT_COST, _OUTPUT_COST):
+        if not (math.isfinite(flag.value) and flag.value >= 0):
+            raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
+    if _INPUT_COST.value == 0 and _OUTPUT_COST.value == 0:
+        raise app.UsageError("--input_cost and --output_cost cannot both be 0")
     return rates
 
 
@@ -132,6 +154,10 @@ def main(argv):
         starve_s=_STARVE.value,
         reserve_pages=_RESERVE.value,
         prefetch=_PREFETCH.value,
+        input_cost=_INPUT_COST.value,
+        output_cost=_OUTPUT_COST.value,
+        rerank_every=_RERANK.value,
+        closed_loop=_CLOSED_LOOP.value,
     )
     results = run_analytical(
         settings,
@@ -161,7 +187,8 @@ _OWN = {
         _HARDWARE, _NUM_DEVICES, _MODEL, _TP, _PP, _MICRO, _DTYPE, _EFF_F, _EFF_M, _SCHEDULERS,
         _WORKLOAD, _RATES, _N, _SEED, _ARRIVAL, _CV, _SCALE, _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT,
         _MAX_BATCH, _PAGE_SIZE, _KV_PAGES, _PREEMPTION, _HOST_PAGES, _Q0, _Q0_IT, _NUM_QUEUES,
-        _CHARGE, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _OUT,
+        _CHARGE, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _INPUT_COST, _OUTPUT_COST, _RERANK,
+        _CLOSED_LOOP, _OUT,
     )
 }  # fmt: skip
 

@@ -32,6 +32,7 @@ from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig, reject_reason
+from jaxserve.sched.settings import config_from_settings
 
 
 def to_record(tl: Timeline) -> metrics.RequestRecord:
@@ -148,32 +149,17 @@ def scheduler_config(
     """The scheduler's knobs for one run. A profile of a model that predicts its cache
     (KV prediction) brings the cost of re-predicting; on the base prefill, `predict` runs as
     `recompute` (the base cannot predict)."""
-    q0 = s.q0 if s.q0 is not None else s.q0_iterations * prof.decode_time(s.max_batch)
-    predict = prof.predict_tokens_per_s
-    preemption = "recompute" if s.preemption == "predict" and predict is None else s.preemption
-    return SchedulerConfig(
-        max_batch=s.max_batch,
+    return config_from_settings(
+        s,
         num_pages=s.kv_pages,
-        page_size=s.page_size,
         max_seq_len=max_seq_len,
-        preemption=preemption,
-        predict_tokens_per_s=predict,
-        host_pages=s.host_pages if s.host_pages is not None else 4 * s.kv_pages,
+        decode_seconds=prof.decode_time(s.max_batch),
         swap_bandwidth=prof.swap_bandwidth,
         prefill_tokens_per_s=prof.prefill_tokens_per_s,
         kv_bytes_per_page=kv_page_bytes,
-        q0=q0,
-        num_queues=s.num_queues,
-        quantum_charge=s.quantum_charge,
-        promote_every=s.promote_every,
-        starve_s=s.starve_s,
-        reserve_pages=s.reserve_pages,
-        prefetch=s.prefetch,
-        prefill_table=list(prof.prefill),
-        input_cost=s.input_cost,
-        output_cost=s.output_cost,
-        client_weights=client_weights or None,
-        rerank_every=s.rerank_every,
+        prefill_table=prof.prefill,
+        predict_tokens_per_s=prof.predict_tokens_per_s,
+        client_weights=client_weights,
     )
 
 

@@ -195,6 +195,117 @@ def test_fast_path_gives_the_same_run(policy):
     assert skipped > 0
 
 
+def jump_case(seed: int, policy: str):
+    """Long stretches for the fast path's jumps: long outputs, frequent MLFQ moves (q0 of a
+    few iterations), batches that are full, or hold every live request, or neither; page
+    boundaries of 4 or 16 tokens, pools from ample to short (growth refused, reserve),
+    starvation checks, cancellations, later turns; a linear cost (the generic per-iteration
+    cost) or the roofline (its memoised `decode_step_time`), one or two pipeline stages."""
+    import numpy as np
+
+    from jaxserve.sim import HARDWARE, MODELS, Parallelism, RooflineCost
+
+    rng = np.random.default_rng(1000 + seed)
+    n = 40
+    gap = float(rng.choice([0.002, 0.02, 0.2]))
+    arrivals = np.cumsum(rng.exponential(gap, n))
+    reqs = [
+        Request(f"r{i}", arrival=float(arrivals[i]), prompt_len=int(rng.integers(1, 200)),
+                max_new_tokens=int(rng.integers(30, 400)), output_len=int(rng.integers(1, 300)))
+        for i in range(n)
+    ]  # fmt: skip
+    after = {f"r{i}": (f"r{i - 1}", 0.01) for i in range(1, n, 7)} if seed % 2 else {}
+    cancels = [(float(arrivals[i]) + 0.05, f"r{i}") for i in range(3, n, 11)]
+    if seed % 3 == 0:
+        cost = RowUpdateCost(a=5e-3, b=1e-4, c=1e-7)
+    else:
+        llama = MODELS["llama-3-8b"]
+        cost = RooflineCost(HARDWARE["h100"], llama, Parallelism(pp=1 + seed % 2 * 1))
+    config = SchedulerConfig(
+        max_batch=int(rng.choice([2, 4, 8, 16])),
+        num_pages=int(rng.choice([60, 150, 4000])),
+        page_size=int(rng.choice([4, 16])),
+        max_seq_len=512,
+        preemption=str(rng.choice(["swap", "recompute"])),
+        q0=float(rng.choice([0.01, 0.03])),
+        num_queues=int(rng.choice([3, 8])),
+        promote_every=int(rng.choice([0, 13, 200])),
+        starve_s=0.1,
+        reserve_pages=int(rng.integers(0, 4)),
+        prefetch=int(rng.integers(0, 3)),
+        swap_bandwidth=1e9,
+        kv_bytes_per_page=1 << 20,
+        prefill_table=[(1, 0.002), (256, 0.02)],
+    )
+    timing = Timing(
+        overlap=False, decode_steps=1, host=float(rng.choice([0.0, 2e-4])),
+        host_per_row=float(rng.choice([0.0, 1e-5])), serial_host=bool(rng.integers(0, 2)),
+    )  # fmt: skip
+    return make_scheduler(policy, config), reqs, cost, timing, cancels, after
+
+
+def run_state(s, reqs, res) -> tuple:
+    """Everything a run leaves behind: records, request fields, pages, clocks, counters."""
+    state = [
+        (r.id, r.state, r.num_generated, r.queue, r.entered_queue, r.preemptions,
+         r.quantum_used, r.last_run, r.first_token_time, r.finish_time, tuple(r.pages))
+        for r in reqs
+    ]  # fmt: skip
+    recs = [(x.id, x.arrival, x.token_times, x.finish_time, x.finish_reason, x.state)
+            for x in res.records.values()]  # fmt: skip
+    return (recs, state, s.allocator.free_runs(), s.iteration, s.host_used, res.iterations,
+            res.time, res.device_busy, res.finished_events, res.rejected_events)  # fmt: skip
+
+
+def count_plans(s) -> list[float]:
+    """The times `s.schedule` is called at, from now on."""
+    calls, schedule = [], s.schedule
+
+    def counted(now: float):
+        calls.append(now)
+        return schedule(now)
+
+    s.schedule = counted
+    return calls
+
+
+def trace_pages(s) -> list[tuple[str, tuple[int, ...]]]:
+    """The block table of every request as it ends or is evicted, from now on (the pages
+    every growth was given, which a finished run no longer shows)."""
+    tables, finish, evict = [], s._finish, s.evict
+
+    def finished(r, *args):
+        tables.append((r.id, tuple(r.pages)))
+        return finish(r, *args)
+
+    def evicted(r, *args):
+        tables.append((r.id, tuple(r.pages)))
+        return evict(r, *args)
+
+    s._finish, s.evict = finished, evicted
+    return tables
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vllm", "mlfq", "skip_join_mlfq", "srpt"])
+def test_fast_path_jumps_give_the_same_run(policy):
+    """The jumps over long steady stretches (`jaxserve.sim.steady`) give exactly the run that
+    plans every iteration, over random cases built to stop them every way they can stop,
+    and they do skip plans (most of them, but where MLFQ turns small batches round robin)."""
+    planned = iterations = 0
+    for seed in range(6):
+        runs = []
+        for fast in (False, True):
+            s, reqs, cost, timing, cancels, after = jump_case(seed, policy)
+            calls, tables = count_plans(s), trace_pages(s)
+            res = simulate(s, reqs, cost, timing=timing, cancels=cancels, after=after, fast=fast)
+            s.check_invariants()
+            runs.append((run_state(s, reqs, res), tables))
+        assert runs[0] == runs[1], f"seed {seed}"
+        planned += len(calls)
+        iterations += res.iterations
+    assert planned < iterations * 2 / 3
+
+
 def test_traces_become_requests_as_the_engine_replays_them():
     """Caps follow `experiments.serve`'s replay rule, and a conversation's later turn is
     released its recorded think time after the previous turn finishes."""
@@ -213,3 +324,34 @@ def test_traces_become_requests_as_the_engine_replays_them():
     assert after == {"a1": ("a0", 2.0)} and [r.max_new_tokens for r in reqs] == [16, 16, 16]
     res = simulate(make_scheduler("fcfs", cfg()), reqs, ONE, after=after)
     assert res.records["a0"].finish_time == 3.0 and res.records["a1"].arrival == 5.0
+
+
+@pytest.mark.parametrize("closed_loop", [True, False])
+def test_multiturn_conversations_run_turn_after_turn(closed_loop):
+    """`multiturn_synth` on two replicas: every conversation stays on one replica, and each
+    later turn arrives its think time (the trace's gap) after the previous turn finished
+    (closed loop), or at its trace time (open loop). Every turn finishes."""
+    from jaxserve.sim import HARDWARE, MODELS, Parallelism, RooflineCost
+    from jaxserve.sim.run import SimSettings, deal, make_trace, run_rates
+
+    cost = RooflineCost(HARDWARE["h100"], MODELS["llama-3-8b"], Parallelism())
+    s = SimSettings(schedulers=["skip_join_mlfq", "vtc"], workload="multiturn_synth",
+                    rates=[2.0], num_requests=60, max_prompt_len=512, max_output_len=256,
+                    replicas=2, closed_loop=closed_loop)  # fmt: skip
+    trace = make_trace(s, 2.0)
+    assert any(t.turn > 0 for t in trace) and len({t.client for t in trace}) > 2
+    home = {t.conversation: k for k, part in enumerate(deal(trace, 2)) for t in part}
+    for k, part in enumerate(deal(trace, 2)):
+        assert all(home[t.conversation] == k for t in part)
+    runs = run_rates(s, cost, SYNC, 8192, cost.kv_pages(), cost.kv_bytes_per_page)
+    for run in runs:
+        recs = {r["id"]: r for r in run["requests"]}
+        assert run["summary"]["num_finished"] == len(trace)
+        prev = {}
+        for t in trace:
+            p = prev.get(t.conversation)
+            if p is not None:
+                want = recs[p.id]["finish_time"] + (t.arrival - p.arrival)
+                got = recs[t.id]["arrival"]
+                assert got == pytest.approx(want if closed_loop else t.arrival), t.id
+            prev[t.conversation] = t

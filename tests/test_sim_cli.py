@@ -55,6 +55,8 @@ CASES = [
     (["--hardware=tpu-v5e", "--model=gpt3-175b"], 1, "does not fit"),
     (["--model=gpt3-175b", "--num_devices=5", "--pp=5"], 1, "not divisible into pp=5"),
     (["--dtype=float8"], 1, "float8"),
+    (["--input_cost=0", "--output_cost=0"], 2, "cannot both be 0"),
+    (["--output_cost=-1"], 2, "--output_cost must be a finite number >= 0"),
 ]
 
 

@@ -173,3 +173,21 @@ def test_calibrated_cost_reads_measured_decode_calls_off_the_grid():
     d0, d1, d2, d3 = cost.decode
     assert cost.decode_time([64] * 9, 1) == pytest.approx(d0 + d1 + 16 * d2 + 16 * 64 * d3)
     assert fit_profile(prof, 4096, table=False).decode_time([60, 64], 1) != pytest.approx(9e-3)
+
+
+@pytest.mark.parametrize("par", [{}, {"tp": 2}, {"pp": 2}, {"pp": 2, "microbatches": 3}])
+def test_roofline_decode_steps_are_its_iteration_times(par):
+    """`decode_step_time(contexts)(j)`, memoised by the micro-batches' context sums, is the
+    same float as `iteration_time` of the decode-only plan at contexts + j, also for batches
+    whose total context is equal but whose split into micro-batches is not."""
+    import random
+
+    cost = RooflineCost(HARDWARE["h100"], MODELS["llama-3-8b"], Parallelism(**par))
+    rng = random.Random(0)
+    batches = [[1, 100], [50, 51], [100, 1], [7], [3, 9, 27, 81], [40, 40, 40, 1]]
+    batches += [[rng.randint(1, 500) for _ in range(rng.randint(1, 16))] for _ in range(30)]
+    for contexts in batches:
+        at = cost.decode_step_time(contexts)
+        for j in (0, 1, 5, 17):
+            assert at(j) == plan_seconds(cost, decode=[c + j for c in contexts])
+            assert at(j) == RooflineCost.compute_time(cost, [], [c + j for c in contexts])

@@ -68,15 +68,14 @@ class PageAllocator:
             i = bisect.bisect_left(self._starts, hint)
             if i < len(self._starts) and self._starts[i] == hint:
                 out += self._take(i, min(n, self._lens[i]))
+        lens = self._lens
         while len(out) < n:
             rest = n - len(out)
-            runs = range(len(self._lens))
-            fits = [i for i in runs if self._lens[i] >= rest]
-            if fits:  # best fit: the smallest run that holds the rest (lowest start on ties)
-                i = min(fits, key=lambda j: (self._lens[j], j))
-            else:  # nothing holds it: the largest run first
-                i = max(runs, key=lambda j: (self._lens[j], -j))
-            out += self._take(i, min(rest, self._lens[i]))
+            # best fit: the smallest run that holds the rest (the first of equals, i.e. the
+            # lowest start); if none does, the largest run first (the first of equals)
+            best = min((k for k in lens if k >= rest), default=0) if rest > 1 else min(lens)
+            i = lens.index(best) if best else lens.index(max(lens))
+            out += self._take(i, min(rest, lens[i]))
         return out
 
     def _take(self, i: int, k: int) -> list[int]:

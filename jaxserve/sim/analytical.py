@@ -21,8 +21,8 @@ weights and an activation reserve; `kv_pages` turns it into the scheduler's page
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from jaxserve.sched.plan import Plan
 from jaxserve.sim.hardware import Accelerator
@@ -64,6 +64,9 @@ class RooflineCost:
     bandwidth_efficiency: float = 1.0  # fraction of HBM bandwidth reached
     memory_fraction: float = 0.9  # of HBM usable (the rest: runtime, fragmentation)
     activation_bytes: float = 2e9  # per device, kept for activations and workspace
+    # decode-only iteration times by the rows' per-micro-batch counts, then context sums,
+    # which is all they depend on: the simulator asks for the same ones again and again
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.model.num_layers % self.par.pp:
@@ -197,10 +200,45 @@ class RooflineCost:
         """Whole-model KV bytes per second of swapping (for `SchedulerConfig`)."""
         return self.kv_bytes_per_page / self.swap_time(1)
 
+    def decode_step_time(self, contexts: Sequence[int]) -> Callable[[int], float]:
+        """`j -> iteration_time` of a one-step, decode-only plan of rows at `contexts` + j
+        (the same floats; the simulator's steady stretches)."""
+        contexts = list(contexts)
+        mb = min(self.par.microbatches or self.par.pp, len(contexts)) or 1
+        if mb == 1:  # one micro-batch: the time depends on the row count and context sum
+            n, total = len(contexts), sum(contexts)
+            memo = self._memo.setdefault(n, {})
+
+            def one(j: int) -> float:
+                t = memo.get(total + j * n)
+                if t is None:
+                    if len(memo) > 1 << 16:
+                        memo.clear()
+                    t = memo[total + j * n] = self.compute_time([], [c + j for c in contexts])
+                return t
+
+            return one
+        lens = tuple(len(contexts[k::mb]) for k in range(mb))
+        sums = [sum(contexts[k::mb]) for k in range(mb)]
+        memo = self._memo.setdefault(lens, {})
+
+        def split(j: int) -> float:
+            key = tuple(s + j * n for s, n in zip(sums, lens))
+            t = memo.get(key)
+            if t is None:
+                if len(memo) > 1 << 16:
+                    memo.clear()
+                t = memo[key] = self.compute_time([], [c + j for c in contexts])
+            return t
+
+        return split
+
     def iteration_time(self, plan: Plan, steps: int = 1) -> float:
         t = self.swap_time(plan.swap_out_pages) + self.swap_time(plan.swap_in_pages)
         prefill = [r.context_len for r in plan.prefill]
         decode = [r.context_len for r in plan.decode]
+        if steps == 1 and not prefill and not t:  # decode only: `compute_time` by its sums
+            return self.decode_step_time(decode)(0) if decode else 0.0
         t += self.compute_time(prefill, decode)
         for j in range(1, steps):  # later steps of a multi-step call: contexts one longer
             t += self.compute_time([], [c + j for c in decode])

@@ -16,9 +16,11 @@ estimate of a step's time against the next arrival), and host seconds per iterat
 nothing on the host: the plain semantics the scheduler tests are worked out in.
 
 With `fast` (the default), a synchronous loop runs steady stretches without re-planning:
-while the scheduler is certain to plan the same decode batch again (`_Loop.steady`), the
-loop does what `schedule`, `commit` and `complete` would do for it directly. The run is the
-same, token for token and page for page; only the scheduler's planning is skipped.
+while the scheduler is certain to plan the same decode batch again (`steady.py`), the
+loop does what `schedule`, `commit` and `complete` would do for it directly, iteration by
+iteration on the clocks and quanta but once for the rows' tokens, and hands the iteration in
+which a row ends back with its plan already made. The run is the same, token for token and
+page for page; only the scheduler's planning and the per-row bookkeeping are skipped.
 
 A request ends when it has emitted `min(output_len, max_new_tokens)` tokens (the trace's
 length, as an emulated EOS; `output_len=None`: its cap), when the scheduler ends it at
@@ -35,13 +37,13 @@ from dataclasses import dataclass, field
 from jaxserve.metrics import RequestRecord, summarize
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.policies.fcfs import FCFS
-from jaxserve.sched.policies.mlfq import _QUANTUM_RTOL as QUANTUM_RTOL
 from jaxserve.sched.policies.mlfq import MLFQ
 from jaxserve.sched.policies.skip_join import SkipJoinMLFQ
 from jaxserve.sched.policies.srpt import SRPT
 from jaxserve.sched.policies.vllm import VLLM
 from jaxserve.sched.request import Request, State
 from jaxserve.sched.scheduler import Scheduler
+from jaxserve.sim.steady import run_steady
 
 __all__ = ["SYNC", "SimResult", "Timing", "simulate"]
 
@@ -137,19 +139,22 @@ def simulate(
         previous turn finished (its `arrival` becomes that time).
     on_step(sched, plan): called after each `schedule` (tests check invariants there; it
         turns the fast path off, so that it sees every plan).
-    fast: run steady stretches without re-planning (`_Loop.steady`); the result is the same.
+    fast: run steady stretches without re-planning (`steady.py`); the result is the same.
     Raises if the scheduler stalls with work left and nothing due, or after `max_iterations`.
     """
     loop = _Loop(sched, requests, cost, timing, cancels, after or {})
     loop.fast = fast and on_step is None and type(sched.policy) in _STEADY_POLICIES
+    loop.mlfq = isinstance(sched.policy, MLFQ)  # `run_steady` may go on after a prefill
     return loop.run(max_iterations, on_step)
 
 
 class _Loop:
     def __init__(self, sched, requests, cost, timing, cancels, after):
         self.fast = False  # repeat steady plans without re-planning (`steady`)
+        self.mlfq = False  # ... also after a prefill (MLFQ policies)
         self.sched = sched
         self.cost = _plan_cost(cost)
+        self.cost_model = cost
         self.timing = timing
         by_id = {r.id: r for r in requests}
         self.after = dict(after)
@@ -238,120 +243,44 @@ class _Loop:
                 per_step if not self.step_time else 0.8 * self.step_time + 0.2 * per_step
             )
         records, emitted, target = self.records, self.emitted, self.target
+        prefill, steps = flight.prefill, flight.steps
         stopped = set()
-        for r in plan.batch:
-            rec = records[r.id]
+        batch = plan.batch
+        for r in batch:
+            rid = r.id
+            rec = records[rid]
             if rec.finish_time is not None:
                 continue  # ended meanwhile: its in-flight tokens are never emitted
-            n = min(1 if r.id in flight.prefill else flight.steps, target[r.id] - emitted[r.id])
+            left = target[rid] - emitted[rid]
+            n = 1 if rid in prefill else steps
+            if left < n:
+                n = left
             if n <= 0:
                 continue
-            emitted[r.id] += n
+            emitted[rid] += n
             rec.output_len += n
-            rec.token_times += [now] * n
+            if n == 1:
+                rec.token_times.append(now)
+            else:
+                rec.token_times += [now] * n
             if rec.first_token_time is None:
                 rec.first_token_time = now
-            if emitted[r.id] >= target[r.id]:
+            if n == left:
                 if r.live:
-                    stopped.add(r.id)
-                self.finish(r, now, "stop" if target[r.id] < r.max_new_tokens else "length")
+                    stopped.add(rid)
+                self.finish(r, now, "stop" if target[rid] < r.max_new_tokens else "length")
         self.sched.complete(plan, now, elapsed, stopped)
-        for r in plan.batch:  # ended by the scheduler (max_seq_len) with every token read
-            rec = records[r.id]
-            if rec.finish_time is None and r.state is State.FINISHED and not r.cancelled:
-                if emitted[r.id] >= r.num_generated:
+        for r in batch:  # ended by the scheduler (max_seq_len) with every token read
+            if r.state is State.FINISHED and not r.cancelled:
+                rec = records[r.id]
+                if rec.finish_time is None and emitted[r.id] >= r.num_generated:
                     self.finish(r, now, "length")
-
-    def steady(self, plan: Plan, max_iterations: int) -> None:
-        """Run `plan`'s batch again and again, without calling `schedule`, for as long as the
-        scheduler is certain to plan exactly that batch: what `schedule` and `commit` /
-        `complete` would do is done directly (pages grown in plan order through the
-        allocator, tokens counted, quanta charged through the policy's own `on_step`).
-
-        `plan` was decode-only and moved nothing (`_steady_plan`), and the policy is one whose
-        choice depends only on request keys and free pages (`_STEADY_POLICIES`). Its next
-        plan is then the same batch in the same order until something happens: an arrival or
-        cancellation, a member finishing, a member's MLFQ queue changing, a starvation
-        check, or a step whose new pages would leave less than the free pages (and the
-        reserve) it needs. Free pages only shrink meanwhile, so a request left out of `plan`
-        (it did not fit) still does not fit. The stretch stops before any such iteration,
-        which then runs normally."""
-        sched, cfg, res, records = self.sched, self.sched.config, self.res, self.records
-        policy, alloc, timing = sched.policy, sched.allocator, self.timing
-        rows = plan.decode
-        if not all(r.live for r in rows):
-            return
-        ids = [r.id for r in rows]
-        recs = [records[i] for i in ids]
-        emitted, target = self.emitted, self.target
-        ps, max_seq = cfg.page_size, cfg.max_seq_len
-        mlfq = isinstance(policy, MLFQ)
-        every = cfg.promote_every if mlfq else 0
-        reserve = cfg.reserve_pages if type(policy) is not VLLM else 0
-        host = timing.host + timing.host_per_row * len(rows)
-        serial = timing.serial_host
-        while True:
-            t = self.t
-            if self.i < len(self.pending) and self.pending[self.i].arrival <= t:
-                return
-            if self.c < len(self.cancels) and self.cancels[self.c][0] <= t:
-                return
-            if every > 0 and sched.iteration % every == 0:
-                return  # the policy checks for starving jobs in this schedule
-            grow = []
-            for r, i in zip(rows, ids):
-                n = r.num_generated + 1
-                if n >= r.max_new_tokens or r.prompt_len + n > max_seq:
-                    return  # finishes by length at commit
-                if emitted[i] + 1 >= target[i]:
-                    return  # its trace ends with this token
-                if r.prompt_len + r.num_generated > len(r.pages) * ps:
-                    grow.append(r)
-            if grow and (len(grow) > alloc.num_free or alloc.num_free - len(grow) < reserve):
-                return
-            if res.iterations >= max_iterations:
-                return
-            # schedule: the same batch; members that cross a page boundary grow (plan order)
-            for r in grow:
-                r.pages += alloc.allocate(1, hint=r.pages[-1] + 1 if r.pages else None)
-            res.iterations += 1
-            if serial and self.device_free > t:
-                self.device_free += min(host, self.device_free - t)
-            self.t = dispatched = t + host
-            seconds = self.cost(plan, 1)
-            if grow and self.row_update:
-                for r in grow:
-                    self.slot_pages[r.id] = (r.pages[0], len(r.pages))
-                seconds += self.row_update
-            end = self.device_free = max(self.t, self.device_free) + seconds
-            res.device_busy += seconds
-            for r in rows:  # commit
-                r.num_generated += 1
-                r.last_run = t
-            sched.iteration += 1
-            now = self.t = max(self.t, end)  # read
-            elapsed = now - max(self.last_read, dispatched)
-            self.last_read = now
-            for rec, i in zip(recs, ids):
-                emitted[i] += 1
-                rec.output_len += 1
-                rec.token_times.append(now)
-            _, charge = cfg.charges(elapsed, [], len(rows))  # complete
-            moved = False
-            for r in rows:
-                r.quantum_used += charge
-                # MLFQ's on_step acts only on a used-up quantum; the others' do nothing
-                if mlfq and r.quantum_used >= cfg.quantum(r.queue) * (1 - QUANTUM_RTOL):
-                    key = (r.queue, r.entered_queue)
-                    policy.on_step(sched, r, elapsed)
-                    moved = moved or key != (r.queue, r.entered_queue)
-            if moved:
-                return
 
     def run(self, max_iterations, on_step) -> SimResult:
         sched, timing, res, records = self.sched, self.timing, self.res, self.records
         cfg = sched.config
         inflight: _Flight | None = None
+        forced = None  # the next plan, where a steady stretch knows it (`run_steady`)
         while True:
             pending = self.pending
             while self.i < len(pending) and pending[self.i].arrival <= self.t:
@@ -373,7 +302,8 @@ class _Loop:
                     break
                 self.t = max(self.t, due)
                 continue
-            plan = sched.schedule(self.t)
+            plan = forced if forced is not None else sched.schedule(self.t)
+            forced = None
             if on_step is not None:
                 on_step(sched, plan)
             for r in plan.rejected:
@@ -417,12 +347,15 @@ class _Loop:
             else:
                 self.host_work(timing.host_idle)
             if not timing.overlap and current is not None:
-                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan)
-                keys = [(r.queue, r.entered_queue) for r in plan.decode] if steady else None
+                steady = self.fast and timing.decode_steps == 1 and _steady_plan(plan, self.mlfq)
+                keys = [(r.queue, r.entered_queue) for r in plan.batch] if steady else None
                 self.read(current)
                 current = None
-                if steady and keys == [(r.queue, r.entered_queue) for r in plan.decode]:
-                    self.steady(plan, max_iterations)  # its own step moved nobody's queue
+                if steady:
+                    moved = bool(plan.prefill) or keys != [
+                        (r.queue, r.entered_queue) for r in plan.batch
+                    ]
+                    forced = run_steady(self, plan.batch, max_iterations, moved)
             if inflight is not None:
                 self.read(inflight)
             inflight = current
@@ -431,16 +364,18 @@ class _Loop:
 
 
 # Policies whose plan depends only on request keys that a decode step leaves alone (or, for
-# srpt, only improves for the batch) and on free pages: `_Loop.steady` may repeat their plans.
+# srpt, only improves for the batch) and on free pages: `steady.run_steady` may repeat their plans.
 _STEADY_POLICIES = (FCFS, VLLM, MLFQ, SkipJoinMLFQ, SRPT)
 
 
-def _steady_plan(plan: Plan) -> bool:
-    """Decode only, nothing moved, nobody preempted or rejected."""
+def _steady_plan(plan: Plan, mlfq: bool = False) -> bool:
+    """Decode only, no pages moved, nobody rejected: a plan whose batch `run_steady` may
+    repeat (a request it preempted ranked after the batch or did not fit, and still does);
+    for MLFQ policies also one that prefills (its batch goes on where certain)."""
     return bool(
-        plan.decode
-        and not (plan.prefill or plan.swap_out or plan.swap_in or plan.drop)
-        and not (plan.preempted or plan.rejected)
+        (plan.decode or (mlfq and plan.prefill))
+        and not (plan.prefill and not mlfq)
+        and not (plan.swap_out or plan.swap_in or plan.drop or plan.rejected)
     )
 
 

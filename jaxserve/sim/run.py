@@ -23,6 +23,7 @@ from jaxserve import metrics, workload
 from jaxserve.sched import Scheduler, SchedulerConfig
 from jaxserve.sched.plan import Plan
 from jaxserve.sched.request import Request
+from jaxserve.sched.settings import config_from_settings
 from jaxserve.sim.loop import SimResult, Timing, simulate
 
 __all__ = [
@@ -62,7 +63,11 @@ class SimSettings:
     starve_s: float = 3.0
     reserve_pages: int = 0
     prefetch: int = 2
-    replicas: int = 1  # data-parallel copies; requests are dealt round robin
+    input_cost: float = 1.0  # fair policies (vtc, fair_priority): charge per prompt token
+    output_cost: float = 2.0  # ... and per generated token
+    rerank_every: int = 8  # fair_priority: iterations between re-rankings
+    closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
+    replicas: int = 1  # data-parallel copies; requests (whole conversations) dealt round robin
 
 
 def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
@@ -71,10 +76,14 @@ def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_le
 
 
 def requests_from_trace(
-    trace: Sequence[workload.TraceRequest], max_output_len: int, max_seq_len: int
+    trace: Sequence[workload.TraceRequest],
+    max_output_len: int,
+    max_seq_len: int,
+    closed_loop: bool = True,
 ) -> tuple[list[Request], dict[str, tuple[str, float]]]:
     """Scheduler requests for a trace, and the turn links of its conversations: a later turn
-    is released its recorded gap after the previous turn finishes (closed loop)."""
+    is released its recorded gap after the previous turn finishes (closed loop; open loop:
+    no links, every turn arrives at its trace time)."""
     reqs, after, last = [], {}, {}
     for t in trace:
         reqs.append(
@@ -87,7 +96,7 @@ def requests_from_trace(
                 max_new_tokens=replay_cap(t.prompt_len, t.output_len, max_output_len, max_seq_len),
             )
         )
-        if t.conversation is not None:
+        if t.conversation is not None and closed_loop:
             prev = last.get(t.conversation)
             if prev is not None and t.turn > 0:
                 after[t.id] = (prev.id, max(0.0, t.arrival - prev.arrival))
@@ -108,33 +117,32 @@ def plan_seconds(cost, prefill: Sequence[int] = (), decode: Sequence[int] = ()) 
 
 
 def scheduler_config(
-    s: SimSettings, cost, max_seq_len: int, kv_pages: int, kv_bytes_per_page: int
+    s: SimSettings,
+    cost,
+    max_seq_len: int,
+    kv_pages: int,
+    kv_bytes_per_page: int,
+    client_weights: dict[str, float] | None = None,
 ) -> SchedulerConfig:
-    """The engine's derivation (`jaxserve.serve.scheduler_config`) from the cost model."""
+    """The engine's config (`jaxserve.sched.settings.config_from_settings`, which
+    `jaxserve.serve.scheduler_config` calls too) with the cost model in place of the
+    engine's profile: one decode iteration at max_batch, the prefill table at powers of two,
+    swap bandwidth; `client_weights`: the trace's (`workload.client_weights`)."""
     decode = plan_seconds(cost, decode=[max(2, s.max_prompt_len // 2)] * s.max_batch)
-    q0 = s.q0 if s.q0 is not None else s.q0_iterations * decode
     top = max(16, min(s.max_prompt_len, max_seq_len))
     lengths = [16 << i for i in range(int(math.log2(top / 16)) + 1)]
     table = [(n, plan_seconds(cost, prefill=[n])) for n in lengths]
     swap = cost.iteration_time(_swap_plan(), 1)
-    return SchedulerConfig(
-        max_batch=s.max_batch,
+    return config_from_settings(
+        s,
         num_pages=kv_pages,
-        page_size=s.page_size,
         max_seq_len=max_seq_len,
-        preemption=s.preemption,
-        host_pages=s.host_pages if s.host_pages is not None else 4 * kv_pages,
+        decode_seconds=decode,
         swap_bandwidth=kv_bytes_per_page / swap if swap > 0 else 1e30,
         prefill_tokens_per_s=table[-1][0] / table[-1][1],
         kv_bytes_per_page=kv_bytes_per_page,
-        q0=q0,
-        num_queues=s.num_queues,
-        quantum_charge=s.quantum_charge,
-        promote_every=s.promote_every,
-        starve_s=s.starve_s,
-        reserve_pages=s.reserve_pages,
-        prefetch=s.prefetch,
         prefill_table=table,
+        client_weights=client_weights,
     )
 
 
@@ -154,18 +162,39 @@ def simulate_trace(
     max_output_len: int,
     replicas: int = 1,
     fast: bool = True,
+    closed_loop: bool = True,
 ) -> tuple[list[metrics.RequestRecord], list[SimResult]]:
     """One scheduler over a trace: records in trace order (and each replica's result).
-    `fast`: `simulate`'s steady-plan fast path (same result)."""
+    Requests are dealt to replicas round robin, a conversation's turns all to the replica of
+    its first. `fast`: `simulate`'s steady-plan fast path (same result); `closed_loop`: a
+    later turn waits for the previous one (`requests_from_trace`)."""
     results = []
     records: dict[str, metrics.RequestRecord] = {}
-    for k in range(replicas):
-        part = list(trace[k::replicas])
-        reqs, after = requests_from_trace(part, max_output_len, config.max_seq_len)
+    for part in deal(trace, replicas):
+        reqs, after = requests_from_trace(part, max_output_len, config.max_seq_len, closed_loop)
         res = simulate(Scheduler(config, policy), reqs, cost, timing=timing, after=after, fast=fast)
         results.append(res)
         records |= res.records
     return [records[t.id] for t in trace], results
+
+
+def deal(
+    trace: Sequence[workload.TraceRequest], replicas: int
+) -> list[list[workload.TraceRequest]]:
+    """The trace split over `replicas` round robin by request, except that a later turn of a
+    conversation goes where its first turn went (it reuses nothing elsewhere)."""
+    parts: list[list[workload.TraceRequest]] = [[] for _ in range(replicas)]
+    home: dict[str, int] = {}
+    k = 0
+    for t in trace:
+        if t.conversation is not None and t.conversation in home:
+            parts[home[t.conversation]].append(t)
+            continue
+        if t.conversation is not None:
+            home[t.conversation] = k % replicas
+        parts[k % replicas].append(t)
+        k += 1
+    return parts
 
 
 def make_trace(s: SimSettings, rate: float) -> list[workload.TraceRequest]:
@@ -182,17 +211,20 @@ def run_rates(
     on_run: Callable[[str, float, dict], None] | None = None,
 ) -> list[dict]:
     """Every scheduler at every rate: `experiments.serve`'s run entries (scheduler, prefill,
-    rate, summary, requests). `on_run(scheduler, rate, summary)` after each."""
-    config = scheduler_config(s, cost, max_seq_len, kv_pages, kv_bytes_per_page)
+    rate, summary, requests). `on_run(scheduler, rate, summary)` after each. The scheduler
+    config carries each trace's client weights, as the engine's does."""
     runs = []
     for rate in s.rates:
         trace = make_trace(s, rate)
         if not trace:
             raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
+        weights = workload.client_weights(trace)
+        config = scheduler_config(s, cost, max_seq_len, kv_pages, kv_bytes_per_page, weights)
         for name in s.schedulers:
             records, results = simulate_trace(
-                name, trace, config, cost, timing, s.max_output_len, s.replicas
-            )
+                name, trace, config, cost, timing, s.max_output_len, s.replicas,
+                closed_loop=s.closed_loop,
+            )  # fmt: skip
             summary = metrics.summarize(records)
             summary.update(
                 iterations=sum(r.iterations for r in results),
