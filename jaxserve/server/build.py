@@ -35,7 +35,8 @@ def make_engine(
     kvp_dir = serve.parse_prefill(s.prefill)
     if kvp_dir is not None and load_prefill_model is None:
         raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
-    runner = ModelRunner(load_prefill_model(kvp_dir, model) if kvp_dir else model)
+    served = load_prefill_model(kvp_dir, model) if kvp_dir else model
+    runner = ModelRunner(served, serve.serving_mesh(s))
     prof = serve.load_profile(profile_path) if profile_path else serve.profile_runner(runner, s)
     config = model.config
     sc = serve.scheduler_config(s, prof, config.max_seq_len, serve.page_nbytes(config, s.page_size))
@@ -45,7 +46,7 @@ def make_engine(
         sc,
         tokenizer,
         runner=runner,
-        host_mode=s.host_mode,
+        host_mode=serve.serving_host_mode(s.host_mode),
         decode_steps=s.decode_steps,
         **serve.SWITCHES[s.switch],
     )
