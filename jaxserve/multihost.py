@@ -92,18 +92,25 @@ class ReplicatedClock:
         self.iteration = 0
         self._id = next(_clocks)
 
+    @property
+    def origin(self) -> float:
+        """The `base` reading this clock counts from (process 0's)."""
+        return self._origin
+
     def __call__(self) -> float:
         if distributed.process_count() == 1:
             return self.base() - self._origin
         return self._now
 
-    def tick(self, fingerprint: int = 0) -> None:
+    def tick(self, fingerprint: int = 0, payload: str = "") -> str:
+        """(Also carries process 0's `payload`, one line, to the others: returned in every
+        process; "" for one process.)"""
         if distributed.process_count() == 1:
-            return
+            return payload
         t0 = time.perf_counter()
         key = _TICK.format(self._id, self.iteration)
         if distributed.is_main():
-            value = f"{self.base() - self._origin:.6f} {fingerprint}"
+            value = f"{self.base() - self._origin:.6f} {fingerprint} {payload}"
             _send(key, value)
             if self.iteration >= _KEEP:
                 _drop(_TICK.format(self._id, self.iteration - _KEEP))
@@ -119,6 +126,7 @@ class ReplicatedClock:
         self.stats.nbytes += len(value)
         self.stats.seconds += time.perf_counter() - t0
         self.iteration += 1
+        return (value.split(" ", 2) + [""])[2]
 
 
 def check_mesh(mesh) -> None:

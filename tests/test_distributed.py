@@ -84,15 +84,20 @@ def worker_main(argv) -> None:
 
 
 def launch(
-    args: list[str], timeout: float = 90, grace: int = 20, devices: int = 2, script: str = __file__
+    args: list[str],
+    timeout: float = 90,
+    grace: int = 20,
+    devices: int = 2,
+    script: str = __file__,
+    module: str | None = None,
 ) -> tuple[int, str, float]:
-    """`launch_local.sh 2 -- python SCRIPT ARGS` (`devices` per process): (status, output,
-    seconds)."""
+    """`launch_local.sh 2 -- python SCRIPT ARGS` (or `python -m MODULE ARGS`), `devices` per
+    process: (status, output, seconds)."""
     env = dict(os.environ, PYTHONPATH=ROOT, GRACE_S=str(grace), JAXSERVE_COMPILATION_CACHE="")
     env["DEVICES_PER_PROCESS"] = str(devices)
     env.pop("XLA_FLAGS", None)
     cmd = ["bash", os.path.join(ROOT, "scripts", "launch_local.sh"), "2", "--"]
-    cmd += [sys.executable, os.path.abspath(script), *args]
+    cmd += [sys.executable, *(["-m", module] if module else [os.path.abspath(script)]), *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
