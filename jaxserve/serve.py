@@ -331,6 +331,7 @@ def run_serve(
     prof = load_profile(profile_path) if profile_path else None
     mesh, host_mode = serving_mesh(s), serving_host_mode(s.host_mode)
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
+    model = distributed.to_host(model)  # (placeable on a mesh across processes)
     config = model.config
     traces = prepare_traces(s, tokenizer, config)  # the whole input, checked before any work
     for t in traces:
@@ -346,7 +347,7 @@ def run_serve(
     if kvp_dir is not None:
         if load_prefill_model is None:
             raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
-        kvp_model = load_prefill_model(kvp_dir, model)
+        kvp_model = distributed.to_host(load_prefill_model(kvp_dir, model))
     runner = ModelRunner(model, mesh)
     page_bytes = page_nbytes(config, s.page_size)
     if prof is None:
