@@ -361,6 +361,5 @@ def single_process_only(command: str) -> None:
     if n > 1:
         raise app.UsageError(
             f"{command} runs on one process, not {n}; across processes run "
-            "experiments.train_lm or experiments.train_kvpred, or serve through "
-            "jaxserve.multihost (docs/distributed.md)"
+            "experiments.train_lm, train_kvpred, serve or server (docs/distributed.md)"
         )

@@ -20,7 +20,7 @@ import sys
 import time
 
 import pytest
-from test_distributed import ROOT, launch
+from test_distributed import ROOT, launch, start, stop
 
 PROMPTS = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45, 46], [7] * 11, [88, 3], [12, 60, 24]]
 MAX_NEW = [12, 5, 9, 16, 7]
@@ -182,6 +182,46 @@ def test_kv_prediction_prefill_across_two_processes_gives_one_process_tokens(tmp
         assert two[key][1]["num_finished"] == 5
     assert two[("vllm", "base")][0] != two[("vllm", "kv_prediction")][0]  # it predicts
     assert "TTFT with KV prediction" in log
+
+
+@pytest.mark.slow
+def test_http_server_across_two_processes_gives_one_process_tokens(tmp_path):
+    """experiments.server as 2 processes (process 0 serves HTTP, both run the engine),
+    experiments.load against it: the tokens of experiments.serve on one process."""
+    engine = ["--model=tiny", "--max_batch=4", "--kv_pages=6", "--max_prompt_len=16"]
+    engine += ["--max_output_len=8", "--mesh=model:2"]
+    trace = ["--num_requests=5", "--rate=40", "--max_prompt_len=16", "--max_output_len=8"]
+    srv = start([*engine, "--scheduler=vllm", "--port=0"], devices=1, module="experiments.server")
+    lines = []
+    try:
+        url, deadline = None, time.monotonic() + 300
+        while url is None and time.monotonic() < deadline:
+            lines.append(srv.stdout.readline().decode(errors="replace"))
+            assert lines[-1], "the server exited: " + "".join(lines[-40:])
+            m = re.search(r"^\[p0\] serving .* on (http://127\.0\.0\.1:\d+)", lines[-1])
+            url = m.group(1) if m else None
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        load = [sys.executable, "-m", "experiments.load", f"--url={url}", *trace]
+        r = subprocess.run(
+            [*load, f"--out={tmp_path / 'http'}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not any(line.startswith("[p1] serving") for line in lines)
+    finally:
+        stop(srv)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    local = [sys.executable, "-m", "experiments.serve", *engine, *trace, "--schedulers=vllm"]
+    r = subprocess.run(
+        [*local, f"--out={tmp_path / 'local'}"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    http, local = _outputs(tmp_path / "http"), _outputs(tmp_path / "local")
+    assert http[("vllm", "base")][0] == local[("vllm", "base")][0]
 
 
 def test_profile_is_process_0s_in_every_process(monkeypatch):
