@@ -2,6 +2,7 @@
 
     process 0:  intake (trace) -> Engine(clock=ReplicatedClock) -> events, results
     process k:  the same trace -> Engine(clock=ReplicatedClock) -> (events discarded)
+    (experiments.serve: `serve_loop` in every process; experiments.server: server/replicas.py)
     each iteration, process 0 posts one tick (~20 bytes) in the coordination service:
         its clock (the time every process's engine reads until the next tick)
         + a fingerprint of the iteration's events, checked by every other process
@@ -12,16 +13,18 @@ not carry (the device slot table and its packed diffs, the tokens read back, whi
 request already has, the multi-step length, the host copies of swapped KV), so a follower
 would have to mirror that state, i.e. run the engine. So every process runs the engine, and
 what could make the replicas differ is made identical: the scheduler is deterministic given
-its inputs, the inputs are the submissions (the same trace in every process; a server would
-broadcast its new requests the same way) and the clock, and the clock is process 0's, read
-once per iteration. The price is one ~20-byte post per iteration (`ClockStats`); the
-followers keep pace because every device step's collectives need them. A divergence (a
-nondeterministic policy, a different trace) is not a silent hang: the fingerprint check names
-the iteration where process k's events differ from process 0's.
+its inputs, the inputs are the submissions (the same trace in every process; the HTTP
+server sends its new requests in the tick, `jaxserve/server/replicas.py`), the clock (process
+0's, read once per iteration) and the profile the scheduler reads (`share_json`). The price
+is one ~20-byte post per iteration (`ClockStats`); the followers keep pace because every
+device step's collectives need them. A divergence (a nondeterministic policy, a different
+trace) is not a silent hang: the fingerprint check names the iteration where process k's
+events differ from process 0's.
 
 Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
 axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
-and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`).
+and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`); the
+serve command picks it (`serve.serving_host_mode`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ and microseconds per tick, from results.json).
 
 The same trace (all requests at t=0, greedy, fixed lengths) on a `model:2` mesh of the `tiny`
 preset with random weights: in one process over its own 2 CPU devices, or across 2 processes
-of one device each (`jaxserve.multihost`: process 0's clock broadcast at each reading, one
-fingerprint check per iteration). The engine is warmed up first, so the figures are steady
+of one device each (`jaxserve.multihost`: process 0's clock and a fingerprint check posted
+once per iteration). The engine is warmed up first, so the figures are steady
 state. Process 0 writes: generated tokens per second, iterations, broadcasts per iteration,
 and the microseconds (process 0: posting its tick; the others: waiting for it) and payload
 bytes the coordination costs per iteration.
