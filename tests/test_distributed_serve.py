@@ -224,6 +224,75 @@ def test_http_server_across_two_processes_gives_one_process_tokens(tmp_path):
     assert http[("vllm", "base")][0] == local[("vllm", "base")][0]
 
 
+def test_http_commands_reach_the_other_processes_as_process_0_applies_them():
+    """What process 0's engine loop posts in a tick (`replicas.encode`) is what the others'
+    engines get (`replicas.follow`): the same submissions in the same order with the same
+    fields, cancels of live requests only, and the requests each step ends released."""
+    import asyncio
+
+    from jaxserve.events import Event
+    from jaxserve.sampling import SamplingParams
+    from jaxserve.server import replicas
+    from jaxserve.server.engine_loop import Handle, _Cancel, _Submit
+    from jaxserve.server.protocol import GenRequest
+
+    params = SamplingParams(max_new_tokens=5, temperature=0.7, top_k=3, stop_token_ids=(2, 9))
+    gen = GenRequest([4, 5, 6], params, user="ann", priority=-2, conversation="c1")
+    other = GenRequest([7], SamplingParams(max_new_tokens=2), trace_output_len=1)
+    h1, h2 = Handle("cmpl-0", gen, asyncio.Queue()), Handle("cmpl-1", other, asyncio.Queue())
+    ticks = [
+        replicas.encode([_Submit(h1), _Submit(h2), _Cancel("cmpl-9")]),
+        "",  # an iteration without news
+        replicas.encode([_Cancel("cmpl-1"), _Cancel("cmpl-0")]),
+        replicas.STOP,
+    ]
+
+    class Engine:  # records what the follower does to its engine
+        def __init__(self):
+            self.calls, self.timelines, self.work = [], {}, 0
+            self.clock = type("Clock", (), {"tick": lambda _, fp: ticks.pop(0)})()
+
+        has_work = property(lambda self: self.work > 0)
+
+        def submit(self, ids, p, **kw):
+            self.calls.append(("submit", ids, p, kw))
+            self.timelines[kw["request_id"]] = object()
+            self.work += 1
+
+        def step(self):
+            self.work = 0
+            self.calls.append(("step",))
+            return [Event("finish", "cmpl-0", 0.0, detail="length")]
+
+        def cancel(self, rid):
+            self.calls.append(("cancel", rid))
+
+        def release(self, rid):
+            self.calls.append(("release", rid))
+            del self.timelines[rid]
+
+        def now(self):
+            return 0.0
+
+    engine = Engine()
+    assert replicas.follow(engine, max_chunk_s=None) == 1
+    kw0 = dict(client="ann", priority=-2, output_len=None, stop_at_output_len=False)
+    kw1 = dict(client="default", priority=0, output_len=1, stop_at_output_len=True)
+    assert engine.calls == [
+        ("submit", [4, 5, 6], params, dict(request_id="cmpl-0", **kw0, conversation="c1")),
+        (
+            "submit",
+            [7],
+            SamplingParams(max_new_tokens=2),
+            dict(request_id="cmpl-1", **kw1, conversation=None),
+        ),
+        ("step",),
+        ("release", "cmpl-0"),  # ended by the step
+        ("cancel", "cmpl-1"),  # cmpl-9 and the ended cmpl-0 are not live: not cancelled
+        ("release", "cmpl-1"),
+    ]
+
+
 def test_profile_is_process_0s_in_every_process(monkeypatch):
     """What the scheduler reads that each process measures is process 0's (a profile)."""
     import itertools
