@@ -194,7 +194,7 @@ def profile_runner(
     prof = profile(
         runner, s.page_size, lengths=lengths, batches=sorted({1, s.max_batch}), host_mode=host_mode
     )
-    prof = Profile.from_dict(multihost.share_json(dataclasses.asdict(prof)))
+    prof = shared_profile(prof)
     if save_to is not None and distributed.is_main():
         prof.save(save_to)
     return prof
@@ -298,13 +298,22 @@ def warmup_lengths(t: PreparedTrace, max_seq_len: int) -> tuple[int, int] | None
 
 
 def load_profile(path: str) -> Profile:
-    """A saved profile.json; `InputError` naming the flag and the file when it is not one."""
+    """A saved profile.json; `InputError` naming the flag and the file when it is not one.
+    Across processes, process 0's (`shared_profile`)."""
     try:
-        return Profile.load(path)
+        return shared_profile(Profile.load(path))
     except InputError as e:
         raise InputError(f"--profile={e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise InputError(f"--profile={path}: not a profile ({e})") from None
+
+
+def shared_profile(prof: Profile) -> Profile:
+    """Process 0's `prof` in every process (every process calls it at the same point): the
+    scheduler reads it, so it must be the same everywhere. `prof` itself on one process."""
+    if distributed.process_count() == 1:
+        return prof
+    return Profile.from_dict(multihost.share_json(dataclasses.asdict(prof)))
 
 
 def run_serve(
@@ -352,8 +361,6 @@ def run_serve(
     page_bytes = page_nbytes(config, s.page_size)
     if prof is None:
         prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"), host_mode)
-    elif replicas:  # a profile file each process read: process 0's
-        prof = Profile.from_dict(multihost.share_json(dataclasses.asdict(prof)))
     # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
     variants = [("", runner, prof)]
     if kvp_model is not None:

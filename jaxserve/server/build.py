@@ -39,7 +39,11 @@ def make_engine(
         raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
     served = distributed.to_host(load_prefill_model(kvp_dir, model) if kvp_dir else model)
     runner = ModelRunner(served, serve.serving_mesh(s))
-    prof = serve.load_profile(profile_path) if profile_path else serve.profile_runner(runner, s)
+    host_mode = serve.serving_host_mode(s.host_mode)
+    if profile_path:  # (across processes, process 0's: both share it)
+        prof = serve.load_profile(profile_path)
+    else:
+        prof = serve.profile_runner(runner, s, host_mode=host_mode)
     config = model.config
     sc = serve.scheduler_config(s, prof, config.max_seq_len, serve.page_nbytes(config, s.page_size))
     engine = Engine(
@@ -48,7 +52,7 @@ def make_engine(
         sc,
         tokenizer,
         runner=runner,
-        host_mode=serve.serving_host_mode(s.host_mode),
+        host_mode=host_mode,
         decode_steps=s.decode_steps,
         **serve.SWITCHES[s.switch],
         **({"clock": clock} if clock is not None else {}),
