@@ -209,6 +209,11 @@ def serving_mesh(s: ServeSettings):
 
     try:
         mesh = sharding.make_mesh(s.mesh or {"data": 1, "model": jax.device_count()})
+        if mesh.shape["data"] != 1:  # (the profiler's batches of one row cannot be split)
+            raise ValueError(
+                "serving splits KV heads and weights over the model axis only; the data axis "
+                f"must be 1 (e.g. model:{mesh.size})"
+            )
         if distributed.process_count() > 1:
             distributed.check_mesh(mesh)
             multihost.check_mesh(mesh)

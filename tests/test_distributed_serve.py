@@ -293,6 +293,21 @@ def test_http_commands_reach_the_other_processes_as_process_0_applies_them():
     ]
 
 
+def test_serving_mesh_is_model_parallel_only():
+    from jaxserve import serve
+    from jaxserve.errors import InputError
+
+    def settings(mesh):
+        return serve.ServeSettings(["fcfs"], "sharegpt_synth", [1.0], 4, mesh=mesh)
+
+    assert serve.serving_mesh(settings(None)) is None  # one process: one device
+    assert dict(serve.serving_mesh(settings("model:2")).shape) == {"data": 1, "model": 2}
+    with pytest.raises(InputError, match="--mesh=data:2,model:2: .* the data axis must be 1"):
+        serve.serving_mesh(settings("data:2,model:2"))
+    with pytest.raises(InputError, match="--mesh=model:64: .* needs 64 devices"):
+        serve.serving_mesh(settings("model:64"))
+
+
 def test_profile_is_process_0s_in_every_process(monkeypatch):
     """What the scheduler reads that each process measures is process 0's (a profile)."""
     import itertools
