@@ -7,6 +7,8 @@
         --prefill=kv_prediction:runs/kvp_c/final
     python -m experiments.serve --schedulers=vllm,vtc,fair_priority --workload=multiturn_synth \
         --rate=1 --num_requests=48 --out=runs/fair     # clients, weights, conversations
+    bash scripts/launch_local.sh 2 -- python -m experiments.serve --mesh=model:4 ...
+                     # across processes: one mesh, process 0 prints and writes (docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from jaxserve import cli, config, distributed, metrics, serve, workload
+from jaxserve import cli, config, distributed, metrics, serve, sharding, workload
 from jaxserve.sched.policies import POLICIES
 
 _MODEL = flags.DEFINE_string("model", None, "Preset name (random weights): tiny, small, ...")
@@ -117,6 +119,12 @@ _PREFILL = flags.DEFINE_string(
     "with the base's prefill and with KV prediction's, and TTFT is compared).",
 )
 _OUT = flags.DEFINE_string("out", "runs/serve", "Output directory.")
+_MESH = flags.DEFINE_string(
+    "mesh",
+    None,
+    "Device mesh, e.g. model:2 (default: one device; across processes, model over every "
+    "device of every process; there the data axis must be 1).",
+)
 
 _ALL = (
     _MODEL,
@@ -158,6 +166,7 @@ _ALL = (
     _SEED,
     _PREFILL,
     _OUT,
+    _MESH,
 )
 
 
@@ -227,6 +236,11 @@ def check_engine_flags() -> None:
             raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
     if _INPUT_COST.value == 0 and _OUTPUT_COST.value == 0:
         raise app.UsageError("--input_cost and --output_cost cannot both be 0")
+    if _MESH.value:
+        try:
+            sharding.parse_mesh(_MESH.value)
+        except ValueError as e:
+            raise app.UsageError(f"--mesh: {e}") from None
     try:
         serve.parse_prefill(_PREFILL.value)
         serve.check_preemption(_PREEMPTION.value, _PREFILL.value)
@@ -270,13 +284,13 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         output_cost=_OUTPUT_COST.value,
         rerank_every=_RERANK.value,
         closed_loop=_CLOSED_LOOP.value,
+        mesh=_MESH.value,
     )
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.single_process_only("experiments.serve")
     preset = check_model_flags()
     bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
     if bad or not _SCHEDULERS.value:
@@ -294,6 +308,8 @@ def main(argv):
         profile_path=_PROFILE.value,
         load_prefill_model=load_kvp,
     )
+    if not distributed.is_main():
+        return  # process 0 prints and writes
     for rate in rates:  # under the table: what the schedulers gain over each other
         runs = [r for r in results["runs"] if r["rate"] == rate and r["prefill"] == "base"]
         line = metrics.ratio_line({r["scheduler"]: r["summary"] for r in runs})

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 
 from experiments import serve as serve_cli
-from jaxserve import distributed
+from jaxserve import cli, distributed, multihost
 
 _SCHEDULER = flags.DEFINE_enum("scheduler", "fcfs", serve_cli.POLICIES, "Scheduling policy.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
@@ -62,7 +62,6 @@ _GRACE = flags.DEFINE_float(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.single_process_only("experiments.server")
     given = [n for n in serve_cli.WORKLOAD_FLAGS if flags.FLAGS[n].present]
     if given:
         raise app.UsageError(
@@ -81,10 +80,12 @@ def main(argv):
     import uvicorn
 
     from jaxserve.experiment import environment
+    from jaxserve.server import replicas
     from jaxserve.server.app import build_app
     from jaxserve.server.build import chat_template_for, make_engine
 
     checkpoint = flags.FLAGS.checkpoint
+    replicated = distributed.process_count() > 1  # process 0 serves HTTP (replicas.py)
     engine, tokenizer, source = make_engine(
         settings,
         _SCHEDULER.value,
@@ -92,14 +93,19 @@ def main(argv):
         preset=preset,
         profile_path=flags.FLAGS.profile,
         load_prefill_model=serve_cli.load_kvp,
+        clock=multihost.ReplicatedClock() if replicated else None,
     )
+    max_chunk_s = None if _MAX_CHUNK.value is None else _MAX_CHUNK.value / 1e3
+    if not distributed.is_main():
+        replicas.follow(engine, max_chunk_s)
+        return
     name = _NAME.value or preset or os.path.basename(os.path.normpath(checkpoint))
-    app_, _ = build_app(
+    app_, loop = build_app(
         engine,
         tokenizer,
         name,
         max_inflight=_MAX_INFLIGHT.value,
-        max_chunk_s=None if _MAX_CHUNK.value is None else _MAX_CHUNK.value / 1e3,
+        max_chunk_s=max_chunk_s,
         max_tokens=settings.max_output_len,
         chat_template=chat_template_for(checkpoint, tokenizer),
         info={
@@ -108,6 +114,7 @@ def main(argv):
             "environment": environment(),
         },
     )
+    leader = replicas.Leader(loop) if replicated else None
     # the engine thread and the event loop share the GIL: a token waits for the event loop
     # at most one switch interval (Python's default is 5 ms, longer than a decode step)
     sys.setswitchinterval(_SWITCH.value)
@@ -131,8 +138,11 @@ def main(argv):
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down
         pass
+    finally:
+        if leader is not None:  # the engine thread has stopped: so do the other processes
+            leader.end()
     print("server stopped", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # (brings up the multi-process runtime its flags ask for)

@@ -311,6 +311,23 @@ def to_local(module):
     return nnx.merge(graphdef, jax.tree.map(one, state))
 
 
+def to_host(module):
+    """An nnx module whose arrays are numpy copies of this process's (every process holds the
+    same values), so that `jax.device_put` can place them on a mesh over every process's
+    devices: it refuses an array already committed to a device (one restored from a
+    checkpoint) there. The module itself for one process."""
+    if process_count() < 2:
+        return module
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    graphdef, state = nnx.split(module)
+    return nnx.merge(
+        graphdef, jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
+    )
+
+
 def local_mesh():
     """A one-device mesh on this process's first device, for work every process does alone
     (evaluation after training); None (the callee's default) for one process."""
@@ -344,6 +361,5 @@ def single_process_only(command: str) -> None:
     if n > 1:
         raise app.UsageError(
             f"{command} runs on one process, not {n}; across processes run "
-            "experiments.train_lm or experiments.train_kvpred, or serve through "
-            "jaxserve.multihost (docs/distributed.md)"
+            "experiments.train_lm, train_kvpred, serve or server (docs/distributed.md)"
         )

@@ -2,6 +2,7 @@
 
     process 0:  intake (trace) -> Engine(clock=ReplicatedClock) -> events, results
     process k:  the same trace -> Engine(clock=ReplicatedClock) -> (events discarded)
+    (experiments.serve: `serve_loop` in every process; experiments.server: server/replicas.py)
     each iteration, process 0 posts one tick (~20 bytes) in the coordination service:
         its clock (the time every process's engine reads until the next tick)
         + a fingerprint of the iteration's events, checked by every other process
@@ -12,21 +13,25 @@ not carry (the device slot table and its packed diffs, the tokens read back, whi
 request already has, the multi-step length, the host copies of swapped KV), so a follower
 would have to mirror that state, i.e. run the engine. So every process runs the engine, and
 what could make the replicas differ is made identical: the scheduler is deterministic given
-its inputs, the inputs are the submissions (the same trace in every process; a server would
-broadcast its new requests the same way) and the clock, and the clock is process 0's, read
-once per iteration. The price is one ~20-byte post per iteration (`ClockStats`); the
-followers keep pace because every device step's collectives need them. A divergence (a
-nondeterministic policy, a different trace) is not a silent hang: the fingerprint check names
-the iteration where process k's events differ from process 0's.
+its inputs, the inputs are the submissions (the same trace in every process; the HTTP
+server sends its new requests in the tick, `jaxserve/server/replicas.py`), the clock (process
+0's, read once per iteration) and the profile the scheduler reads (`share_json`). The price
+is one ~20-byte post per iteration (`ClockStats`); the followers keep pace because every
+device step's collectives need them. A divergence (a nondeterministic policy, a different
+trace) is not a silent hang: the fingerprint check names the iteration where process k's
+events differ from process 0's.
 
 Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
 axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
-and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`).
+and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`); the
+serve command picks it (`serve.serving_host_mode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -41,8 +46,10 @@ class ClockStats:
     nbytes: int = 0  # payload bytes of the ticks
 
 
-_TICK = "jaxserve/tick/{}"
+_TICK = "jaxserve/tick/{}/{}"  # clock, iteration: every clock of a run has its own keys
 _KEEP = 1000  # ticks kept in the store (the others are never this far behind)
+_clocks = itertools.count()  # clocks made in this process (the same sequence in every one)
+_shared = itertools.count()  # values shared by `share_json`
 
 
 def _send(key: str, value: str) -> None:
@@ -86,22 +93,30 @@ class ReplicatedClock:
         self._origin = base()
         self._now = 0.0
         self.iteration = 0
+        self._id = next(_clocks)
+
+    @property
+    def origin(self) -> float:
+        """The `base` reading this clock counts from (process 0's)."""
+        return self._origin
 
     def __call__(self) -> float:
         if distributed.process_count() == 1:
             return self.base() - self._origin
         return self._now
 
-    def tick(self, fingerprint: int = 0) -> None:
+    def tick(self, fingerprint: int = 0, payload: str = "") -> str:
+        """(Also carries process 0's `payload`, one line, to the others: returned in every
+        process; "" for one process.)"""
         if distributed.process_count() == 1:
-            return
+            return payload
         t0 = time.perf_counter()
-        key = _TICK.format(self.iteration)
+        key = _TICK.format(self._id, self.iteration)
         if distributed.is_main():
-            value = f"{self.base() - self._origin:.6f} {fingerprint}"
+            value = f"{self.base() - self._origin:.6f} {fingerprint} {payload}"
             _send(key, value)
             if self.iteration >= _KEEP:
-                _drop(_TICK.format(self.iteration - _KEEP))
+                _drop(_TICK.format(self._id, self.iteration - _KEEP))
         else:
             value = _receive(key)
             if int(value.split()[1]) != fingerprint:
@@ -114,6 +129,7 @@ class ReplicatedClock:
         self.stats.nbytes += len(value)
         self.stats.seconds += time.perf_counter() - t0
         self.iteration += 1
+        return (value.split(" ", 2) + [""])[2]
 
 
 def check_mesh(mesh) -> None:
@@ -125,30 +141,67 @@ def check_mesh(mesh) -> None:
         )
 
 
+def share_json(value=None):
+    """Process 0's `value` (JSON-able) in every process, through the key-value store: what
+    the scheduler reads that one process measures (a profile) must be the same in all. Every
+    process calls it at the same point; the others' `value` is ignored."""
+    if distributed.process_count() == 1:
+        return value
+    key = f"jaxserve/share/{next(_shared)}"
+    if distributed.is_main():
+        _send(key, json.dumps(value))
+        return json.loads(json.dumps(value))  # what the others get (tuples become lists)
+    return json.loads(_receive(key))
+
+
+def serve_loop(
+    engine,
+    release: Callable[[float, float], float | None],
+    more: Callable[[], bool],
+) -> int:
+    """The replay loop, in one process or in each of several: each iteration
+    `release(base, now)` submits what has arrived by `now` (seconds since `base`, the engine
+    time the loop started) and returns the next arrival known (same scale; None: none), then
+    the engine steps, or process 0 waits for that arrival; `more()`: arrivals are still to
+    come. On a `ReplicatedClock` every iteration ends with a tick (the clock, and the check
+    of the iteration's events). Returns the iterations that stepped the engine."""
+    clock = engine.clock
+    replicated = isinstance(clock, ReplicatedClock)
+    if replicated:
+        clock.tick()
+    base = engine.now()
+    steps = 0
+    while more() or engine.has_work:
+        nxt = release(base, engine.now() - base)
+        engine.next_arrival = base + nxt if nxt is not None else None
+        events = []
+        if engine.has_work:
+            events = engine.step()
+            steps += 1
+        elif nxt is not None and distributed.is_main():
+            wait = nxt - (engine.now() - base)
+            # (a replicated clock reads the last tick: wait a little, then tick anew)
+            time.sleep(max(0.0, min(wait, 0.05) if replicated else wait))
+        if replicated:
+            clock.tick(events_fingerprint(events) if events else 0)
+    engine.next_arrival = None
+    return steps
+
+
 def run_replicated(engine, arrivals: Sequence[tuple[float, Callable[[float], str]]]) -> int:
     """`Engine.replay(arrivals)` in every process: one `tick` per iteration (the clock, and
     the check of the iteration's events). The engine must run on a
     `ReplicatedClock`. Returns the iterations that stepped the engine."""
-    clock = engine.clock
-    if not isinstance(clock, ReplicatedClock):
+    if not isinstance(engine.clock, ReplicatedClock):
         raise TypeError("run_replicated needs an Engine built with clock=ReplicatedClock()")
     pending = list(arrivals)
-    clock.tick()
-    base = engine.now()
-    i = steps = 0
-    fingerprint = 0
-    while i < len(pending) or engine.has_work:
-        now = engine.now() - base
+    i = 0
+
+    def release(base: float, now: float) -> float | None:
+        nonlocal i
         while i < len(pending) and pending[i][0] <= now:
             pending[i][1](base + pending[i][0])
             i += 1
-        engine.next_arrival = base + pending[i][0] if i < len(pending) else None
-        fingerprint = 0
-        if engine.has_work:
-            fingerprint = events_fingerprint(engine.step())
-            steps += 1
-        elif i < len(pending) and distributed.is_main():
-            time.sleep(max(0.0, min(pending[i][0] - now, 0.05)))
-        clock.tick(fingerprint)
-    engine.next_arrival = None
-    return steps
+        return pending[i][0] if i < len(pending) else None
+
+    return serve_loop(engine, release, lambda: i < len(pending))

@@ -79,13 +79,19 @@ class Profile:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not a JSON profile ({e})") from None
         try:
-            d["prefill"] = [tuple(x) for x in d["prefill"]]
-            d["decode"] = [tuple(x) for x in d["decode"]]
-            d["decode_grid"] = [tuple(x) for x in d.get("decode_grid", [])]
-            d["swap"] = [tuple(x) for x in d.get("swap", [])]
-            return cls(**d)
+            return cls.from_dict(d)
         except (KeyError, TypeError) as e:
             raise InputError(f"{path}: not a profile ({e})") from None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        """The profile of `dataclasses.asdict` after a trip through JSON (lists to tuples)."""
+        d = dict(d)
+        d["prefill"] = [tuple(x) for x in d["prefill"]]
+        d["decode"] = [tuple(x) for x in d["decode"]]
+        d["decode_grid"] = [tuple(x) for x in d.get("decode_grid", [])]
+        d["swap"] = [tuple(x) for x in d.get("swap", [])]
+        return cls(**d)
 
 
 def _interp(table: Sequence[tuple[float, float]], x: float) -> float:
@@ -118,13 +124,15 @@ def profile(
     steps: Sequence[int] = (1,),
     swap_pages: Sequence[int] | None = None,
     num_pages: int = 0,
+    host_mode: str = "auto",
 ) -> Profile:
     """Time prefill at `lengths`, decode at `batches` (context max(lengths) // 2), and a swap
     of max(lengths) tokens. With `contexts` (tokens attended; rounded up to whole pages), the
     decode grid covers batches x contexts x `steps` (decode steps per call); with
     `swap_pages`, swap round trips of those many pages. The pool has at least `num_pages`
     pages: with the engine's pool size, its prefill programs are the engine's too. Every
-    program is compiled first, several at a time (`ModelRunner.compile_ahead`)."""
+    program is compiled first, several at a time (`ModelRunner.compile_ahead`). `host_mode`:
+    the host tier's."""
     config = runner.config
     if lengths is None:
         top = min(config.max_seq_len, 1024)
@@ -189,7 +197,7 @@ def profile(
             (b, math.ceil(c / page_size) * page_size, k, _median_time(run, reps))
             for (b, c, k), run in zip(cells, cell_runs)
         ]
-    tier = HostTier(runner.kv_sharding)
+    tier = HostTier(runner.kv_sharding, host_mode)
     pages = list(range(1, 1 + min(width, state["kv"].num_pages - 1)))
 
     def swap():

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jaxserve import experiment, metrics, plots, workload
+from jaxserve import distributed, experiment, metrics, multihost, plots, sharding, workload
 from jaxserve.engine import Engine, Timeline
 from jaxserve.errors import InputError
 from jaxserve.events import preemption_record, preemption_summary
@@ -106,6 +106,7 @@ class ServeSettings:
     output_cost: float = 2.0  # ... and per generated token
     rerank_every: int = 8  # fair_priority: iterations between re-rankings
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
+    mesh: str | None = None  # e.g. "model:2" (None: one device; across processes, all)
 
 
 # FastSwitch's ablation: --switch -> (host tier transfer, wait for every swap)
@@ -168,15 +169,60 @@ def page_nbytes(config, page_size: int) -> int:
     return config.kv_bytes_per_token(np.dtype(config.dtype).itemsize) * page_size
 
 
-def profile_runner(runner: ModelRunner, s: ServeSettings, save_to: str | None = None) -> Profile:
+def profile_runner(
+    runner: ModelRunner, s: ServeSettings, save_to: str | None = None, host_mode: str = "auto"
+) -> Profile:
     """The prefill table (powers of two up to max_prompt_len), decode times at 1 and
-    max_batch, and swap bandwidth; saved to `save_to` when given."""
+    max_batch, and swap bandwidth; saved to `save_to` when given. Across processes every
+    process measures (the same device calls) and all take process 0's figures: the
+    scheduler reads them, so they must be the same everywhere."""
     lengths = [16 << i for i in range(int(math.log2(max(s.max_prompt_len, 16) / 16)) + 1)]
     batches = sorted({1, s.max_batch})
-    prof = profile(runner, s.page_size, lengths=lengths, batches=batches, num_pages=s.kv_pages)
-    if save_to is not None:
+    prof = profile(
+        runner,
+        s.page_size,
+        lengths=lengths,
+        batches=batches,
+        num_pages=s.kv_pages,
+        host_mode=host_mode,
+    )
+    prof = shared_profile(prof)
+    if save_to is not None and distributed.is_main():
         prof.save(save_to)
     return prof
+
+
+def serving_mesh(s: ServeSettings):
+    """The mesh of `s.mesh` (None: one device; across processes, "model" over every
+    device), checked for serving across processes; `InputError` naming --mesh."""
+    if s.mesh is None and distributed.process_count() == 1:
+        return None
+    import jax
+
+    try:
+        mesh = sharding.make_mesh(s.mesh or {"data": 1, "model": jax.device_count()})
+        if mesh.shape["data"] != 1:  # (the profiler's batches of one row cannot be split)
+            raise ValueError(
+                "serving splits KV heads and weights over the model axis only; the data axis "
+                f"must be 1 (e.g. model:{mesh.size})"
+            )
+        if distributed.process_count() > 1:
+            distributed.check_mesh(mesh)
+            multihost.check_mesh(mesh)
+    except ValueError as e:
+        raise InputError(f"--mesh={s.mesh or ''}: {e}") from None
+    return mesh
+
+
+def serving_host_mode(host_mode: str) -> str:
+    """The host tier across processes keeps each process's shard (pinned_host)."""
+    if distributed.process_count() == 1:
+        return host_mode
+    if host_mode == "numpy":
+        raise InputError(
+            "--host_mode=numpy cannot hold KV sharded across processes: use pinned_host"
+        )
+    return "pinned_host"
 
 
 @dataclasses.dataclass
@@ -249,13 +295,22 @@ def warmup_lengths(t: PreparedTrace, max_seq_len: int) -> tuple[int, int] | None
 
 
 def load_profile(path: str) -> Profile:
-    """A saved profile.json; `InputError` naming the flag and the file when it is not one."""
+    """A saved profile.json; `InputError` naming the flag and the file when it is not one.
+    Across processes, process 0's (`shared_profile`)."""
     try:
-        return Profile.load(path)
+        return shared_profile(Profile.load(path))
     except InputError as e:
         raise InputError(f"--profile={e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise InputError(f"--profile={path}: not a profile ({e})") from None
+
+
+def shared_profile(prof: Profile) -> Profile:
+    """Process 0's `prof` in every process (every process calls it at the same point): the
+    scheduler reads it, so it must be the same everywhere. `prof` itself on one process."""
+    if distributed.process_count() == 1:
+        return prof
+    return Profile.from_dict(multihost.share_json(dataclasses.asdict(prof)))
 
 
 def run_serve(
@@ -272,15 +327,22 @@ def run_serve(
     base)` builds the model of `settings.prefill`'s checkpoint (KV prediction: the entry point
     passes `kvpred.io.load_kvp`; jaxserve does not import kvpred)."""
     s = settings
+    # across processes (`jaxserve.multihost`) every process runs every engine on one mesh;
+    # process 0 alone prints and writes
+    main, replicas = distributed.is_main(), distributed.process_count() > 1
+    say = print if main else lambda *a, **k: None
     check_preemption(s.preemption, s.prefill)
-    experiment.check_output_dir(out_dir)
+    if main:
+        experiment.check_output_dir(out_dir)
     prof = load_profile(profile_path) if profile_path else None
+    mesh, host_mode = serving_mesh(s), serving_host_mode(s.host_mode)
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
+    model = distributed.to_host(model)  # (placeable on a mesh across processes)
     config = model.config
     traces = prepare_traces(s, tokenizer, config)  # the whole input, checked before any work
     for t in traces:
         if t.never_runs:
-            print(
+            say(
                 f"note: at rate {t.rate:g}, {len(t.never_runs)} of {len(t.requests)} requests "
                 f"can never run and will be rejected "
                 f"(first: {next(iter(t.never_runs.values()))})",
@@ -291,19 +353,19 @@ def run_serve(
     if kvp_dir is not None:
         if load_prefill_model is None:
             raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
-        kvp_model = load_prefill_model(kvp_dir, model)
-    runner = ModelRunner(model)
+        kvp_model = distributed.to_host(load_prefill_model(kvp_dir, model))
+    runner = ModelRunner(model, mesh)
     page_bytes = page_nbytes(config, s.page_size)
     profile_start = time.perf_counter()
     if prof is None:
-        prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"))
+        prof = profile_runner(runner, s, os.path.join(out_dir, "profile.json"), host_mode)
     profile_seconds = time.perf_counter() - profile_start
     # (label suffix, runner, profile): the base prefill, and KV prediction's when asked for
     variants = [("", runner, prof)]
     if kvp_model is not None:
-        kvp_runner = ModelRunner(kvp_model)
+        kvp_runner = ModelRunner(kvp_model, mesh)
         kvp_prof = profile_runner(
-            kvp_runner, s, os.path.join(out_dir, "profile_kv_prediction.json")
+            kvp_runner, s, os.path.join(out_dir, "profile_kv_prediction.json"), host_mode
         )
         variants.append(("+kvp", kvp_runner, kvp_prof))
     results: dict = {
@@ -314,7 +376,7 @@ def run_serve(
         "profile_seconds": profile_seconds,  # the base model's profile, compiling included
         "runs": [],
     }
-    print(HEADER, flush=True)
+    say(HEADER, flush=True)
     labels = [name + suffix for name in s.schedulers for suffix, _, _ in variants]
     sweep: dict[str, list] = {label: [] for label in labels}
     for t in traces:
@@ -331,9 +393,10 @@ def run_serve(
                     sc,
                     tokenizer,
                     runner=run_runner,
-                    host_mode=s.host_mode,
+                    host_mode=host_mode,
                     decode_steps=s.decode_steps,
                     **SWITCHES[s.switch],
+                    **({"clock": multihost.ReplicatedClock()} if replicas else {}),
                 )
                 # only the buckets a request that can run reaches (none when none can)
                 turns = any(r.conversation is not None for r in trace)
@@ -368,6 +431,7 @@ def run_serve(
                     host_fallbacks=engine.switch.fallbacks,
                     swap_bytes_not_copied=engine.switch.bytes_not_copied,
                     **preemption_summary([engine.timelines[r.id] for r in trace]),
+                    **coordination_summary(engine),
                 )
                 # each request's preempt and resume times, beside its record (in trace order)
                 switches = [
@@ -385,12 +449,13 @@ def run_serve(
                         "preemptions": switches,
                     }
                 )
-                print(_row(label, rate, summary), flush=True)
+                say(_row(label, rate, summary), flush=True)
                 for line in rejection_lines(summary) + detail_lines(summary):
-                    print(line, flush=True)
+                    say(line, flush=True)
         suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
-        plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
-    if len(s.rates) > 1:
+        if main:
+            plots.latency_cdfs(by_sched, os.path.join(out_dir, f"latency_cdf{suffix}.png"))
+    if len(s.rates) > 1 and main:
         plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png"))
     if kvp_dir is not None:
         results["kv_prediction"] = {
@@ -398,14 +463,30 @@ def run_serve(
             "ttft": ttft_comparison(results["runs"]),
         }
         for row in results["kv_prediction"]["ttft"]:
-            print(
+            say(
                 f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
                 f"{_s(row['mean_ttft_base'])} -> {_s(row['mean_ttft_kvp'])} s "
                 f"({_x(row['mean_ttft_speedup'])}), p99 {_s(row['p99_ttft_base'])} -> "
                 f"{_s(row['p99_ttft_kvp'])} s"
             )
-    experiment.write_json(os.path.join(out_dir, "results.json"), results)
+    if main:
+        experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
+
+
+def coordination_summary(engine: Engine) -> dict:
+    """Across processes: the ticks of the run and their cost (`multihost.ClockStats`: process
+    0's time posting them, the others' waiting for them); nothing on one process."""
+    if not isinstance(engine.clock, multihost.ReplicatedClock):
+        return {}
+    st = engine.clock.stats
+    n = max(st.ticks, 1)
+    return {
+        "processes": distributed.process_count(),
+        "coordination_ticks": st.ticks,
+        "coordination_us_per_tick": 1e6 * st.seconds / n,
+        "coordination_bytes_per_tick": st.nbytes / n,
+    }
 
 
 def _s(x: float | None) -> str:
@@ -522,36 +603,28 @@ def replay_trace(
     heapq.heapify(heap)
     waiting = {p: r for r, p in prev_of.items()}  # previous turn -> next turn, not released
     prompts: dict[str, list[int]] = {}  # id -> the prompt it was submitted with
-    base = engine.now()
 
-    def submit(rid: str, at: float) -> None:
-        r, ids, pid = trace[rid], t.prompts[rid], prev_of.get(rid)
-        if pid is not None:
-            p = trace[pid]
-            new = max(1, r.prompt_len - p.prompt_len - p.output_len)
-            ids = prompts[pid] + engine.output(pid) + ids[-new:]
-        prompts[rid] = ids
-        _submitter(engine, r, ids, max_output_len)(base + at)
-
-    while heap or waiting or engine.has_work:
+    def release(base: float, now: float) -> float | None:
         for pid in [p for p in waiting if p in prompts]:
             done = engine.timelines[pid].finish_time
             if done is not None:
                 nxt = trace[waiting.pop(pid)]
-                release = workload.next_turn_release(trace[pid], done - base, nxt)
-                heapq.heappush(heap, (release, order[nxt.id], nxt.id))
-        now = engine.now() - base
+                at = workload.next_turn_release(trace[pid], done - base, nxt)
+                heapq.heappush(heap, (at, order[nxt.id], nxt.id))
         while heap and heap[0][0] <= now:
             at, _, rid = heapq.heappop(heap)
-            submit(rid, at)
-        engine.next_arrival = base + heap[0][0] if heap else None
-        if engine.has_work:
-            engine.step()
-        elif heap:
-            time.sleep(max(0.0, heap[0][0] - (engine.now() - base)))
-        elif not any(p in prompts for p in waiting):
+            r, ids, pid = trace[rid], t.prompts[rid], prev_of.get(rid)
+            if pid is not None:
+                p = trace[pid]
+                new = max(1, r.prompt_len - p.prompt_len - p.output_len)
+                ids = prompts[pid] + engine.output(pid) + ids[-new:]
+            prompts[rid] = ids
+            _submitter(engine, r, ids, max_output_len)(base + at)
+        if waiting and not (heap or engine.has_work or any(p in prompts for p in waiting)):
             raise AssertionError(f"turns wait on turns never submitted: {sorted(waiting)}")
-    engine.next_arrival = None
+        return heap[0][0] if heap else None
+
+    multihost.serve_loop(engine, release, lambda: bool(heap or waiting))
 
 
 def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:

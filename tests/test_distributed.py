@@ -83,28 +83,49 @@ def worker_main(argv) -> None:
     train(f.workdir, sharding.make_mesh("data:4"), batches)
 
 
-def launch(
-    args: list[str], timeout: float = 90, grace: int = 20, devices: int = 2, script: str = __file__
-) -> tuple[int, str, float]:
-    """`launch_local.sh 2 -- python SCRIPT ARGS` (`devices` per process): (status, output,
-    seconds)."""
+def start(
+    args: list[str],
+    grace: int = 20,
+    devices: int = 2,
+    script: str = __file__,
+    module: str | None = None,
+) -> subprocess.Popen:
+    """`launch_local.sh 2 -- python SCRIPT ARGS` (or `python -m MODULE ARGS`), `devices` per
+    process, started in a session of its own (stop it with `os.killpg`), output on stdout."""
     env = dict(os.environ, PYTHONPATH=ROOT, GRACE_S=str(grace), JAXSERVE_COMPILATION_CACHE="")
     env["DEVICES_PER_PROCESS"] = str(devices)
     env.pop("XLA_FLAGS", None)
     cmd = ["bash", os.path.join(ROOT, "scripts", "launch_local.sh"), "2", "--"]
-    cmd += [sys.executable, os.path.abspath(script), *args]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
+    cmd += [sys.executable, *(["-m", module] if module else [os.path.abspath(script)]), *args]
+    return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Never leave a process of `start` behind."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def launch(
+    args: list[str],
+    timeout: float = 90,
+    grace: int = 20,
+    devices: int = 2,
+    script: str = __file__,
+    module: str | None = None,
+) -> tuple[int, str, float]:
+    """`start`, waited for: (status, output, seconds)."""
+    t0 = time.monotonic()
+    proc = start(args, grace, devices, script, module)
     try:
         out, _ = proc.communicate(timeout=timeout)
-    finally:  # never leave a process behind, whatever happened
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    finally:
+        stop(proc)
     return proc.returncode, out.decode(errors="replace"), time.monotonic() - t0
 
 

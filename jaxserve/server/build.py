@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable
 
-from jaxserve import experiment, serve
+from jaxserve import distributed, experiment, serve
 from jaxserve.engine import Engine
 from jaxserve.errors import InputError
 from jaxserve.models.transformer import Decoder
@@ -27,16 +27,23 @@ def make_engine(
     preset: str | None,
     profile_path: str | None = None,
     load_prefill_model: Callable[[str, Decoder], ServingModel] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[Engine, Tokenizer | None, str]:
     """(warmed-up engine, tokenizer or None, where the weights came from).
     `load_prefill_model(dir, base)`: the model of `s.prefill`'s checkpoint (KV prediction's,
-    resolved by the entry point)."""
+    resolved by the entry point). `clock`: the engine's (across processes, a
+    `multihost.ReplicatedClock`)."""
     model, tokenizer, source = experiment.resolve_model(checkpoint, preset, s.seed)
     kvp_dir = serve.parse_prefill(s.prefill)
     if kvp_dir is not None and load_prefill_model is None:
         raise InputError(f"--prefill={s.prefill}: no loader for this prefill was given")
-    runner = ModelRunner(load_prefill_model(kvp_dir, model) if kvp_dir else model)
-    prof = serve.load_profile(profile_path) if profile_path else serve.profile_runner(runner, s)
+    served = distributed.to_host(load_prefill_model(kvp_dir, model) if kvp_dir else model)
+    runner = ModelRunner(served, serve.serving_mesh(s))
+    host_mode = serve.serving_host_mode(s.host_mode)
+    if profile_path:  # (across processes, process 0's: both share it)
+        prof = serve.load_profile(profile_path)
+    else:
+        prof = serve.profile_runner(runner, s, host_mode=host_mode)
     config = model.config
     sc = serve.scheduler_config(s, prof, config.max_seq_len, serve.page_nbytes(config, s.page_size))
     engine = Engine(
@@ -45,9 +52,10 @@ def make_engine(
         sc,
         tokenizer,
         runner=runner,
-        host_mode=s.host_mode,
+        host_mode=host_mode,
         decode_steps=s.decode_steps,
         **serve.SWITCHES[s.switch],
+        **({"clock": clock} if clock is not None else {}),
     )
     engine.warmup(  # with reuse, the continuation of a kept turn too (`conversation`)
         min(s.max_prompt_len, config.max_seq_len),

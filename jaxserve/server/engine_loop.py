@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from jaxserve.engine import Engine, Event
 from jaxserve.server.metrics import ServerMetrics
@@ -88,6 +89,9 @@ class EngineLoop:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: str | None = None  # the engine thread's failure, if it failed
+        # across processes (`jaxserve.server.replicas`): shares each drain's commands with
+        # the other processes' engines before they reach this one
+        self.on_commands: Callable[[list], None] | None = None
         # the engine clock on time.perf_counter's scale: perf_counter() = clock_offset + now()
         self.clock_offset = time.perf_counter() - engine.now()
 
@@ -207,6 +211,8 @@ class EngineLoop:
         submits = sorted(
             (c for c in cmds if isinstance(c, _Submit)), key=lambda c: c.handle.request.priority
         )
+        if self.on_commands is not None:
+            self.on_commands(submits + [c for c in cmds if isinstance(c, _Cancel)])
         for c in submits:
             out += self._submit_now(c.handle)
         for c in cmds:
