@@ -5,6 +5,9 @@
         for each scheduler: Engine(shared runner).replay(trace) -> timelines -> summary
     -> table on stdout, DIR/results.json, DIR/latency_cdf*.png, DIR/jct_vs_rate.png
 
+Its parts: the traces and their replay (`jaxserve.serve_trace`), what is printed and recorded
+of a run (`jaxserve.serve_report`).
+
 The whole input (every rate's trace, the output directory, a saved profile) is checked before
 any profiling. One ModelRunner is shared by all engines, and every shape bucket that a request
 able to run can reach is compiled before the first measured request, so no scheduler pays for
@@ -15,7 +18,6 @@ shows in the table's rejected column, with a line per reason, and in results.jso
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import math
 import os
 import time
@@ -23,50 +25,35 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jaxserve import distributed, experiment, metrics, multihost, plots, sharding, workload
-from jaxserve.engine import Engine, Timeline
+from jaxserve import distributed, experiment, metrics, multihost, plots, sharding
+from jaxserve.engine import Engine
 from jaxserve.errors import InputError
 from jaxserve.events import preemption_record, preemption_summary
 from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
-from jaxserve.sampling import SamplingParams
-from jaxserve.sched import SchedulerConfig, reject_reason
 from jaxserve.sched.settings import config_from_settings
-
-
-def to_record(tl: Timeline) -> metrics.RequestRecord:
-    if tl.rejected:
-        state = "rejected"
-    elif tl.finish_time is not None and tl.finish_reason != "cancelled":
-        state = "finished"
-    else:
-        state = "cancelled" if tl.finish_reason == "cancelled" else "unfinished"
-    return metrics.RequestRecord(
-        id=tl.id,
-        arrival=tl.arrival,
-        prompt_len=tl.prompt_len,
-        output_len=len(tl.token_times),
-        first_token_time=tl.token_times[0] if tl.token_times else None,
-        finish_time=tl.finish_time if state == "finished" else None,
-        token_times=list(tl.token_times),
-        preemptions=tl.preemptions,
-        swapped_bytes=tl.swapped_bytes,
-        swap_time=tl.swap_time,
-        stall_time=tl.stall_time,
-        client=tl.client,
-        output_ids=list(tl.output_ids),
-        state=state,
-        finish_reason=tl.finish_reason,
-    )
-
-
-def prompt_ids_for(req: workload.TraceRequest, tokenizer, vocab: int, rng) -> list[int]:
-    if req.prompt_ids is not None:
-        return list(req.prompt_ids)
-    if req.prompt is not None and tokenizer is not None:
-        return tokenizer.encode(req.prompt)[: max(1, req.prompt_len)] or [0]
-    return [int(t) for t in rng.integers(3, vocab, req.prompt_len)]
+from jaxserve.serve_report import (
+    HEADER,
+    detail_lines,
+    fmt_s,
+    fmt_x,
+    rejection_lines,
+    table_row,
+    to_record,
+    ttft_comparison,
+)
+from jaxserve.serve_trace import (  # noqa: F401 (importable from here)
+    PreparedTrace,
+    _submitter,
+    never_runs_reason,
+    prepare_traces,
+    prompt_ids_for,
+    replay_cap,
+    replay_trace,
+    trace_for,
+    warmup_lengths,
+)
 
 
 @dataclasses.dataclass
@@ -225,75 +212,6 @@ def serving_host_mode(host_mode: str) -> str:
     return "pinned_host"
 
 
-@dataclasses.dataclass
-class PreparedTrace:
-    """One rate's trace, read and checked before any model work."""
-
-    rate: float
-    requests: list[workload.TraceRequest]
-    prompts: dict[str, list[int]]  # request id -> prompt token ids
-    caps: dict[str, int]  # request id -> max_new_tokens it is replayed with
-    never_runs: dict[str, str]  # request id -> why the scheduler will reject it
-    weights: dict[str, float] = dataclasses.field(default_factory=dict)  # client -> weight
-
-
-def never_runs_reason(
-    prompt_len: int, cap: int, max_seq_len: int, kv_pages: int, page_size: int
-) -> str | None:
-    """Why a request can never run (the scheduler will reject it), or None: the scheduler's
-    own rule, evaluated before the run so warm-up can skip it."""
-    config = SchedulerConfig(
-        max_batch=1, num_pages=kv_pages, page_size=page_size, max_seq_len=max_seq_len
-    )
-    return reject_reason(config, prompt_len, cap)
-
-
-def trace_for(s: ServeSettings, rate: float, tokenizer):
-    """The trace of one rate: the same arguments and seed for in-process and HTTP replays."""
-    return workload.workload_for(s, rate, tokenizer.encode if tokenizer is not None else None)
-
-
-def prepare_traces(s: ServeSettings, tokenizer, config) -> list[PreparedTrace]:
-    """Every rate's trace, read and validated in full (`WorkloadError` naming the file and the
-    request: empty, malformed, token ids outside the vocabulary) before any profiling."""
-    out = []
-    for rate in s.rates:
-        trace = trace_for(s, rate, tokenizer)
-        if not trace:
-            raise workload.WorkloadError(f"--workload={s.workload}: no requests in it")
-        rng = np.random.default_rng(s.seed)
-        prompts, caps, never = {}, {}, {}
-        for r in trace:
-            ids = prompt_ids_for(r, tokenizer, config.vocab_size, rng)
-            bad = [t for t in ids if not 0 <= t < config.vocab_size]
-            if bad:
-                raise workload.WorkloadError(
-                    f"--workload={s.workload}: request {r.id!r} has token ids {bad[:3]} outside "
-                    f"the model's vocabulary of {config.vocab_size}"
-                )
-            prompts[r.id] = ids
-            caps[r.id] = replay_cap(len(ids), r.output_len, s.max_output_len, config.max_seq_len)
-            why = never_runs_reason(
-                len(ids), caps[r.id], config.max_seq_len, s.kv_pages, s.page_size
-            )
-            if why is not None:
-                never[r.id] = why
-        weights = workload.client_weights(trace)
-        out.append(PreparedTrace(rate, trace, prompts, caps, never, weights))
-    return out
-
-
-def warmup_lengths(t: PreparedTrace, max_seq_len: int) -> tuple[int, int] | None:
-    """(max_prompt, max_context) over the requests that can run: what warm-up must cover.
-    None when no request can run (nothing to compile)."""
-    ok = [r.id for r in t.requests if r.id not in t.never_runs]
-    if not ok:
-        return None
-    max_prompt = max(len(t.prompts[i]) for i in ok)
-    max_context = min(max_seq_len, max(len(t.prompts[i]) + t.caps[i] for i in ok))
-    return max_prompt, max_context
-
-
 def load_profile(path: str) -> Profile:
     """A saved profile.json; `InputError` naming the flag and the file when it is not one.
     Across processes, process 0's (`shared_profile`)."""
@@ -449,7 +367,7 @@ def run_serve(
                         "preemptions": switches,
                     }
                 )
-                say(_row(label, rate, summary), flush=True)
+                say(table_row(label, rate, summary), flush=True)
                 for line in rejection_lines(summary) + detail_lines(summary):
                     say(line, flush=True)
         suffix = "" if len(s.rates) == 1 else f"_rate{rate:g}"
@@ -465,9 +383,9 @@ def run_serve(
         for row in results["kv_prediction"]["ttft"]:
             say(
                 f"TTFT with KV prediction, {row['scheduler']} at {row['rate']:g} req/s: mean "
-                f"{_s(row['mean_ttft_base'])} -> {_s(row['mean_ttft_kvp'])} s "
-                f"({_x(row['mean_ttft_speedup'])}), p99 {_s(row['p99_ttft_base'])} -> "
-                f"{_s(row['p99_ttft_kvp'])} s"
+                f"{fmt_s(row['mean_ttft_base'])} -> {fmt_s(row['mean_ttft_kvp'])} s "
+                f"({fmt_x(row['mean_ttft_speedup'])}), p99 {fmt_s(row['p99_ttft_base'])} -> "
+                f"{fmt_s(row['p99_ttft_kvp'])} s"
             )
     if main:
         experiment.write_json(os.path.join(out_dir, "results.json"), results)
@@ -487,190 +405,3 @@ def coordination_summary(engine: Engine) -> dict:
         "coordination_us_per_tick": 1e6 * st.seconds / n,
         "coordination_bytes_per_tick": st.nbytes / n,
     }
-
-
-def _s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _x(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
-
-
-def rejection_lines(summary: dict, limit: int = 5) -> list[str]:
-    """One indented line per rejection reason (the most frequent first), for the table."""
-    reasons = sorted(summary.get("rejected_reasons", {}).items(), key=lambda kv: -kv[1])
-    lines = [f"{'':>18} rejected {n}: {why}" for why, n in reasons[:limit]]
-    if len(reasons) > limit:
-        lines.append(f"{'':>18} ... and {len(reasons) - limit} more reasons (results.json)")
-    return lines
-
-
-def ttft_comparison(runs: list[dict]) -> list[dict]:
-    """Per (scheduler, rate): mean and p99 TTFT with the base prefill and with KV prediction."""
-    base = {(r["scheduler"], r["rate"]): r["summary"] for r in runs if r["prefill"] == "base"}
-    out = []
-    for r in runs:
-        if r["prefill"] != "kv_prediction":
-            continue
-        b, k = base[(r["scheduler"], r["rate"])], r["summary"]
-        speedup = (
-            b["mean_ttft"] / k["mean_ttft"]
-            if b["mean_ttft"] is not None and k["mean_ttft"]
-            else None
-        )
-        out.append(
-            {
-                "scheduler": r["scheduler"],
-                "rate": r["rate"],
-                "mean_ttft_base": b["mean_ttft"],
-                "mean_ttft_kvp": k["mean_ttft"],
-                "mean_ttft_speedup": speedup,
-                "p99_ttft_base": b["p99_ttft"],
-                "p99_ttft_kvp": k["p99_ttft"],
-            }
-        )
-    return out
-
-
-def detail_lines(summary: dict) -> list[str]:
-    """Under a table row: tail latencies, stalls and bytes moved; with several clients, each
-    client's service and TTFT, Jain's index and the largest service gap."""
-    s, pad = summary, f"{'':>18}"
-
-    def f(key: str) -> str:
-        return _s(s.get(key))
-
-    lines = [
-        f"{pad} TTFT p95/p99/p99.9 {f('p95_ttft')}/{f('p99_ttft')}/{f('p99.9_ttft')} s, "
-        f"TBT {f('p95_tbt')}/{f('p99_tbt')}/{f('p99.9_tbt')} s, stall {f('mean_stall_time')} "
-        f"s/request ({_pct(s.get('p99_stall_share'))} of p99 JCT), "
-        f"{s['total_swapped_bytes'] / 1e6:.2f} MB device<->host"
-    ]
-    wait, cost = s.get("preempt_to_resume"), s.get("resume_cost")
-    if wait and wait["n"]:
-        lines.append(
-            f"{pad} preempt -> resume mean/p99 {_s(wait['mean'])}/{_s(wait['p99'])} s over "
-            f"{wait['n']} resumes, resume cost mean/p99 {_s(cost['mean'])}/{_s(cost['p99'])} s"
-        )
-    if s.get("reuse_hits"):
-        lines.append(
-            f"{pad} KV reuse: {s['reuse_hits']} turns continued from kept KV, "
-            f"{s['reused_prompt_tokens']} of {s['prompt_tokens']} prompt tokens not prefilled"
-        )
-    clients = s.get("clients", {})
-    if len(clients) > 1:
-        gap = s["max_service_gap"]
-        between = " vs ".join(gap["clients"]) if gap["clients"] else "-"
-        lines.append(
-            f"{pad} Jain {s['jain_fairness']:.3f}, largest service gap between backlogged "
-            f"clients {gap['gap']:.1f} ({between})"
-        )
-        for name, c in clients.items():
-            lines.append(
-                f"{pad}   {name:>10} w={c['weight']:g}: service {c['service']:.0f} "
-                f"(weighted {c['weighted_service']:.0f}), TTFT mean {_s(c['mean_ttft'])} "
-                f"p99 {_s(c['p99_ttft'])} s"
-            )
-    return lines
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def replay_trace(
-    engine: Engine, t: PreparedTrace, max_output_len: int, *, closed_loop: bool = True
-) -> None:
-    """Serve `t` on `engine` in real time, as `Engine.replay` does, with conversations in a
-    closed loop: a later turn is released when the previous turn of its conversation has
-    ended plus the think time (their arrival gap, `workload.next_turn_release`), and its
-    prompt is that turn's prompt and actual output followed by the new message (the last
-    prompt_len - previous prompt_len - previous output_len tokens of its trace prompt, at
-    least one). Everything else (and every turn with `closed_loop=False`) arrives at its
-    trace time with its trace prompt."""
-    by_turn = {(r.conversation, r.turn): r for r in t.requests if r.conversation is not None}
-    trace = {r.id: r for r in t.requests}
-    order = {r.id: k for k, r in enumerate(t.requests)}
-    prev_of: dict[str, str] = {}  # a later turn -> the turn it waits for
-    heap: list[tuple[float, int, str]] = []  # (release, trace order, id)
-    for k, r in enumerate(t.requests):
-        prev = by_turn.get((r.conversation, r.turn - 1)) if r.conversation is not None else None
-        if closed_loop and prev is not None and r.turn > 0:
-            prev_of[r.id] = prev.id
-        else:
-            heap.append((r.arrival, k, r.id))
-    heapq.heapify(heap)
-    waiting = {p: r for r, p in prev_of.items()}  # previous turn -> next turn, not released
-    prompts: dict[str, list[int]] = {}  # id -> the prompt it was submitted with
-
-    def release(base: float, now: float) -> float | None:
-        for pid in [p for p in waiting if p in prompts]:
-            done = engine.timelines[pid].finish_time
-            if done is not None:
-                nxt = trace[waiting.pop(pid)]
-                at = workload.next_turn_release(trace[pid], done - base, nxt)
-                heapq.heappush(heap, (at, order[nxt.id], nxt.id))
-        while heap and heap[0][0] <= now:
-            at, _, rid = heapq.heappop(heap)
-            r, ids, pid = trace[rid], t.prompts[rid], prev_of.get(rid)
-            if pid is not None:
-                p = trace[pid]
-                new = max(1, r.prompt_len - p.prompt_len - p.output_len)
-                ids = prompts[pid] + engine.output(pid) + ids[-new:]
-            prompts[rid] = ids
-            _submitter(engine, r, ids, max_output_len)(base + at)
-        if waiting and not (heap or engine.has_work or any(p in prompts for p in waiting)):
-            raise AssertionError(f"turns wait on turns never submitted: {sorted(waiting)}")
-        return heap[0][0] if heap else None
-
-    multihost.serve_loop(engine, release, lambda: bool(heap or waiting))
-
-
-def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
-    """max_new_tokens of a replayed request: it asks for up to `max_output_len` tokens (its
-    trace length if longer), as a client sets max_tokens, and ends at its trace length as if
-    the model emitted EOS. Policies plan with this cap; only the srpt oracle reads the length."""
-    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
-
-
-def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_output_len: int):
-    cap = replay_cap(len(ids), req.output_len, max_output_len, engine.config.max_seq_len)
-    params = SamplingParams(max_new_tokens=cap, seed=0)
-
-    def submit(arrival: float) -> str:
-        return engine.submit(
-            ids,
-            params,
-            request_id=req.id,
-            arrival=arrival,
-            output_len=req.output_len,
-            client=req.client,
-            stop_at_output_len=True,
-            conversation=req.conversation,
-            priority=req.priority,
-        )
-
-    return submit
-
-
-HEADER = (
-    f"{'scheduler':>18} {'rate':>6} {'mean JCT':>9} {'p99 JCT':>9} {'mean TTFT':>9} "
-    f"{'p99 TTFT':>9} {'p99 TBT':>8} {'tok/s':>8} {'preempt':>7} {'rejected':>8} "
-    f"{'compiles':>8}"
-)
-
-
-def _row(name: str, rate: float, s: dict) -> str:
-    def f(x):
-        return f"{x:9.3f}" if x is not None else f"{'-':>9}"
-
-    t = s["throughput_tokens_per_s"]  # None when nothing finished (all rejected)
-    tput = f"{t:8.1f}" if t is not None else f"{'-':>8}"
-
-    return (
-        f"{name:>18} {rate:6.2f} {f(s['mean_jct'])} {f(s['p99_jct'])} {f(s['mean_ttft'])} "
-        f"{f(s['p99_ttft'])} {f(s['p99_tbt'])[1:]} {tput} "
-        f"{s['total_preemptions']:7d} {s['num_rejected']:8d} "
-        f"{s['compiles_during_run']:8d}"
-    )
