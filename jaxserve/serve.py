@@ -104,6 +104,7 @@ class ServeSettings:
     input_cost: float = 1.0  # fair policies and service metrics: charge per prompt token
     output_cost: float = 2.0  # ... and per generated token
     rerank_every: int = 8  # fair_priority: iterations between re-rankings
+    rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
 
 
@@ -174,6 +175,7 @@ def scheduler_config(
         output_cost=s.output_cost,
         client_weights=client_weights or None,
         rerank_every=s.rerank_every,
+        rerank_margin=s.rerank_margin,
     )
 
 
