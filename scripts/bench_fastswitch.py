@@ -15,11 +15,14 @@ that preemption is frequent) four ways:
 
 and prints, per seed and as median [min, max] over seeds, the P99 TTFT and P99 TBT of each
 baseline over fair_priority/all (FastSwitch reports 1.4-11.2x), bytes moved between device
-and host without and with reuse, and the prompt tokens reuse did not prefill. Extra flags after `--`
-go to every run (e.g. `-- --rerank_every=16`). `--runs` serves a subset of the four (the
-ratios need vllm/baseline and fair_priority/all); `--margins=4,100` adds fair_priority/all
-runs at other `--rerank_margin`s (fair_priority's hysteresis) and their ratios, to show
-what fewer re-rank preemptions buy.
+and host without and with reuse, and the prompt tokens reuse did not prefill. Each run's TBT
+gaps are split by whether they span a preempt -> resume wait (`tbt_sources`): the P99 of a
+policy that preempts more than 1% of its gaps is such a wait.
+
+Extra flags after `--` go to every run (e.g. `-- --rerank_every=16`). `--runs` serves a
+subset of the four (the ratios need vllm/baseline and fair_priority/all); `--margins=4,100`
+adds fair_priority/all runs at other `--rerank_margin`s (fair_priority's hysteresis) and their
+ratios; `--reuse` reads the runs already in --out instead of serving them again.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import os
 import statistics
 import subprocess
 import sys
+
+import numpy as np
 
 RUNS = {  # name -> (scheduler, --switch)
     "vllm/baseline": ("vllm", "baseline"),
@@ -50,16 +55,42 @@ TRACE = [
 ]
 
 
-def run(name: str, seed: int, out: str, extra: list[str]) -> dict:
+def tbt_sources(run: dict) -> dict:
+    """Where a run's TBT tail comes from: its gaps between consecutive tokens, how many span
+    a preempt -> resume wait (a resume time inside the gap), how many of those are among the
+    gaps at or above the P99, and the P99 of the other gaps."""
+    resumes = {p["id"]: p["resume_times"] for p in run.get("preemptions", [])}
+    gaps, spans = [], []
+    for r in run["requests"]:
+        if r["state"] != "finished":
+            continue
+        t, rs = r["token_times"], resumes.get(r["id"], [])
+        for a, b in zip(t, t[1:]):
+            gaps.append(b - a)
+            spans.append(any(a < x <= b for x in rs))
+    g, s = np.asarray(gaps), np.asarray(spans, dtype=bool)
+    top = g >= np.percentile(g, 99)
+    return {
+        "gaps": int(g.size),
+        "preempt_gaps": int(s.sum()),
+        "top1pct": int(top.sum()),
+        "top1pct_preempt": int((top & s).sum()),
+        "p99_other": float(np.percentile(g[~s], 99)),
+    }
+
+
+def run(name: str, seed: int, out: str, extra: list[str], reuse: bool = False) -> dict:
     sched, switch = RUNS[name.split("@")[0]]
     path = os.path.join(out, f"seed{seed}", name.replace("/", "_").replace("@", "_m"))
     cmd = [sys.executable, "-m", "experiments.serve", *TRACE, f"--seed={seed}"]
     cmd += [f"--schedulers={sched}", f"--switch={switch}", f"--out={path}", *extra]
     if "@" in name:  # fair_priority/all@MARGIN
         cmd.append(f"--rerank_margin={name.split('@')[1]}")
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    if not (reuse and os.path.exists(os.path.join(path, "results.json"))):
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
     with open(os.path.join(path, "results.json")) as f:
-        return json.load(f)["runs"][0]["summary"]
+        data = json.load(f)["runs"][0]
+    return data["summary"] | {"tbt_sources": tbt_sources(data)}
 
 
 def compare(seed: int, s: dict[str, dict]) -> dict:
@@ -77,6 +108,13 @@ def compare(seed: int, s: dict[str, dict]) -> dict:
             f"({base['p99_ttft']:.3f} / {x['p99_ttft']:.3f} s), p99 TBT "
             f"{row[f'{tag}p99_tbt_ratio']:.2f}x ({base['p99_tbt']:.4f} / {x['p99_tbt']:.4f} s), "
             f"preemptions vllm {base['total_preemptions']}, fair {x['total_preemptions']}"
+        )
+    for name, x in s.items():
+        t = x["tbt_sources"]
+        row["lines"].append(
+            f"{name}: {t['preempt_gaps']} of {t['gaps']} gaps span a preemption, "
+            f"{t['top1pct_preempt']} of the {t['top1pct']} at or above the P99; P99 of the "
+            f"others {t['p99_other']:.4f} s"
         )
     row["reused_prompt_tokens"] = fair.get("reused_prompt_tokens", 0)
     row["prompt_tokens"] = fair.get("prompt_tokens", 0)
@@ -108,6 +146,7 @@ def main():
     p.add_argument("--out", default="runs/fastswitch")
     p.add_argument("--runs", default=",".join(RUNS), help="a subset of the four, by name")
     p.add_argument("--margins", default="", help="more fair_priority/all runs: --rerank_margin")
+    p.add_argument("--reuse", action="store_true", help="read runs already in --out")
     args, extra = p.parse_known_args()
     extra = [x for x in extra if x != "--"]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -117,7 +156,7 @@ def main():
     names += [f"fair_priority/all@{float(m):g}" for m in args.margins.split(",") if m]
     rows = []
     for seed in seeds:
-        s = {name: run(name, seed, args.out, extra) for name in names}
+        s = {name: run(name, seed, args.out, extra, args.reuse) for name in names}
         rows.append(row := compare(seed, s))
         print(f"seed {seed}: " + "; ".join(row["lines"]))
     keys = sorted({k for r in rows for k in r if k.endswith("_ratio")})
