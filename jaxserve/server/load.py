@@ -44,7 +44,9 @@ def summarize(replayed: client.Replayed, s: serve.ServeSettings) -> dict:
     summary = metrics.summarize(replayed.records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
     o = np.asarray(replayed.overhead)
     if replayed.cached_tokens:  # conversation turns: what the server did not prefill
+        summary["reuse_hits"] = sum(1 for n in replayed.cached_tokens.values() if n)
         summary["reused_prompt_tokens"] = sum(replayed.cached_tokens.values())
+        summary["prompt_tokens"] = sum(r.prompt_len for r in replayed.records)
     summary.update(
         transport="http",
         wall_seconds=replayed.wall_seconds,
@@ -120,6 +122,12 @@ def run_load(
         )
         if verbose:
             print(row(name, rate, summary), flush=True)
+            if "reused_prompt_tokens" in summary:
+                print(
+                    f"{'':>19}KV reuse: {summary['reuse_hits']} turns continued from kept KV, "
+                    f"{summary['reused_prompt_tokens']} of {summary['prompt_tokens']} prompt "
+                    "tokens not prefilled (usage.prompt_tokens_details.cached_tokens)"
+                )
     os.makedirs(out_dir, exist_ok=True)
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results
