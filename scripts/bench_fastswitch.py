@@ -28,6 +28,7 @@ ratios; `--reuse` reads the runs already in --out instead of serving them again.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import statistics
@@ -58,9 +59,11 @@ TRACE = [
 def tbt_sources(run: dict) -> dict:
     """Where a run's TBT tail comes from: its gaps between consecutive tokens, how many span
     a preempt -> resume wait (a resume time inside the gap), how many of those are among the
-    gaps at or above the P99, and the P99 of the other gaps."""
+    gaps at or above the P99, the P99 of the other gaps, and how many of the others at or
+    above the P99 hold some request's first token (a prefill in that iteration)."""
     resumes = {p["id"]: p["resume_times"] for p in run.get("preemptions", [])}
-    gaps, spans = [], []
+    firsts = sorted(r["first_token_time"] for r in run["requests"] if r["first_token_time"])
+    gaps, spans, prefill = [], [], []
     for r in run["requests"]:
         if r["state"] != "finished":
             continue
@@ -68,13 +71,16 @@ def tbt_sources(run: dict) -> dict:
         for a, b in zip(t, t[1:]):
             gaps.append(b - a)
             spans.append(any(a < x <= b for x in rs))
-    g, s = np.asarray(gaps), np.asarray(spans, dtype=bool)
+            i = bisect.bisect_right(firsts, a)  # the first first-token time after a
+            prefill.append(i < len(firsts) and firsts[i] <= b)
+    g, s, f = np.asarray(gaps), np.asarray(spans, dtype=bool), np.asarray(prefill, dtype=bool)
     top = g >= np.percentile(g, 99)
     return {
         "gaps": int(g.size),
         "preempt_gaps": int(s.sum()),
         "top1pct": int(top.sum()),
         "top1pct_preempt": int((top & s).sum()),
+        "top1pct_other_with_prefill": int((top & ~s & f).sum()),
         "p99_other": float(np.percentile(g[~s], 99)),
     }
 
@@ -113,8 +119,9 @@ def compare(seed: int, s: dict[str, dict]) -> dict:
         t = x["tbt_sources"]
         row["lines"].append(
             f"{name}: {t['preempt_gaps']} of {t['gaps']} gaps span a preemption, "
-            f"{t['top1pct_preempt']} of the {t['top1pct']} at or above the P99; P99 of the "
-            f"others {t['p99_other']:.4f} s"
+            f"{t['top1pct_preempt']} of the {t['top1pct']} at or above the P99 (of the others "
+            f"there, {t['top1pct_other_with_prefill']} hold a first token); P99 of the others "
+            f"{t['p99_other']:.4f} s"
         )
     row["reused_prompt_tokens"] = fair.get("reused_prompt_tokens", 0)
     row["prompt_tokens"] = fair.get("prompt_tokens", 0)
