@@ -102,6 +102,13 @@ _RERANK = flags.DEFINE_integer(
     "fair_priority: iterations between re-rankings by client service.",
     lower_bound=1,
 )
+_MARGIN = flags.DEFINE_float(
+    "rerank_margin",
+    1.0,
+    "fair_priority: a request of the last batch is preempted at a re-ranking only for a "
+    "client behind its own by more than this many re-rank periods of its own service.",
+    lower_bound=0.0,
+)
 _CLOSED_LOOP = flags.DEFINE_bool(
     "closed_loop",
     True,
@@ -159,6 +166,7 @@ _ALL = (
     _INPUT_COST,
     _OUTPUT_COST,
     _RERANK,
+    _MARGIN,
     _CLOSED_LOOP,
     _SLO_TTFT,
     _SLO_TBT,
@@ -184,6 +192,7 @@ WORKLOAD_FLAGS = (
     "output_sigma",
     "slo_ttft",
     "slo_tbt",
+    "closed_loop",
     "out",
 )
 
@@ -283,6 +292,7 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         input_cost=_INPUT_COST.value,
         output_cost=_OUTPUT_COST.value,
         rerank_every=_RERANK.value,
+        rerank_margin=_MARGIN.value,
         closed_loop=_CLOSED_LOOP.value,
         mesh=_MESH.value,
     )

@@ -67,6 +67,13 @@ _RERANK = flags.DEFINE_integer(
     "rerank_every", 8, "fair_priority: iterations between re-rankings by client service.",
     lower_bound=1,
 )  # fmt: skip
+_MARGIN = flags.DEFINE_float(
+    "rerank_margin",
+    1.0,
+    "fair_priority: preempt a request of the last batch only for a client behind its own by "
+    "more than this many re-rank periods of service (0: no hysteresis).",
+    lower_bound=0.0,
+)
 _CLOSED_LOOP = flags.DEFINE_bool(
     "closed_loop",
     True,
@@ -157,6 +164,7 @@ def main(argv):
         input_cost=_INPUT_COST.value,
         output_cost=_OUTPUT_COST.value,
         rerank_every=_RERANK.value,
+        rerank_margin=_MARGIN.value,
         closed_loop=_CLOSED_LOOP.value,
     )
     results = run_analytical(

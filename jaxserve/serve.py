@@ -92,6 +92,7 @@ class ServeSettings:
     input_cost: float = 1.0  # fair policies and service metrics: charge per prompt token
     output_cost: float = 2.0  # ... and per generated token
     rerank_every: int = 8  # fair_priority: iterations between re-rankings
+    rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
     mesh: str | None = None  # e.g. "model:2" (None: one device; across processes, all)
 

@@ -79,6 +79,15 @@ def simulate_records(policy: str, cfg: SchedulerConfig, requests: list[Request],
     ]
 
 
+def client_service(records, weights, input_cost, output_cost, until: float) -> dict:
+    """Each client's weighted service received before `until` (`metrics.service_events`)."""
+    out: dict[str, float] = {}
+    for r in records:
+        got = sum(s for t, s in metrics.service_events(r, input_cost, output_cost) if t < until)
+        out[r.client] = out.get(r.client, 0.0) + got / weights.get(r.client, 1.0)
+    return out
+
+
 def overload_gap(args) -> dict:
     cfg = SchedulerConfig(
         max_batch=8,
@@ -159,6 +168,7 @@ def multiturn(args) -> dict:
         output_cost=args.output_cost,
         client_weights=weights,
         rerank_every=args.rerank_every,
+        rerank_margin=args.rerank_margin,
     )
     cost = LinearCost(
         a=1.8e-3,
@@ -185,9 +195,7 @@ def multiturn(args) -> dict:
             for r in trace
         ]
         records = simulate_records(policy, cfg, reqs, cost)
-        served = metrics.client_service(
-            records, weights, args.input_cost, args.output_cost, until=until
-        )
+        served = client_service(records, weights, args.input_cost, args.output_cost, until)
         summary = metrics.summarize(
             [r for r in records if r.state == "finished"],
             client_weights=weights,
@@ -213,6 +221,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=6.0, help="multiturn conversations/s")
     p.add_argument("--num_requests", type=int, default=400)
     p.add_argument("--rerank_every", type=int, default=8)
+    p.add_argument("--rerank_margin", type=float, default=1.0, help="fair_priority hysteresis")
     p.add_argument("--engine", action="store_true", help="also the small engine run")
     p.add_argument("--engine_stride", type=int, default=4, help="every k-th overload request")
     p.add_argument("--out", default=None, help="write every figure as JSON here")
@@ -222,6 +231,8 @@ def main() -> None:
             p.error(f"--{name} must be >= 0")
     if args.rerank_every < 1 or args.num_requests < 1 or args.rate <= 0:
         p.error("--rerank_every and --num_requests must be >= 1, --rate > 0")
+    if not args.rerank_margin >= 0:
+        p.error("--rerank_margin must be >= 0")
 
     res = {"overload": overload_gap(args)}
     o = res["overload"]

@@ -114,9 +114,11 @@ def test_fair_priority_reranks_every_n_iterations_and_preempts_what_falls_out():
         iter 2: rank b1 (0), a1, a2 (6)    prefill=[b1]          a1 preempted, b: 5
         iter 3: no re-rank                 decode=[b1]           b: 6
         iter 4: rank a1, a2, b1 (tie 6, add order)  decode=[a1]  b1 preempted
-    The pool is large: the left-out request keeps its KV on the device.
+    The pool is large: the left-out request keeps its KV on the device. No hysteresis
+    (rerank_margin=0): a resident is preempted for any client behind its own.
     """
-    s = make_scheduler("fair_priority", config(max_batch=1, rerank_every=2, output_cost=1.0))
+    cfg = config(max_batch=1, rerank_every=2, output_cost=1.0, rerank_margin=0.0)
+    s = make_scheduler("fair_priority", cfg)
     for rid in ("a1", "a2", "b1"):
         s.add(req(rid, rid[0]))
     plans = [step(s, 0.25 * i) for i in range(5)]
@@ -131,9 +133,43 @@ def test_fair_priority_reranks_every_n_iterations_and_preempts_what_falls_out():
     assert counters(s) == {"a": 7.0, "b": 6.0}
 
 
+def test_fair_priority_interleaves_clients_in_the_ranking():
+    """Batch 2; a1, a2, a3 (client a) and b1 (client b) at t=0, prompts of 4, counters 0.
+    Ranking by counter alone would put all of a's requests before b1 (a tie broken by
+    arrival, then add order); the ranking projects each client's counter by what a place
+    costs in one re-rank period instead: a1 takes a to 4 (prompt) + 2 * 8 (a slot emits a
+    token an iteration until measured, 8 iterations) = 20, so b1 (0) comes next, then a2."""
+    s = make_scheduler("fair_priority", config(max_batch=2))
+    for rid in ("a1", "a2", "a3", "b1"):
+        s.add(req(rid, rid[0]))
+    assert step(s, 0.0).summary() == "prefill=[a1,b1] decode=[] out=[] in=[] drop=[]"
+    assert sorted(s.policy.rank, key=s.policy.rank.get) == ["a1", "b1", "a2", "a3"]
+
+
+@pytest.mark.parametrize(
+    "margin, batches, preempted_at",
+    [(0.0, "aabbaabb", [2, 4, 6]), (1.0, "aaaabbbb", [4])],
+)
+def test_fair_priority_hysteresis_keeps_a_resident_within_the_margin(margin, batches, preempted_at):
+    """Batch 1, re-rank every 2 iterations; a1 and b1 at t=0; prompts free (input_cost 0),
+    output 1 a token, so a slot's service in one period is 2 (1 token an iteration, measured).
+
+        margin 0: iter 2: a 2 > b 0, b1 runs; iter 4: a 2 = b 2, a1 (add order); iter 6: b1
+        margin 1: a resident competes 1 period (2) lower: iter 2: a 2 - 2 = 0 ties b 0, a1
+                  stays; iter 4: a 4 - 2 > 0, b1 runs; iter 6: b 2 - 2 < a 4, b1 stays
+    """
+    cfg = config(max_batch=1, rerank_every=2, input_cost=0.0, output_cost=1.0, rerank_margin=margin)
+    s = make_scheduler("fair_priority", cfg)
+    s.add(req("a1", "a"))
+    s.add(req("b1", "b"))
+    plans = [step(s, 0.25 * i) for i in range(8)]
+    assert "".join(p.batch[0].client for p in plans) == batches
+    assert [i for i, p in enumerate(plans) if p.preempted] == preempted_at
+
+
 def test_fair_priority_swaps_out_what_falls_out_when_pages_run_short():
     """4 usable pages of 4 tokens; a1 and b1 (prompts of 8, up to 8 new tokens) at t=0;
-    batch 1, re-rank every 2; input and output 1 a token.
+    batch 1, re-rank every 2; input and output 1 a token; no hysteresis.
 
         iter 0: prefill=[a1] (2 pages)            a: 9
         iter 1: decode=[a1] (grows to 3 pages)    a: 10
@@ -144,7 +180,14 @@ def test_fair_priority_swaps_out_what_falls_out_when_pages_run_short():
                 swap-in waits one iteration (no swap-in while swapping out)   out=[b1]
         iter 5: in=[a1] decode=[a1]
     """
-    cfg = config(max_batch=1, num_pages=5, rerank_every=2, output_cost=1.0, preemption="swap")
+    cfg = config(
+        max_batch=1,
+        num_pages=5,
+        rerank_every=2,
+        output_cost=1.0,
+        preemption="swap",
+        rerank_margin=0.0,
+    )
     s = make_scheduler("fair_priority", cfg)
     s.add(req("a1", "a", prompt=8, max_new=8))  # 16 tokens at most: fits the 4 pages
     s.add(req("b1", "b", prompt=8, max_new=8))
@@ -168,6 +211,8 @@ def test_fair_config_errors_name_the_field():
         config(input_cost=0.0, output_cost=0.0)
     with pytest.raises(ValueError, match="rerank_every must be >= 1"):
         config(rerank_every=0)
+    with pytest.raises(ValueError, match="rerank_margin must be a finite number >= 0"):
+        config(rerank_margin=-1.0)
     assert config(client_weights={"b": 2}).weight("b") == 2.0
     assert config().weight("anyone") == 1.0
 

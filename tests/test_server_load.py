@@ -15,7 +15,7 @@ import pytest
 from conftest import random_model, tiny_config
 from test_server import keep_released
 
-from jaxserve import metrics, serve
+from jaxserve import metrics, serve, workload
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sched import SchedulerConfig
@@ -211,3 +211,31 @@ def test_server_and_load_cli_against_serve(tmp_path):
     assert {q["id"]: q["output_ids"] for q in http["requests"]} == {
         q["id"]: q["output_ids"] for q in local["requests"]
     }
+
+
+def test_http_replay_sends_conversation_turns_closed_loop():
+    """A 2-turn conversation over HTTP, closed-loop as experiments.serve replays it in-process:
+    turn 1 is sent when turn 0 has ended plus its think time (0.2 s), with turn 0's prompt and
+    output ids followed by its new message, and with the conversation id, so the server (multi-
+    turn reuse on) starts it from turn 0's kept KV: every token of turn 0 but its last one."""
+    model = random_model(tiny_config(vocab_size=512, max_seq_len=128))
+    sc = SchedulerConfig(max_batch=2, num_pages=32, page_size=4, max_seq_len=128, host_pages=64)
+    engine = Engine(model, "vllm", sc, reuse=True)
+    engine.records = keep_released(engine)
+    app, _ = build_app(engine, None, "test-tiny", max_tokens=16)
+    rng = np.random.default_rng(0)
+    t0 = workload.TraceRequest("c-0", 0.0, 9, 6, conversation="c", turn=0)
+    t1 = workload.TraceRequest("c-1", 0.2, 9 + 6 + 5, 4, conversation="c", turn=1)
+    prompts = {r.id: [int(x) for x in rng.integers(3, 512, r.prompt_len)] for r in (t0, t1)}
+    with RunningServer(app) as srv:
+        card = client.server_info(srv.url)
+        rep = client.replay(
+            srv.url, card["id"], [t0, t1], prompts, {"c-0": 6, "c-1": 16}, closed_loop=True
+        )
+    a, b = rep.records
+    assert rep.statuses == {200: 2} and a.state == b.state == "finished"
+    assert len(a.output_ids) == 6 and len(b.output_ids) == 4
+    assert b.arrival == pytest.approx(a.finish_time + 0.2)  # released after turn 0 + think
+    assert b.prompt_len == 9 + 6 + 5  # turn 0's prompt and output, then the new message
+    assert sorted(tl.prompt_len for tl in engine.records.values()) == [9, 9 + 6 + 5]
+    assert rep.cached_tokens == {"c-0": 0, "c-1": 9 + 6 - 1}

@@ -15,6 +15,7 @@ KNOBS = dict(
     max_batch=3, page_size=8, preemption="recompute", host_pages=77, q0=0.125,
     num_queues=5, quantum_charge="iteration", promote_every=17, starve_s=1.5,
     reserve_pages=2, prefetch=1, input_cost=3.0, output_cost=0.5, rerank_every=3,
+    rerank_margin=2.5,
 )  # fmt: skip
 WEIGHTS = {"a": 4.0, "b": 0.5}
 

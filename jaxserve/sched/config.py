@@ -52,6 +52,9 @@ class SchedulerConfig:
     # client -> weight (> 0); kept as a sorted tuple of (client, weight) pairs
     client_weights: Mapping[str, float] | Sequence[tuple[str, float]] | None = None
     rerank_every: int = 8  # fair_priority: iterations between re-rankings by attained service
+    # fair_priority: hysteresis, in re-rank periods of a request's own service: a request of
+    # the last batch is preempted at a re-ranking only for a client behind its own by more
+    rerank_margin: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "page_size", "max_seq_len", "num_queues"):
@@ -85,6 +88,10 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.input_cost == 0 and self.output_cost == 0:
             raise ValueError("input_cost and output_cost cannot both be 0 (nothing is charged)")
+        if not (math.isfinite(self.rerank_margin) and self.rerank_margin >= 0):
+            raise ValueError(
+                f"rerank_margin must be a finite number >= 0, got {self.rerank_margin}"
+            )
         if self.rerank_every < 1:
             raise ValueError(f"rerank_every must be >= 1, got {self.rerank_every}")
         if self.client_weights is not None:

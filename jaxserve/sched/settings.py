@@ -36,6 +36,7 @@ class SchedulerSettings(Protocol):
     input_cost: float
     output_cost: float
     rerank_every: int
+    rerank_margin: float
 
 
 def config_from_settings(
@@ -82,4 +83,5 @@ def config_from_settings(
         output_cost=s.output_cost,
         client_weights=client_weights or None,
         rerank_every=s.rerank_every,
+        rerank_margin=s.rerank_margin,
     )

@@ -14,6 +14,16 @@ With `details`, the server returns its record of each request (token times on it
 clock, preemptions, swapped bytes): the records then carry the server's preemption and swap
 figures, and `overhead` holds, per token, client receipt minus engine emission, which is
 meaningful when client and server share a host (one monotonic clock).
+
+Conversations (trace requests with `conversation` and `turn`) are sent with their
+conversation id (made unique to the replay), so a server with multi-turn reuse starts a turn
+from its previous turn's kept KV (usage.prompt_tokens_details.cached_tokens). With
+`closed_loop`, as `serve.replay_trace` replays them in-process, a later turn is sent when the
+previous turn of its conversation has ended plus the think time (`workload.next_turn_release`,
+the turn's latency counting from then), and its prompt is the previous turn's prompt and
+output ids followed by the new message (the last prompt_len - previous prompt_len - previous
+output_len ids of its trace prompt, at least one); `turn_cap(request, prompt_len)` gives its
+max_tokens. A previous turn that failed leaves the next one its trace prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -39,6 +50,8 @@ class Replayed:
     ttft_parts: list[tuple[float, float, float, float]]  # per request with details, seconds:
     # (send - scheduled arrival, engine submit - send, engine's first token - submit,
     #  client receipt - engine's first token): the TTFT at the client, in four parts
+    cached_tokens: dict[str, int] = dataclasses.field(default_factory=dict)  # id -> prompt
+    # tokens the server started from kept KV (usage.prompt_tokens_details), conversation turns
 
 
 def server_info(url: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -52,11 +65,13 @@ async def _one(
     client: httpx.AsyncClient,
     url: str,
     body: dict[str, Any],
-    req: workload.TraceRequest,
+    at: float,
     t0: float,
     out: dict[str, Any],
 ) -> None:
-    delay = t0 + req.arrival - time.perf_counter()
+    """Send `body` at `at` seconds after `t0`; `out` gets what came back."""
+    out["arrival"] = at
+    delay = t0 + at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     times: list[float] = []
@@ -101,7 +116,7 @@ def _record(
         state = "unfinished"
     rec = metrics.RequestRecord(
         id=req.id,
-        arrival=req.arrival,
+        arrival=got["arrival"],
         prompt_len=prompt_len,
         output_len=len(times),
         first_token_time=times[0] if times else None,
@@ -127,43 +142,83 @@ async def replay_async(
     *,
     details: bool = True,
     timeout: float = 600.0,
+    closed_loop: bool = False,
+    turn_cap: Callable[[workload.TraceRequest, int], int] | None = None,
 ) -> Replayed:
     endpoint = f"{url.rstrip('/')}/v1/completions"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     got: dict[str, dict[str, Any]] = {r.id: {} for r in trace}
+    sent: dict[str, list[int]] = {}  # id -> the prompt it was sent with
+    tag = uuid.uuid4().hex[:12]  # conversation ids unique to this replay
+    by_turn = {(r.conversation, r.turn): r for r in trace if r.conversation is not None}
+    prev_of: dict[str, workload.TraceRequest] = {}  # a later turn -> the turn it waits for
+    if closed_loop:
+        for r in trace:
+            p = by_turn.get((r.conversation, r.turn - 1)) if r.conversation is not None else None
+            if p is not None and r.turn > 0:
+                prev_of[r.id] = p
+    next_of = {p.id: r for r in trace for p in [prev_of.get(r.id)] if p is not None}
+
+    def body(r: workload.TraceRequest) -> dict[str, Any]:
+        ids, cap, p = prompts[r.id], max_tokens[r.id], prev_of.get(r.id)
+        out = got[p.id].get("details") if p is not None else None
+        if p is not None and out is not None and got[p.id]["status"] == 200:
+            new = max(1, r.prompt_len - p.prompt_len - p.output_len)
+            ids = sent[p.id] + list(out["token_ids"]) + ids[-new:]
+            cap = turn_cap(r, len(ids)) if turn_cap is not None else cap
+        sent[r.id] = ids
+        b = {
+            "model": model,
+            "prompt": ids,
+            "max_tokens": cap,
+            "temperature": 0,
+            "seed": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+            "trace_output_len": min(r.output_len, cap),
+            "user": r.client,
+            "priority": r.priority,
+            # a turn whose successor continues from its output ids needs them back
+            "return_details": details or r.id in next_of,
+        }
+        if r.conversation is not None:
+            b["conversation"] = f"{tag}-{r.conversation}"
+        return b
+
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=30.0), limits=limits
     ) as client:
         t0 = time.perf_counter()
-        tasks = []
-        for r in trace:
-            body = {
-                "model": model,
-                "prompt": prompts[r.id],
-                "max_tokens": max_tokens[r.id],
-                "temperature": 0,
-                "seed": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "ignore_eos": True,
-                "trace_output_len": min(r.output_len, max_tokens[r.id]),
-                "user": r.client,
-                "priority": r.priority,
-                "return_details": details,
-            }
-            tasks.append(_one(client, endpoint, body, r, t0, got[r.id]))
-        await asyncio.gather(*tasks)
+
+        async def turns(r: workload.TraceRequest | None, at: float) -> None:
+            while r is not None:  # a request, then the turns released after it
+                await _one(client, endpoint, body(r), at, t0, got[r.id])
+                nxt = next_of.get(r.id)
+                if nxt is not None:
+                    times = got[r.id]["times"]
+                    end = (times[-1] if times else time.perf_counter()) - t0
+                    at = workload.next_turn_release(r, end, nxt)
+                r = nxt
+
+        await asyncio.gather(*(turns(r, r.arrival) for r in trace if r.id not in prev_of))
         wall = time.perf_counter() - t0
     records, overhead, statuses, parts = [], [], {}, []
+    cached_tokens: dict[str, int] = {}
     for r in trace:
         g = got[r.id]
+        if not details:
+            g["details"] = None
         statuses[g["status"]] = statuses.get(g["status"], 0) + 1
-        records.append(_record(r, len(prompts[r.id]), g, t0))
+        records.append(_record(r, len(sent[r.id]), g, t0))
+        cached = ((g["usage"] or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            cached_tokens[r.id] = cached
         d = g["details"]
         if d and g["times"]:
             overhead += [c - e for c, e in zip(g["times"], d["token_times"])]
             first = d["token_times"][0]
-            sched = t0 + r.arrival
+            sched = t0 + g["arrival"]
             parts.append(
                 (
                     g["sent"] - sched,
@@ -172,7 +227,7 @@ async def replay_async(
                     g["times"][0] - first,
                 )
             )
-    return Replayed(records, overhead, statuses, wall, parts)
+    return Replayed(records, overhead, statuses, wall, parts, cached_tokens)
 
 
 def replay(*args, **kwargs) -> Replayed:

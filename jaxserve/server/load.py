@@ -2,7 +2,8 @@
 
 GET /v1/models (vocab, context, scheduler, model) -> for each rate:
     trace = workload.make_workload(...)  and prompts = serve.prompt_ids_for(...)  (the
-    same calls, flags and seed as experiments.serve) -> client.replay -> records
+    same calls, flags and seed as experiments.serve) -> client.replay (conversations'
+    turns closed-loop with --closed_loop, as in-process) -> records
     -> metrics.summarize -> DIR/results.json (experiments.serve's schema)
 """
 
@@ -28,21 +29,24 @@ def requests_for(
     """Prompt ids (as experiments.serve draws them) and max_tokens of each request."""
     rng = np.random.default_rng(s.seed)
     prompts = {r.id: serve.prompt_ids_for(r, tokenizer, card["vocab_size"], rng) for r in trace}
-    caps = {
-        r.id: min(
-            card["max_tokens"],
-            serve.replay_cap(
-                len(prompts[r.id]), r.output_len, s.max_output_len, card["max_model_len"]
-            ),
-        )
-        for r in trace
-    }
+    caps = {r.id: turn_cap(s, card, r, len(prompts[r.id])) for r in trace}
     return prompts, caps
+
+
+def turn_cap(s: serve.ServeSettings, card: dict, r, prompt_len: int) -> int:
+    """max_tokens of a request sent with a prompt of `prompt_len` ids (`serve.replay_cap`,
+    at most the server's max_tokens)."""
+    cap = serve.replay_cap(prompt_len, r.output_len, s.max_output_len, card["max_model_len"])
+    return min(card["max_tokens"], cap)
 
 
 def summarize(replayed: client.Replayed, s: serve.ServeSettings) -> dict:
     summary = metrics.summarize(replayed.records, slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt)
     o = np.asarray(replayed.overhead)
+    if replayed.cached_tokens:  # conversation turns: what the server did not prefill
+        summary["reuse_hits"] = sum(1 for n in replayed.cached_tokens.values() if n)
+        summary["reused_prompt_tokens"] = sum(replayed.cached_tokens.values())
+        summary["prompt_tokens"] = sum(r.prompt_len for r in replayed.records)
     summary.update(
         transport="http",
         wall_seconds=replayed.wall_seconds,
@@ -95,7 +99,15 @@ def run_load(
         trace = serve.trace_for(s, rate, tokenizer)
         prompts, caps = requests_for(s, trace, tokenizer, card)
         replayed = client.replay(
-            url, card["id"], trace, prompts, caps, details=details, timeout=timeout
+            url,
+            card["id"],
+            trace,
+            prompts,
+            caps,
+            details=details,
+            timeout=timeout,
+            closed_loop=s.closed_loop,
+            turn_cap=lambda r, n: turn_cap(s, card, r, n),
         )
         summary = summarize(replayed, s)
         name = info.get("scheduler", "server")
@@ -110,6 +122,12 @@ def run_load(
         )
         if verbose:
             print(row(name, rate, summary), flush=True)
+            if "reused_prompt_tokens" in summary:
+                print(
+                    f"{'':>19}KV reuse: {summary['reuse_hits']} turns continued from kept KV, "
+                    f"{summary['reused_prompt_tokens']} of {summary['prompt_tokens']} prompt "
+                    "tokens not prefilled (usage.prompt_tokens_details.cached_tokens)"
+                )
     os.makedirs(out_dir, exist_ok=True)
     experiment.write_json(os.path.join(out_dir, "results.json"), results)
     return results

@@ -66,6 +66,7 @@ class SimSettings:
     input_cost: float = 1.0  # fair policies (vtc, fair_priority): charge per prompt token
     output_cost: float = 2.0  # ... and per generated token
     rerank_every: int = 8  # fair_priority: iterations between re-rankings
+    rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
     replicas: int = 1  # data-parallel copies; requests (whole conversations) dealt round robin
 
