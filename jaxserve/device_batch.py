@@ -286,7 +286,8 @@ class DeviceBatch:
                 slots = runner.update_slots(slots, packed, self._no_prefill)
             for b in batches:
                 for w in widths:
-                    for k in sorted({1, self.max_steps}):  # one or two programs (decode_slots)
+                    own = runner.single_step_program(b, self.max_steps)  # else the loop's
+                    for k in sorted({1, self.max_steps}) if own else [self.max_steps]:
                         kv, slots, _ = runner.decode_slots(kv, slots, b, w, k, self.max_steps)
             if extend:
                 b = self.min_rows

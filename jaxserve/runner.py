@@ -262,10 +262,7 @@ class ModelRunner:
         keeps its own program where a chunk would decode on the contiguous copy (one step
         would not pay for it). Without, the program is compiled for exactly `steps`, and
         n = `steps`."""
-        single = steps == 1 and (
-            max_steps in (None, 1) or self.strategy.contiguous_for(rows, max_steps)
-        )
-        if max_steps is None or single:
+        if max_steps is None or (steps == 1 and self.single_step_program(rows, max_steps)):
             count, n = None, steps
         elif not 1 <= steps <= max_steps:
             raise ValueError(f"decode of {steps} steps, more than max_steps={max_steps}")
@@ -279,6 +276,11 @@ class ModelRunner:
             args = (leaves, kv, state, count, rows, width, n)
             return kv, state, self._lower(fn, args, 2, self._replicated)
         return fn(leaves, kv, state, count, rows, width, n)
+
+    def single_step_program(self, rows: int, max_steps: int | None) -> bool:
+        """Whether one decode step of `rows` rows runs its own program, not the chunk loop's
+        (`decode_slots`): where a chunk decodes on the contiguous copy."""
+        return max_steps in (None, 1) or self.strategy.contiguous_for(rows, max_steps)
 
     # -- compiling ahead ------------------------------------------------------------------
 
