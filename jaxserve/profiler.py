@@ -184,7 +184,7 @@ def profile(
     decodes = {b: decode(b) for b in batches}
     cells = [(b, c, k) for b in batches for c in contexts or () for k in steps]
     cell_runs = [decode(*cell) for cell in cells]
-    base_run = prefill(max(lengths), base=True) if runner.can_predict else None
+    base_run = prefill(lengths[-1], base=True) if runner.can_predict else None
     with runner.compile_ahead():  # lower every program, compile them side by side
         for run in [*prefills.values(), *decodes.values(), *cell_runs, base_run]:
             if run is not None:
