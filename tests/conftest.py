@@ -29,6 +29,9 @@ _CACHE_DIR = os.environ.get("JAXSERVE_TEST_JAX_CACHE") or os.path.join(
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+# the helper modules shared by test modules get pytest's assert messages too
+pytest.register_assert_rewrite("engine_helpers", "sched_helpers", "server_helpers")
+
 
 def tiny_config(**overrides) -> ModelConfig:
     """A small random-test config with GQA (4 query heads over 2 kv heads)."""
@@ -152,3 +155,42 @@ def engine_config(num_pages: int, preemption: str = "swap", page_size: int = 4, 
     )
     fields.update(kw)
     return SchedulerConfig(**fields)
+
+
+# Fixtures shared by several test modules; a module with a fixture of the same name overrides
+# them. The session-scoped ones live for the whole session: no test may change what they return.
+
+
+@pytest.fixture(scope="session")
+def model() -> Decoder:
+    """The engine tests' model: vocabulary 128, 128-token contexts, seed 11."""
+    return random_model(tiny_config(vocab_size=128, max_seq_len=128), seed=11)
+
+
+@pytest.fixture(scope="session")
+def runner(model):
+    """A `ModelRunner` of `model`: its compiled programs are shared by the engine tests."""
+    from jaxserve.runner import ModelRunner
+
+    return ModelRunner(model)
+
+
+@pytest.fixture(scope="session")
+def parts():
+    """The HTTP server tests' (model, runner, tokenizer): vocabulary 4096, the embedded
+    tokenizer."""
+    from jaxserve.runner import ModelRunner
+    from jaxserve.tokenizer import load_default
+
+    model = random_model(tiny_config(vocab_size=4096, max_seq_len=256))
+    return model, ModelRunner(model), load_default()
+
+
+@pytest.fixture(scope="module")
+def server(parts):
+    """A running `server_helpers.Server` on `parts` (one per test module)."""
+    from server_helpers import Server
+
+    s = Server(parts)
+    yield s
+    s.stop()

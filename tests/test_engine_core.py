@@ -12,16 +12,16 @@ import jax
 import numpy as np
 import pytest
 from conftest import random_model, tiny_config
+from engine_helpers import _config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine import _config
 
 from jaxserve.batch import SlotUpdates, apply_slot_updates, init_slot_state
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
 
-MAX_NEW, NUM_PROMPTS = 20, 6  # page size: test_engine.PAGE
+MAX_NEW, NUM_PROMPTS = 20, 6  # page size: engine_helpers.PAGE
 
 
 @pytest.fixture(scope="module")

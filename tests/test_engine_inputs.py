@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import random_model, tiny_config
-from test_engine import _config, _serve
+from engine_helpers import _config, _serve
 
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner

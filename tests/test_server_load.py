@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import random_model, tiny_config
-from test_server import keep_released
+from server_helpers import keep_released
 
 from jaxserve import metrics, serve, workload
 from jaxserve.engine import Engine
