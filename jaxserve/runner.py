@@ -109,10 +109,16 @@ class ModelRunner:
         self.kv_sharding = shd.kv_sharding(self.mesh, layer_shapes(self.config, 2, 1))
         batch = NamedSharding(self.mesh, PartitionSpec("data" if self.data_size > 1 else None))
         self.batch_sharding = batch
+        # the engine reads a prefill's (or continuation's) next tokens [B]: with rows over
+        # "data" (whose devices may be other processes') they come back replicated, so every
+        # process holds them all
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.first_sharding = batch if self.data_size == 1 else self._replicated
+        first = self.first_sharding
         self._prefill = jax.jit(
             self._prefill_fn,
             in_shardings=(leaf_shardings, self.kv_sharding, batch),
-            out_shardings=(self.kv_sharding, batch),
+            out_shardings=(self.kv_sharding, first),
             donate_argnums=(1,),
         )
         # a model whose prefill is not its decoder's (KV prediction) also keeps the decoder's
@@ -123,18 +129,17 @@ class ModelRunner:
             self._prefill_base = jax.jit(
                 functools.partial(self._prefill_fn, base=True),
                 in_shardings=(leaf_shardings, self.kv_sharding, batch),
-                out_shardings=(self.kv_sharding, batch),
+                out_shardings=(self.kv_sharding, first),
                 donate_argnums=(1,),
             )
         self._extend = jax.jit(
             self._extend_fn,
             in_shardings=(leaf_shardings, self.kv_sharding, batch),
-            out_shardings=(self.kv_sharding, batch),
+            out_shardings=(self.kv_sharding, first),
             donate_argnums=(1,),
         )
         self._decode = self._jit_decode(leaf_shardings, out_in=False)
         # the engine's device-resident batch (`SlotState`): replicated, donated every step
-        self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._apply_updates = jax.jit(
             apply_slot_updates, out_shardings=self._replicated, donate_argnums=(0,)
         )
@@ -203,7 +208,7 @@ class ModelRunner:
             batch = PrefillBatch(**batch)
         fn = self._prefill_base if base else self._prefill
         if self.ahead is not None:
-            return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.batch_sharding)
+            return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.first_sharding)
         return fn(self.leaves, kv, batch)
 
     def extend(self, kv: KVPages, batch: ExtendBatch) -> tuple[KVPages, jax.Array]:
@@ -211,7 +216,8 @@ class ModelRunner:
         cache, with the decoder: a predicted-cache prefill never applies here); returns the
         next sampled token of each row [B]."""
         if self.ahead is not None:
-            return kv, self._lower(self._extend, (self.leaves, kv, batch), 1, self.batch_sharding)
+            args = (self.leaves, kv, batch)
+            return kv, self._lower(self._extend, args, 1, self.first_sharding)
         return self._extend(self.leaves, kv, batch)
 
     def decode(self, kv: KVPages, batch: DecodeBatch | dict, num_steps: int):
