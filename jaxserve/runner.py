@@ -114,6 +114,8 @@ class ModelRunner:
         # process holds them all
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self.first_sharding = batch if self.data_size == 1 else self._replicated
+        # rows over other processes' devices: jit refuses host arrays placed there
+        self._rows_across_processes = self.data_size > 1 and self.mesh.is_multi_process
         first = self.first_sharding
         self._prefill = jax.jit(
             self._prefill_fn,
@@ -196,7 +198,24 @@ class ModelRunner:
                     f"batch array {name!r} has {x.shape[0]} rows, not a multiple of the "
                     f"data axis ({self.data_size})"
                 )
+        if self._rows_across_processes:
+            return self._global_rows(batch)
         return jax.device_put(batch, self.batch_sharding)
+
+    def _global_rows(self, batch):
+        """Where rows span processes, host arrays as global arrays of this process's rows
+        (every process passes the whole batch); in `compile_ahead`, as shapes. Else `batch`."""
+        if not self._rows_across_processes:
+            return batch
+
+        def place(x):
+            if not isinstance(x, np.ndarray):
+                return x
+            if self.ahead is not None:
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding)
+            return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda i: x[i])
+
+        return jax.tree.map(place, batch)
 
     def prefill(
         self, kv: KVPages, batch: PrefillBatch | dict, base: bool = False
@@ -207,6 +226,7 @@ class ModelRunner:
         if isinstance(batch, dict):
             batch = PrefillBatch(**batch)
         fn = self._prefill_base if base else self._prefill
+        batch = self._global_rows(batch)
         if self.ahead is not None:
             return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.first_sharding)
         return fn(self.leaves, kv, batch)
@@ -215,6 +235,7 @@ class ModelRunner:
         """Append `batch.tokens` to sequences cached up to `batch.starts` (attending to the
         cache, with the decoder: a predicted-cache prefill never applies here); returns the
         next sampled token of each row [B]."""
+        batch = self._global_rows(batch)
         if self.ahead is not None:
             args = (self.leaves, kv, batch)
             return kv, self._lower(self._extend, args, 1, self.first_sharding)
@@ -226,6 +247,7 @@ class ModelRunner:
         [B, n] and emitted [B, n] (False once a row has stopped)."""
         if isinstance(batch, dict):
             batch = DecodeBatch(**batch)
+        batch = self._global_rows(batch)
         if self.strategy.out_in_for(batch.tokens.shape[0]):
             fn, leaves = self._decode_row, self._row_leaves
         else:
