@@ -303,7 +303,7 @@ class DeviceBatch:
                 # prefill's, the base's) assembled into one array, then widened
                 for n in batches:
                     for b in batches:
-                        x = jax.ShapeDtypeStruct((b,), np.int32, sharding=runner.batch_sharding)
+                        x = jax.ShapeDtypeStruct((b,), np.int32, sharding=runner.first_sharding)
                         self.assemble([(x, 1)], n)
                     self.dispatched(self.assemble([(x, 1)], n), [])
         self._last_prefill = (self._no_prefill, {})

@@ -21,10 +21,11 @@ device step's collectives need them. A divergence (a nondeterministic policy, a 
 trace) is not a silent hang: the fingerprint check names the iteration where process k's
 events differ from process 0's.
 
-Only process 0 emits events and writes results. Restrictions (checked): the mesh's "data"
-axis is 1 (tensor parallel across processes: tokens come back replicated on every process),
-and swaps need a host tier that keeps each process's shard (`host_mode=pinned_host`); the
-serve command picks it (`serve.serving_host_mode`).
+Only process 0 emits events and writes results. Every process reads every token: decode and
+prefill outputs come back replicated (`ModelRunner.first_sharding`), also where the mesh's
+"data" axis splits the rows across processes. Swaps need a host tier that keeps each
+process's shard (`host_mode=pinned_host`); the serve command picks it
+(`serve.serving_host_mode`).
 """
 
 from __future__ import annotations
@@ -133,12 +134,11 @@ class ReplicatedClock:
 
 
 def check_mesh(mesh) -> None:
-    """ValueError unless the mesh can serve across these processes (module doc)."""
-    if distributed.process_count() > 1 and mesh.shape.get("data", 1) != 1:
-        raise ValueError(
-            f"serving across processes needs a mesh with data:1 (tensor parallel over all "
-            f"devices, e.g. model:{mesh.size}), not {dict(mesh.shape)}"
-        )
+    """ValueError unless the engine can serve on the mesh: its "data" axis splits batches
+    of 2^k rows (the engine's buckets), so it is a power of two."""
+    data = mesh.shape.get("data", 1)
+    if data & (data - 1):
+        raise ValueError(f"the data axis splits batches of 2^k rows: data:{data} cannot")
 
 
 def share_json(value=None):

@@ -132,22 +132,35 @@ def profile(
     `swap_pages`, swap round trips of those many pages. The pool has at least `num_pages`
     pages: with the engine's pool size, its prefill programs are the engine's too. Every
     program is compiled first, several at a time (`ModelRunner.compile_ahead`). `host_mode`:
-    the host tier's."""
+    the host tier's.
+
+    On a mesh whose "data" axis splits rows over d devices, a batch of b rows runs padded to
+    a multiple of d (the engine's smallest batch is d rows): the tables keep b, timed on the
+    padded batch (batch 1 and every prefill are timed as d rows)."""
     config = runner.config
     if lengths is None:
         top = min(config.max_seq_len, 1024)
         lengths = [2**i for i in range(4, int(math.log2(top)) + 1)]
     max_len = max(max(lengths), *(contexts or [0]))
     width = math.ceil(max_len / page_size)
-    kv = runner.new_kv(max(1 + max(max(batches), 1) * width, num_pages), page_size)
+
+    def padded(b: int) -> int:  # rows a batch of b runs as: a multiple of the data axis
+        return -(-b // runner.data_size) * runner.data_size
+
+    kv = runner.new_kv(max(1 + padded(max(max(batches), 1)) * width, num_pages), page_size)
     state = {"kv": kv}
 
     def prefill(n: int, base: bool = False):
+        rows = padded(1)  # one prompt; padding rows of length 0 on page 0, as the engine's
+        tokens, lengths = np.zeros((rows, n), np.int32), np.zeros(rows, np.int32)
+        tokens[0], lengths[0] = 1, n
+        block_tables = np.zeros((rows, math.ceil(n / page_size)), np.int32)
+        block_tables[0] = np.arange(1, 1 + block_tables.shape[1])
         batch = PrefillBatch(  # host arrays, as the engine passes them
-            tokens=np.ones((1, n), np.int32),
-            lengths=np.array([n], np.int32),
-            block_tables=np.arange(1, 1 + math.ceil(n / page_size), dtype=np.int32)[None],
-            **sampling_arrays([], [], 1),
+            tokens=tokens,
+            lengths=lengths,
+            block_tables=block_tables,
+            **sampling_arrays([], [], rows),
         )
 
         def run():
@@ -158,6 +171,7 @@ def profile(
         return run
 
     def decode(b: int, context: int | None = None, k: int = 1):
+        b = padded(b)
         w = width if context is None else math.ceil(context / page_size)
         pos = max(lengths) // 2 if context is None else context - k
         bt = (1 + np.arange(b * w, dtype=np.int32)).reshape(b, w)

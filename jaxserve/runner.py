@@ -109,10 +109,18 @@ class ModelRunner:
         self.kv_sharding = shd.kv_sharding(self.mesh, layer_shapes(self.config, 2, 1))
         batch = NamedSharding(self.mesh, PartitionSpec("data" if self.data_size > 1 else None))
         self.batch_sharding = batch
+        # the engine reads a prefill's (or continuation's) next tokens [B]: with rows over
+        # "data" (whose devices may be other processes') they come back replicated, so every
+        # process holds them all
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.first_sharding = batch if self.data_size == 1 else self._replicated
+        # rows over other processes' devices: jit refuses host arrays placed there
+        self._rows_across_processes = self.data_size > 1 and self.mesh.is_multi_process
+        first = self.first_sharding
         self._prefill = jax.jit(
             self._prefill_fn,
             in_shardings=(leaf_shardings, self.kv_sharding, batch),
-            out_shardings=(self.kv_sharding, batch),
+            out_shardings=(self.kv_sharding, first),
             donate_argnums=(1,),
         )
         # a model whose prefill is not its decoder's (KV prediction) also keeps the decoder's
@@ -123,18 +131,17 @@ class ModelRunner:
             self._prefill_base = jax.jit(
                 functools.partial(self._prefill_fn, base=True),
                 in_shardings=(leaf_shardings, self.kv_sharding, batch),
-                out_shardings=(self.kv_sharding, batch),
+                out_shardings=(self.kv_sharding, first),
                 donate_argnums=(1,),
             )
         self._extend = jax.jit(
             self._extend_fn,
             in_shardings=(leaf_shardings, self.kv_sharding, batch),
-            out_shardings=(self.kv_sharding, batch),
+            out_shardings=(self.kv_sharding, first),
             donate_argnums=(1,),
         )
         self._decode = self._jit_decode(leaf_shardings, out_in=False)
         # the engine's device-resident batch (`SlotState`): replicated, donated every step
-        self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._apply_updates = jax.jit(
             apply_slot_updates, out_shardings=self._replicated, donate_argnums=(0,)
         )
@@ -191,7 +198,24 @@ class ModelRunner:
                     f"batch array {name!r} has {x.shape[0]} rows, not a multiple of the "
                     f"data axis ({self.data_size})"
                 )
+        if self._rows_across_processes:
+            return self._global_rows(batch)
         return jax.device_put(batch, self.batch_sharding)
+
+    def _global_rows(self, batch):
+        """Where rows span processes, host arrays as global arrays of this process's rows
+        (every process passes the whole batch); in `compile_ahead`, as shapes. Else `batch`."""
+        if not self._rows_across_processes:
+            return batch
+
+        def place(x):
+            if not isinstance(x, np.ndarray):
+                return x
+            if self.ahead is not None:
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding)
+            return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda i: x[i])
+
+        return jax.tree.map(place, batch)
 
     def prefill(
         self, kv: KVPages, batch: PrefillBatch | dict, base: bool = False
@@ -202,16 +226,19 @@ class ModelRunner:
         if isinstance(batch, dict):
             batch = PrefillBatch(**batch)
         fn = self._prefill_base if base else self._prefill
+        batch = self._global_rows(batch)
         if self.ahead is not None:
-            return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.batch_sharding)
+            return kv, self._lower(fn, (self.leaves, kv, batch), 1, self.first_sharding)
         return fn(self.leaves, kv, batch)
 
     def extend(self, kv: KVPages, batch: ExtendBatch) -> tuple[KVPages, jax.Array]:
         """Append `batch.tokens` to sequences cached up to `batch.starts` (attending to the
         cache, with the decoder: a predicted-cache prefill never applies here); returns the
         next sampled token of each row [B]."""
+        batch = self._global_rows(batch)
         if self.ahead is not None:
-            return kv, self._lower(self._extend, (self.leaves, kv, batch), 1, self.batch_sharding)
+            args = (self.leaves, kv, batch)
+            return kv, self._lower(self._extend, args, 1, self.first_sharding)
         return self._extend(self.leaves, kv, batch)
 
     def decode(self, kv: KVPages, batch: DecodeBatch | dict, num_steps: int):
@@ -220,6 +247,7 @@ class ModelRunner:
         [B, n] and emitted [B, n] (False once a row has stopped)."""
         if isinstance(batch, dict):
             batch = DecodeBatch(**batch)
+        batch = self._global_rows(batch)
         if self.strategy.out_in_for(batch.tokens.shape[0]):
             fn, leaves = self._decode_row, self._row_leaves
         else:

@@ -189,14 +189,9 @@ def serving_mesh(s: ServeSettings):
 
     try:
         mesh = sharding.make_mesh(s.mesh or {"data": 1, "model": jax.device_count()})
-        if mesh.shape["data"] != 1:  # (the profiler's batches of one row cannot be split)
-            raise ValueError(
-                "serving splits KV heads and weights over the model axis only; the data axis "
-                f"must be 1 (e.g. model:{mesh.size})"
-            )
+        multihost.check_mesh(mesh)
         if distributed.process_count() > 1:
             distributed.check_mesh(mesh)
-            multihost.check_mesh(mesh)
     except ValueError as e:
         raise InputError(f"--mesh={s.mesh or ''}: {e}") from None
     return mesh

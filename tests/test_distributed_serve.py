@@ -152,6 +152,21 @@ def test_serve_command_across_two_processes_gives_one_process_greedy_tokens(tmp_
     assert not re.findall(r"^\[p1\] +skip_join_mlfq ", log, re.M)
 
 
+@pytest.mark.slow
+def test_serve_command_with_rows_over_data_across_two_processes_gives_one_process_tokens(
+    tmp_path,
+):
+    """data:2 across 2 processes: each process holds half of every batch's rows, and reads
+    every row's tokens (a prefill's come back replicated too)."""
+    two, one, _ = serve_one_and_two(tmp_path, ["--mesh=data:2"])
+    assert set(two) == set(one) == {("vllm", "base"), ("skip_join_mlfq", "base")}
+    for key in one:
+        assert two[key][0] == one[key][0], key
+        assert two[key][1]["num_finished"] == 5 and two[key][1]["processes"] == 2
+        assert two[key][1]["compiles_during_run"] == one[key][1]["compiles_during_run"] == 0
+    assert sum(two[k][1]["total_preemptions"] for k in two) > 0  # the trace does preempt
+
+
 def kvp_checkpoint(directory: str) -> str:
     """A KV-prediction checkpoint around `--model=tiny --seed=0` whose predictor changes the
     cache (the auxiliary model is the base, the predictor random), so KV prediction's greedy
@@ -293,7 +308,7 @@ def test_http_commands_reach_the_other_processes_as_process_0_applies_them():
     ]
 
 
-def test_serving_mesh_is_model_parallel_only():
+def test_serving_mesh_splits_rows_over_data_in_powers_of_two():
     from jaxserve import serve
     from jaxserve.errors import InputError
 
@@ -302,10 +317,33 @@ def test_serving_mesh_is_model_parallel_only():
 
     assert serve.serving_mesh(settings(None)) is None  # one process: one device
     assert dict(serve.serving_mesh(settings("model:2")).shape) == {"data": 1, "model": 2}
-    with pytest.raises(InputError, match="--mesh=data:2,model:2: .* the data axis must be 1"):
-        serve.serving_mesh(settings("data:2,model:2"))
+    shape = dict(serve.serving_mesh(settings("data:2,model:2")).shape)
+    assert shape == {"data": 2, "model": 2}
+    with pytest.raises(InputError, match="--mesh=data:3: .* batches of 2\\^k rows"):
+        serve.serving_mesh(settings("data:3"))
     with pytest.raises(InputError, match="--mesh=model:64: .* needs 64 devices"):
         serve.serving_mesh(settings("model:64"))
+
+
+def test_prefill_tokens_come_back_whole_on_every_device():
+    """Rows split over "data" may live in other processes: a prefill's (and a continuation's)
+    next tokens come back replicated, so every process reads them all."""
+    import numpy as np
+    from conftest import random_model, tiny_config
+
+    from jaxserve import sharding
+    from jaxserve.batch import ExtendBatch, PrefillBatch
+    from jaxserve.runner import ModelRunner
+    from jaxserve.sampling import sampling_arrays
+
+    runner = ModelRunner(random_model(tiny_config()), sharding.make_mesh("data:2,model:2"))
+    kv = runner.new_kv(8, 4)
+    zeros, samp = np.zeros(2, np.int32), sampling_arrays([], [], 2)
+    tokens, bt = np.ones((2, 8), np.int32), np.array([[1, 2], [3, 4]], np.int32)
+    kv, first = runner.prefill(kv, PrefillBatch(tokens, np.array([8, 5], np.int32), bt, **samp))
+    kv, more = runner.extend(kv, ExtendBatch(tokens, zeros + 8, zeros + 1, bt, **samp))
+    for x in (first, more):
+        assert x.shape == (2,) and x.sharding.is_fully_replicated
 
 
 def test_profile_is_process_0s_in_every_process(monkeypatch):

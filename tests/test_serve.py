@@ -17,10 +17,16 @@ from jaxserve.runner import ModelRunner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _serve(*args: str) -> subprocess.CompletedProcess:
+def _serve(*args: str, devices: int | None = None) -> subprocess.CompletedProcess:
+    """experiments.serve in a subprocess; `devices`: that many simulated CPU devices."""
+    env = None
+    if devices is not None:
+        env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, "-m", "experiments.serve", *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -57,6 +63,34 @@ def test_serve_cli_same_trace_every_scheduler(tmp_path):
     assert outputs["fcfs"] == outputs["vllm"] == outputs["skip_join_mlfq"]
     assert (tmp_path / "latency_cdf.png").stat().st_size > 0
     assert Profile.load(str(tmp_path / "profile.json")).prefill
+
+
+@pytest.mark.slow  # two runs of the command: ~25 s on 2 cores, more on a loaded machine
+def test_serve_with_rows_over_the_data_axis_gives_the_same_greedy_tokens(tmp_path):
+    """--mesh=data:2 (2 devices, one process): every batch, the profiler's batches of one
+    row too, runs split over "data"; each request generates what it does on data:1."""
+    args = ["--model=tiny", "--schedulers=vllm", "--num_requests=5", "--rate=40"]
+    args += ["--max_batch=4", "--kv_pages=12", "--max_prompt_len=16", "--max_output_len=8"]
+    outputs = {}
+    for mesh in ("data:1", "data:2"):
+        r = _serve(*args, f"--mesh={mesh}", f"--out={tmp_path / mesh}", devices=2)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (run,) = json.loads((tmp_path / mesh / "results.json").read_text())["runs"]
+        assert run["summary"]["num_finished"] == 5
+        assert run["summary"]["compiles_during_run"] == 0
+        outputs[mesh] = {q["id"]: q["output_ids"] for q in run["requests"]}
+    assert outputs["data:2"] == outputs["data:1"]
+
+
+def test_profile_on_a_mesh_that_splits_rows_over_data():
+    """A data:2 mesh runs no batch of one row: the profiler pads its batches to 2 rows and
+    reports them by the rows asked for."""
+    from jaxserve.sharding import make_mesh
+
+    runner = ModelRunner(random_model(tiny_config()), make_mesh("data:2"))
+    prof = profile(runner, page_size=4, lengths=[16], batches=[1, 2], reps=1)
+    assert [b for b, _ in prof.decode] == [1, 2] and [n for n, _ in prof.prefill] == [16]
+    assert all(t > 0 for _, t in prof.prefill + prof.decode)
 
 
 @pytest.mark.parametrize(
