@@ -1,10 +1,11 @@
 """Compile many programs before serving, several at a time.
 
-Warm-up used to call each bucket's program once, one after the other. On XLA:CPU one
-compilation runs on one core, and it is about nine tenths of the cost: tracing and lowering
-(Python, holding the GIL) are the rest. `AheadOfTime` collects lowered programs and compiles
-them on a thread pool, as XLA releases the GIL while it compiles; a program starts compiling
-as soon as it is lowered, while the next one is lowered. A later call with the same
+Warm-up used to call each bucket's program once, one after the other. Compiling is about
+nine tenths of the cost, tracing and lowering (Python, holding the GIL) the rest.
+`AheadOfTime` collects lowered programs and compiles them on a thread pool, as XLA releases
+the GIL while it compiles; a program starts compiling as soon as it is lowered, while the
+next one is lowered. (On a 2-core CPU this gains little: XLA:CPU already keeps about 1.6
+cores busy compiling one program; it pays where there are more cores.) A later call with the same
 argument shapes and shardings finds the executable in jit's in-memory cache and compiles
 nothing (the engine's tests count compiles after warm-up).
 
