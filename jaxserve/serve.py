@@ -43,17 +43,7 @@ from jaxserve.serve_report import (
     to_record,
     ttft_comparison,
 )
-from jaxserve.serve_trace import (  # noqa: F401 (importable from here)
-    PreparedTrace,
-    _submitter,
-    never_runs_reason,
-    prepare_traces,
-    prompt_ids_for,
-    replay_cap,
-    replay_trace,
-    trace_for,
-    warmup_lengths,
-)
+from jaxserve.serve_trace import prepare_traces, replay_trace, warmup_lengths
 
 
 @dataclasses.dataclass

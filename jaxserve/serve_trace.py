@@ -19,6 +19,7 @@ from jaxserve import multihost, workload
 from jaxserve.engine import Engine
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import SchedulerConfig, reject_reason
+from jaxserve.workload import replay_cap
 
 if TYPE_CHECKING:
     from jaxserve.serve import ServeSettings
@@ -147,13 +148,6 @@ def replay_trace(
         return heap[0][0] if heap else None
 
     multihost.serve_loop(engine, release, lambda: bool(heap or waiting))
-
-
-def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
-    """max_new_tokens of a replayed request: it asks for up to `max_output_len` tokens (its
-    trace length if longer), as a client sets max_tokens, and ends at its trace length as if
-    the model emitted EOS. Policies plan with this cap; only the srpt oracle reads the length."""
-    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
 
 
 def _submitter(engine: Engine, req: workload.TraceRequest, ids: list[int], max_output_len: int):

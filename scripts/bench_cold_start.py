@@ -73,9 +73,10 @@ def run_once(argv: list[str], cache: str, out: str) -> dict:
 
 
 def show(label: str, r: dict) -> None:
+    other = "n/a" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
     print(
         f"  {label}: wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.0f} s; other processes "
-        f"{r['other_cores']:.2f} cores) = profile {r['profile_s']:.1f} + warm-up "
+        f"{other} cores) = profile {r['profile_s']:.1f} + warm-up "
         f"{r['warmup_s']:.1f} ({r['warmup_programs']} programs) + replays "
         f"{r['replays_s']:.1f} + the rest; fcfs/skip_join {r['fcfs/skip_join']:.2f}x, "
         f"skip_join/srpt {r['skip_join/srpt']:.2f}x",

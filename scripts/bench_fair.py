@@ -28,7 +28,7 @@ from jaxserve import metrics, workload
 from jaxserve.sched import Plan, Request, Scheduler, SchedulerConfig, make_scheduler
 from jaxserve.sched.policies import vtc_bound
 from jaxserve.sched.simloop import LinearCost, simulate
-from jaxserve.serve import replay_cap
+from jaxserve.workload import replay_cap
 
 WEIGHTS = {"heavy": 2.0}
 
@@ -113,7 +113,7 @@ def engine_gap(args) -> dict:
     from jaxserve import experiment
     from jaxserve.engine import Engine
     from jaxserve.sampling import SamplingParams
-    from jaxserve.serve import to_record
+    from jaxserve.serve_report import to_record
 
     model, _, source = experiment.resolve_model(None, "tiny", args.seed)
     cfg = SchedulerConfig(

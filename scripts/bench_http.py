@@ -35,7 +35,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxserve import experiment, serve  # noqa: E402
+from jaxserve import experiment, serve, serve_trace  # noqa: E402
 from jaxserve.runner import ModelRunner  # noqa: E402
 from jaxserve.server import client, load  # noqa: E402
 
@@ -86,7 +86,7 @@ def stop_server(proc) -> None:
 
 
 def http_run(url: str, s: serve.ServeSettings, rate: float, tokenizer, card) -> dict:
-    trace = serve.trace_for(s, rate, tokenizer)
+    trace = serve_trace.trace_for(s, rate, tokenizer)
     prompts, caps = load.requests_for(s, trace, tokenizer, card)
     rep = client.replay(url, card["id"], trace, prompts, caps, details=True)
     return load.summarize(rep, s)

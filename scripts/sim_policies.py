@@ -31,7 +31,7 @@ from jaxserve.sched.policies import POLICIES
 from jaxserve.sched.request import Request
 from jaxserve.sched.scheduler import Scheduler
 from jaxserve.sched.simloop import LinearCost, simulate
-from jaxserve.serve import replay_cap
+from jaxserve.workload import replay_cap
 
 
 def trace(args, rate: float, seed: int) -> list[workload.TraceRequest]:

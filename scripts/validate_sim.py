@@ -27,7 +27,7 @@ import json
 import os
 import time
 
-from jaxserve import metrics
+from jaxserve import metrics, serve_report, serve_trace
 from jaxserve.sched.policies import POLICIES
 from jaxserve.sim import Timing, fit_profile
 from jaxserve.sim.run import simulate_trace
@@ -148,7 +148,7 @@ def serve_all(args, names: list[str]) -> dict:
     def run(s, name: str, trace) -> tuple[list, Engine]:
         sc = serve.scheduler_config(s, prof, model.config.max_seq_len, page_bytes)
         engine = Engine(model, name, sc, tokenizer, runner=runner, decode_steps=s.decode_steps)
-        reach = serve.warmup_lengths(trace, model.config.max_seq_len)
+        reach = serve_trace.warmup_lengths(trace, model.config.max_seq_len)
         if reach is not None:
             engine.warmup(*reach)
 
@@ -169,10 +169,10 @@ def serve_all(args, names: list[str]) -> dict:
             return submit
 
         engine.replay([(r.arrival, submitter(r)) for r in trace.requests])
-        return [serve.to_record(engine.timelines[r.id]) for r in trace.requests], engine
+        return [serve_report.to_record(engine.timelines[r.id]) for r in trace.requests], engine
 
     calib = settings(args, CALIBRATION[1])
-    (ctrace,) = serve.prepare_traces(calib, tokenizer, model.config)
+    (ctrace,) = serve_trace.prepare_traces(calib, tokenizer, model.config)
     host, calibration, flights = {}, {}, {}
     for name in args.policies:
         with logged_flights(Engine) as flights[name]:
@@ -197,7 +197,7 @@ def serve_all(args, names: list[str]) -> dict:
     }
     for tname in names:
         s = settings(args, TRACES[tname][1])
-        (trace,) = serve.prepare_traces(s, tokenizer, model.config)
+        (trace,) = serve_trace.prepare_traces(s, tokenizer, model.config)
         entry = {"settings": dataclasses.asdict(s), "runs": {}}
         for name in args.policies:
             records, engine = run(s, name, trace)

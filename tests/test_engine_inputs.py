@@ -11,7 +11,7 @@ from engine_helpers import _config, _serve
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling import SamplingParams
-from jaxserve.serve import to_record
+from jaxserve.serve_report import to_record
 from jaxserve.tokenizer import load_default
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import random_model, tiny_config
 
-from jaxserve import metrics, serve
+from jaxserve import metrics, serve_trace
 from jaxserve.sched import Plan, Request, Scheduler, SchedulerConfig, StepResult, make_scheduler
 from jaxserve.sched.policies import vtc_bound
 from jaxserve.sched.simloop import LinearCost, simulate
@@ -372,9 +372,9 @@ def test_closed_loop_replay_releases_a_turn_after_the_previous_one(model, runner
     t1 = workload.TraceRequest("c-t1", 0.05, 5 + 4 + 3, 3, client="a", conversation="c", turn=1)
     x = workload.TraceRequest("x", 0.0, 6, 3, client="b")
     prompts = {"c-t0": [5, 6, 7, 8, 9], "c-t1": list(range(20, 32)), "x": [3] * 6}
-    trace = serve.PreparedTrace(1.0, [t0, x, t1], prompts, {}, {})
+    trace = serve_trace.PreparedTrace(1.0, [t0, x, t1], prompts, {}, {})
     engine = Engine(model, "vtc", engine_config(64), runner=runner)
-    serve.replay_trace(engine, trace, max_output_len=8)
+    serve_trace.replay_trace(engine, trace, max_output_len=8)
     first, second = engine.timelines["c-t0"], engine.timelines["c-t1"]
     assert second.arrival >= first.finish_time + 0.05
     assert second.prompt_len == 12 and len(first.output_ids) == 4

@@ -140,7 +140,7 @@ def test_trace_replay_passes_each_requests_priority_to_the_engine():
     from conftest import random_model, tiny_config
 
     from jaxserve.engine import Engine
-    from jaxserve.serve import PreparedTrace, replay_trace
+    from jaxserve.serve_trace import PreparedTrace, replay_trace
     from jaxserve.workload.request import TraceRequest
 
     model = random_model(tiny_config(vocab_size=128))

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from jaxserve import serve
+from jaxserve import serve, serve_trace
 from jaxserve.profiler import Profile
 from jaxserve.sched import Request, SchedulerConfig, State, make_scheduler
 from jaxserve.workload import TraceRequest
@@ -21,15 +21,15 @@ def test_never_runs_reason_is_the_schedulers_rejection(prompt_len, cap, kv_pages
     config = SchedulerConfig(max_batch=4, num_pages=kv_pages, page_size=16, max_seq_len=64)
     sched = make_scheduler("fcfs", config)
     r = sched.add(Request(id="r", arrival=0.0, prompt_len=prompt_len, max_new_tokens=cap))
-    why = serve.never_runs_reason(prompt_len, cap, 64, kv_pages, 16)
+    why = serve_trace.never_runs_reason(prompt_len, cap, 64, kv_pages, 16)
     assert (r.state == State.REJECTED) == (why is not None)
     if why is not None:
         assert r.finish_reason == f"rejected: {why}"
 
 
-def _prepared(lengths: dict[str, int], never: set[str]) -> serve.PreparedTrace:
+def _prepared(lengths: dict[str, int], never: set[str]) -> serve_trace.PreparedTrace:
     reqs = [TraceRequest(k, 0.0, n, 4) for k, n in lengths.items()]
-    return serve.PreparedTrace(
+    return serve_trace.PreparedTrace(
         rate=1.0,
         requests=reqs,
         prompts={k: [3] * n for k, n in lengths.items()},
@@ -40,8 +40,8 @@ def _prepared(lengths: dict[str, int], never: set[str]) -> serve.PreparedTrace:
 
 def test_warmup_covers_only_requests_that_can_run():
     t = _prepared({"a": 10, "long": 5000, "b": 30}, {"long"})
-    assert serve.warmup_lengths(t, 1024) == (30, 34)
-    assert serve.warmup_lengths(_prepared({"long": 5000}, {"long"}), 1024) is None
+    assert serve_trace.warmup_lengths(t, 1024) == (30, 34)
+    assert serve_trace.warmup_lengths(_prepared({"long": 5000}, {"long"}), 1024) is None
 
 
 def _profile(path) -> str:

@@ -15,7 +15,7 @@ import pytest
 from conftest import random_model, tiny_config
 from server_helpers import keep_released
 
-from jaxserve import metrics, serve, workload
+from jaxserve import metrics, serve, serve_report, serve_trace, workload
 from jaxserve.engine import Engine
 from jaxserve.runner import ModelRunner
 from jaxserve.sched import SchedulerConfig
@@ -66,16 +66,19 @@ def setup():
 def test_http_replay_matches_in_process_replay(setup):
     make_engine, srv_engine, srv, tok = setup
     s = SETTINGS
-    trace = serve.trace_for(s, s.rates[0], tok)
+    trace = serve_trace.trace_for(s, s.rates[0], tok)
     assert len({r.output_len for r in trace}) > 3  # lengths vary, below the cap too
     # in-process, as experiments.serve replays it
     engine = make_engine()
     rng = np.random.default_rng(s.seed)
-    prompts = {r.id: serve.prompt_ids_for(r, tok, 4096, rng) for r in trace}
+    prompts = {r.id: serve_trace.prompt_ids_for(r, tok, 4096, rng) for r in trace}
     engine.replay(
-        [(r.arrival, serve._submitter(engine, r, prompts[r.id], s.max_output_len)) for r in trace]
+        [
+            (r.arrival, serve_trace._submitter(engine, r, prompts[r.id], s.max_output_len))
+            for r in trace
+        ]
     )
-    local = [serve.to_record(engine.timelines[r.id]) for r in trace]
+    local = [serve_report.to_record(engine.timelines[r.id]) for r in trace]
     # over HTTP, prompts and caps as experiments.load makes them
     card = client.server_info(srv.url)
     http_prompts, caps = load.requests_for(s, trace, tok, card)

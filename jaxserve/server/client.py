@@ -1,12 +1,12 @@
 """The load client: replay a trace over HTTP, streaming, timed at the client.
 
-    trace (workload.make_workload) + prompt ids (serve.prompt_ids_for, same seed)
+    trace (workload.make_workload) + prompt ids (serve_trace.prompt_ids_for, same seed)
       -> at each arrival: POST /v1/completions {prompt: ids, stream: true, ...}
       -> chunk receive times -> metrics.RequestRecord -> metrics.summarize (same schema as
          experiments.serve)
 
 Requests are sent as `experiments.serve` submits them in-process: greedy, the same token ids,
-`max_tokens` = `serve.replay_cap(...)`, ending after the trace's output length as if at EOS
+`max_tokens` = `workload.replay_cap(...)`, ending after the trace's output length as if at EOS
 (`trace_output_len`, `ignore_eos`). Times are seconds from the start of the replay; a request's
 latency counts from its scheduled arrival, whenever the client managed to send it.
 
@@ -18,7 +18,7 @@ meaningful when client and server share a host (one monotonic clock).
 Conversations (trace requests with `conversation` and `turn`) are sent with their
 conversation id (made unique to the replay), so a server with multi-turn reuse starts a turn
 from its previous turn's kept KV (usage.prompt_tokens_details.cached_tokens). With
-`closed_loop`, as `serve.replay_trace` replays them in-process, a later turn is sent when the
+`closed_loop`, as `serve_trace.replay_trace` replays them in-process, a later turn is sent when the
 previous turn of its conversation has ended plus the think time (`workload.next_turn_release`,
 the turn's latency counting from then), and its prompt is the previous turn's prompt and
 output ids followed by the new message (the last prompt_len - previous prompt_len - previous

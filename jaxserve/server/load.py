@@ -1,7 +1,7 @@
 """`experiments.load`: the trace `experiments.serve` would replay, replayed over HTTP.
 
 GET /v1/models (vocab, context, scheduler, model) -> for each rate:
-    trace = workload.make_workload(...)  and prompts = serve.prompt_ids_for(...)  (the
+    trace = workload.make_workload(...)  and prompts = serve_trace.prompt_ids_for(...)  (the
     same calls, flags and seed as experiments.serve) -> client.replay (conversations'
     turns closed-loop with --closed_loop, as in-process) -> records
     -> metrics.summarize -> DIR/results.json (experiments.serve's schema)
@@ -14,7 +14,7 @@ import os
 import httpx
 import numpy as np
 
-from jaxserve import experiment, metrics, serve
+from jaxserve import experiment, metrics, serve, serve_trace, workload
 from jaxserve.server import client
 from jaxserve.tokenizer import Tokenizer, load_default, load_tokenizer
 
@@ -28,15 +28,17 @@ def requests_for(
 ) -> tuple[dict[str, list[int]], dict[str, int]]:
     """Prompt ids (as experiments.serve draws them) and max_tokens of each request."""
     rng = np.random.default_rng(s.seed)
-    prompts = {r.id: serve.prompt_ids_for(r, tokenizer, card["vocab_size"], rng) for r in trace}
+    prompts = {
+        r.id: serve_trace.prompt_ids_for(r, tokenizer, card["vocab_size"], rng) for r in trace
+    }
     caps = {r.id: turn_cap(s, card, r, len(prompts[r.id])) for r in trace}
     return prompts, caps
 
 
 def turn_cap(s: serve.ServeSettings, card: dict, r, prompt_len: int) -> int:
-    """max_tokens of a request sent with a prompt of `prompt_len` ids (`serve.replay_cap`,
+    """max_tokens of a request sent with a prompt of `prompt_len` ids (`workload.replay_cap`,
     at most the server's max_tokens)."""
-    cap = serve.replay_cap(prompt_len, r.output_len, s.max_output_len, card["max_model_len"])
+    cap = workload.replay_cap(prompt_len, r.output_len, s.max_output_len, card["max_model_len"])
     return min(card["max_tokens"], cap)
 
 
@@ -96,7 +98,7 @@ def run_load(
     if verbose:
         print(HEADER)
     for rate in s.rates:
-        trace = serve.trace_for(s, rate, tokenizer)
+        trace = serve_trace.trace_for(s, rate, tokenizer)
         prompts, caps = requests_for(s, trace, tokenizer, card)
         replayed = client.replay(
             url,

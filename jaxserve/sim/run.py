@@ -25,6 +25,7 @@ from jaxserve.sched.plan import Plan
 from jaxserve.sched.request import Request
 from jaxserve.sched.settings import config_from_settings
 from jaxserve.sim.loop import SimResult, Timing, simulate
+from jaxserve.workload import replay_cap
 
 __all__ = [
     "SimSettings",
@@ -69,11 +70,6 @@ class SimSettings:
     rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
     replicas: int = 1  # data-parallel copies; requests (whole conversations) dealt round robin
-
-
-def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
-    """max_new_tokens of a replayed request: the rule of `jaxserve.serve.replay_cap`."""
-    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
 
 
 def requests_from_trace(

@@ -46,7 +46,13 @@ from jaxserve.workload.registry import (
     register_source,
     workload_for,
 )
-from jaxserve.workload.request import Tokenize, TraceRequest, WorkloadError, whitespace_tokenize
+from jaxserve.workload.request import (
+    Tokenize,
+    TraceRequest,
+    WorkloadError,
+    replay_cap,
+    whitespace_tokenize,
+)
 from jaxserve.workload.trace import read_trace, write_trace
 
 __all__ = [
@@ -84,6 +90,7 @@ __all__ = [
     "read_trace",
     "register_source",
     "sharegpt_synth",
+    "replay_cap",
     "whitespace_tokenize",
     "write_trace",
 ]

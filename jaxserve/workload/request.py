@@ -33,3 +33,10 @@ class TraceRequest:
 def whitespace_tokenize(text: str) -> list[str]:
     """The default token counter: whitespace-separated words."""
     return text.split()
+
+
+def replay_cap(prompt_len: int, output_len: int, max_output_len: int, max_seq_len: int) -> int:
+    """max_new_tokens of a replayed request: it asks for up to `max_output_len` tokens (its
+    trace length if longer), as a client sets max_tokens, and ends at its trace length as if
+    the model emitted EOS. Policies plan with this cap; only the srpt oracle reads the length."""
+    return max(1, min(max_seq_len - prompt_len, max(max_output_len, output_len)))
