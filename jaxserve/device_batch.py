@@ -268,10 +268,10 @@ class DeviceBatch:
         swap_widths = pow2_range(math.ceil(max_context / ps))
         widths = sorted({max(w, self.min_width) for w in swap_widths})
         bases = (False, True) if recover and runner.can_predict else (False,)
-        slots = self._slots
-        # every device program but the swaps' is lowered first, then compiled several at a
-        # time; the calls below return placeholders (`ModelRunner.compile_ahead`)
-        with runner.compile_ahead():
+
+        def programs(kv: KVPages, slots):
+            """Call every program once: lowered only within `compile_ahead`, else run."""
+            ahead = runner.ahead is not None
             for b in batches:
                 samp = sampling_arrays([], [], b)
                 for t in prefill_lens:
@@ -304,8 +304,23 @@ class DeviceBatch:
                 for n in batches:
                     for b in batches:
                         x = jax.ShapeDtypeStruct((b,), np.int32, sharding=runner.first_sharding)
+                        if not ahead:
+                            x = jax.device_put(np.zeros(b, np.int32), runner.first_sharding)
                         self.assemble([(x, 1)], n)
                     self.dispatched(self.assemble([(x, 1)], n), [])
+            return kv
+
+        # every device program but the swaps' is lowered first, then compiled several at a
+        # time; the calls return placeholders (`ModelRunner.compile_ahead`)
+        with runner.compile_ahead():
+            programs(kv, self._slots)
+        # then each runs once: a program's first run costs more than its later ones (XLA:CPU
+        # 8-15 ms for a small one, measured; it loads the compiled code), paid here instead
+        # of by the first request of each shape. The slots it decodes are garbage: new ones
+        kv = programs(kv, self._slots)
+        self._slots = runner.new_slots(
+            self._updates.num_slots, self.max_rows, self.max_pages, self.num_stop
+        )
         self._last_prefill = (self._no_prefill, {})
         budget, host.budget_bytes = host.budget_bytes, None  # warm-up copies are not kept
         try:
@@ -316,5 +331,4 @@ class DeviceBatch:
         finally:
             host.budget_bytes = budget
         kv.block_until_ready()
-        self._slots = slots
         return kv

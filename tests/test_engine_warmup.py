@@ -25,6 +25,37 @@ def test_no_recompilation_once_buckets_are_warm(model, runner):
     assert CompileCounter.count() == before
 
 
+def test_warmup_runs_every_program_it_compiles_and_leaves_no_trace(model, runner, monkeypatch):
+    """A program's first run costs more than its later ones (XLA loads its code), so the
+    warm-up runs each program it compiled once; what those runs decode is thrown away:
+    serving after the warm-up gives the tokens serving without one does."""
+    calls = {"lowered": 0, "ran": 0}
+
+    def counting(fn):
+        def counted(*args, **kw):
+            calls["lowered" if runner.ahead is not None else "ran"] += 1
+            return fn(*args, **kw)
+
+        return counted
+
+    for name in ("prefill", "update_slots", "decode_slots"):
+        monkeypatch.setattr(runner, name, counting(getattr(runner, name)))
+    prompts, lens = _workload(seed=4)
+    warm = Engine(model, "fcfs", _config(40), runner=runner, decode_steps=4)
+    warm.warmup(20, 50)
+    assert calls["ran"] == calls["lowered"] > 10
+    monkeypatch.undo()
+    outs = []
+    for warmup in (True, False):
+        engine = Engine(model, "fcfs", _config(40), runner=runner, decode_steps=4)
+        if warmup:
+            engine.warmup(20, 50)
+        ids = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in zip(prompts, lens)]
+        engine.run_until_done(max_iterations=2000)
+        outs.append([engine.output(i) for i in ids])
+    assert outs[0] == outs[1]
+
+
 def test_the_profile_compiles_the_engines_own_prefill_programs(model):
     """Profiled on the engine's pool size, the profile's programs (its two batch-1 prefills,
     its swap's) are ones the warm-up then finds compiled."""
