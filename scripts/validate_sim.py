@@ -4,18 +4,23 @@
     python -m scripts.validate_sim --out=runs/validate_sim --reuse    # re-simulate only
 
 1. Profile the engine's model (`jaxserve.profiler.profile`: prefill by length, decode by
-   batch x context x steps per call, swaps by size) and measure its host seconds per
-   iteration on a calibration trace (its own seed, not one of the validation traces).
-2. Serve each validation trace with every policy on the engine (`experiments.serve`'s
-   replay: same scheduler config, same request caps, emulated EOS at the trace length).
-3. Fit `CalibratedCost` to the profile, scale its device times to match the calibration
-   runs (one factor for every policy: the profile times each call alone, the engine runs
-   them back to back next to its host work), and simulate the validation traces with the
-   same scheduler config and the engine's timing (one step ahead, multi-step chunks, host
-   cost of each policy from the calibration runs).
-4. Print the errors of the simulator's mean JCT, P99 JCT and mean TTFT against the engine's
-   and write everything to DIR/validate.json (the engine's records to DIR/engine.json, which
-   `--reuse` reads instead of serving again).
+   batch x context x steps per call, swaps by size).
+2. `--rounds` rounds, each of which serves a calibration trace (its own seed, not one of
+   the validation traces) with every policy, then every validation trace with every policy
+   in turn (`experiments.serve`'s replay: same scheduler config, same request caps,
+   emulated EOS at the trace length). A round's calibration gives each policy's host
+   seconds per iteration and one device-time scale for every policy (the profile times
+   each call alone, the engine runs them back to back next to its host work), so a machine
+   whose speed drifts between rounds is simulated at the round's speed.
+3. Each trace's arrival rate is a utilization of its saturation rate: the requests a second
+   the simulator, calibrated on round 0, serves it at when every request arrives at once
+   (fcfs). So a trace loads a slower or faster machine, or another model, as much.
+4. Each served run is simulated with its round's calibration, with the same scheduler
+   config and the engine's timing (one step ahead, multi-step chunks, host cost). Each
+   figure of a cell, engine and simulated, is its median over the rounds; the errors of the
+   simulator's mean JCT, P99 JCT and mean TTFT are printed with the engine's spread over its
+   rounds beside them, and everything goes to DIR/validate.json (the engine's records to
+   DIR/engine.json, which `--reuse` reads instead of serving again).
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ from jaxserve.sched.policies import POLICIES
 from jaxserve.sim import Timing, fit_profile
 from jaxserve.sim.run import simulate_trace
 
-# name -> (what it stresses, ServeSettings overrides)
+# name -> (what it stresses, ServeSettings overrides; "utilization" sets the rate)
 TRACES = {
-    "load": ("high load, default lengths", {"rates": [25.0]}),
-    "tail": ("heavy output tail (sigma 2)", {"rates": [40.0], "output_sigma": 2.0}),
-    "memory": ("long requests, memory pressure", {"rates": [12.0], "scale": 0.6}),
-}
-CALIBRATION = ("calibration", {"rates": [30.0], "seed": 100})
+    "load": ("0.7 of saturation, default lengths", {"utilization": 0.7}),
+    "tail": ("0.5 of saturation, heavy output tail (sigma 2)", {"utilization": 0.5,
+                                                               "output_sigma": 2.0}),
+    "memory": ("0.6 of saturation, long requests, memory pressure", {"utilization": 0.6,
+                                                                     "scale": 0.6}),
+}  # fmt: skip
+CALIBRATION = ("calibration", {"utilization": 0.6, "seed": 100})
+METRICS = ("mean_jct", "p99_jct", "mean_ttft")
 BASE = {
     "workload": "sharegpt_synth",
     "max_batch": 8,
@@ -50,12 +58,39 @@ BASE = {
 }
 
 
-def settings(args, overrides: dict):
+def settings(args, overrides: dict, rate: float = 1.0):
     from jaxserve.serve import ServeSettings
 
     kw = dict(BASE, num_requests=args.num_requests, seed=args.seed, schedulers=args.policies)
-    kw["rates"] = [1.0]
-    return ServeSettings(**(kw | overrides))
+    kw |= {k: v for k, v in overrides.items() if k != "utilization"}
+    return ServeSettings(**(kw | {"rates": [rate]}))
+
+
+def saturation_rate(trace, sc, cost, timing: Timing, max_output_len: int) -> float:
+    """Requests a second the simulator serves `trace`'s requests at (fcfs) when all of them
+    arrive at once: the rate a utilization is a fraction of."""
+    from jaxserve.workload import TraceRequest
+
+    reqs = [
+        TraceRequest(r.id, 0.0, len(trace.prompts[r.id]), min(r.output_len, trace.caps[r.id]))
+        for r in trace.requests
+        if r.id not in trace.never_runs
+    ]
+    records, _ = simulate_trace("fcfs", reqs, sc, cost, timing, max_output_len)
+    return len(records) / max(r.finish_time for r in records)
+
+
+def median_summary(summaries: list[dict]) -> dict:
+    """Each validated figure (and the iteration count) at its median over the rounds, with
+    its spread: (max - min) / median."""
+    import statistics
+
+    out = {}
+    for k in (*METRICS, "iterations"):
+        xs = [x[k] for x in summaries]
+        out[k] = statistics.median(xs)
+        out[k + "_spread"] = (max(xs) - min(xs)) / out[k] if out[k] else 0.0
+    return out
 
 
 @contextlib.contextmanager
@@ -171,42 +206,90 @@ def serve_all(args, names: list[str]) -> dict:
         engine.replay([(r.arrival, submitter(r)) for r in trace.requests])
         return [serve_report.to_record(engine.timelines[r.id]) for r in trace.requests], engine
 
-    calib = settings(args, CALIBRATION[1])
-    (ctrace,) = serve_trace.prepare_traces(calib, tokenizer, model.config)
-    host, calibration, flights = {}, {}, {}
-    for name in args.policies:
-        with logged_flights(Engine) as flights[name]:
-            records, engine = run(calib, name, ctrace)
-        calibration[name] = metrics.records_to_json(records)
-        host[name] = profiler.host_seconds(engine)
-        print(f"calibration {name}: host {host[name] * 1e3:.3f} ms/iteration", flush=True)
-    prof.host_per_iteration = sum(host.values()) / len(host)
-    prof.save(os.path.join(args.out, "profile.json"))
+    prof.host_per_iteration = 0.0
+    prof_path = os.path.join(args.out, "profile.json")
+    prof.save(prof_path)
+    cost = fit_profile(json.load(open(prof_path)), page_bytes)
+    timing = Timing(host=0.0, serial_host=args.serial_host)
+
+    def at_utilization(overrides: dict):
+        """The trace of these settings at its utilization of the saturation rate."""
+        s = settings(args, overrides)
+        (trace,) = serve_trace.prepare_traces(s, tokenizer, model.config)
+        sc = serve.scheduler_config(s, prof, model.config.max_seq_len, page_bytes)
+        sat = saturation_rate(trace, sc, cost, timing, s.max_output_len)
+        s = settings(args, overrides, overrides["utilization"] * sat)
+        (trace,) = serve_trace.prepare_traces(s, tokenizer, model.config)
+        return s, trace, sat
+
+    calib, ctrace, sat = at_utilization(CALIBRATION[1])
+    print(f"calibration trace: {calib.rates[0]:.1f} req/s (saturation {sat:.1f})", flush=True)
+    host = {name: [] for name in args.policies}  # policy -> seconds per iteration, by round
+    calibration = {name: [] for name in args.policies}
+    flights = {name: [] for name in args.policies}
     out = {
         "model": source,
         "device": str(jax.devices()[0].device_kind),
         "page_bytes": page_bytes,
         "max_seq_len": model.config.max_seq_len,
-        "host": host,  # policy -> host seconds per iteration on the calibration trace
+        "rounds": args.rounds,
+        "host": host,
         "calibration": {
             "settings": dataclasses.asdict(calib),
-            "runs": calibration,
+            "runs": calibration,  # policy -> one list of records per round
             "flights": flights,
         },
         "traces": {},
     }
-    for tname in names:
-        s = settings(args, TRACES[tname][1])
-        (trace,) = serve_trace.prepare_traces(s, tokenizer, model.config)
-        entry = {"settings": dataclasses.asdict(s), "runs": {}}
+    traces, rounds = {}, {}
+    for k in range(args.rounds):  # each round: the calibration, then every trace
         for name in args.policies:
-            records, engine = run(s, name, trace)
-            summary = metrics.summarize(records)
-            summary["iterations"] = engine.iterations
-            entry["runs"][name] = {"summary": summary, "requests": metrics.records_to_json(records)}
-            print(f"engine {tname:>7} {name:>15}: mean JCT {summary['mean_jct']:.4f} s", flush=True)
-        out["traces"][tname] = entry
+            with logged_flights(Engine) as log:
+                records, engine = run(calib, name, ctrace)
+            flights[name] += log
+            calibration[name].append(metrics.records_to_json(records))
+            host[name].append(profiler.host_seconds(engine))
+            print(f"round {k} calibration {name}: host {host[name][-1] * 1e3:.3f} ms/iteration")
+        if k == 0:  # the validation traces' rates, from the simulator calibrated on round 0
+            scale = fit_time_scale(out, cost, timing, prof, 0)
+            cost = dataclasses.replace(cost, time_scale=scale)
+            timing = dataclasses.replace(timing, host=round_host(out, 0))
+            for tname in names:
+                s, trace, sat = at_utilization(TRACES[tname][1])
+                print(f"trace {tname}: {s.rates[0]:.1f} req/s (saturation {sat:.1f})")
+                traces[tname] = (s, trace)
+                out["traces"][tname] = {
+                    "settings": dataclasses.asdict(s),
+                    "saturation": sat,
+                    "runs": {},
+                }
+        for tname, (s, trace) in traces.items():
+            for name in args.policies:  # the policies take turns within each round
+                records, engine = run(s, name, trace)
+                summary = metrics.summarize(records)
+                summary["iterations"] = engine.iterations
+                rounds.setdefault((tname, name), []).append(summary)
+                if k == 0:  # every round serves the same requests at the same arrivals
+                    out["traces"][tname]["runs"][name] = {
+                        "requests": metrics.records_to_json(records)
+                    }
+                print(
+                    f"round {k} {tname:>7} {name:>15}: mean JCT {summary['mean_jct']:.4f} s",
+                    flush=True,
+                )
+    for (tname, name), summaries in rounds.items():
+        run_ = out["traces"][tname]["runs"][name]
+        run_["summary"] = median_summary(summaries)
+        run_["rounds"] = [{k: x[k] for k in (*METRICS, "iterations")} for x in summaries]
+    prof.host_per_iteration = sum(map(sum, host.values())) / sum(map(len, host.values()))
+    prof.save(prof_path)
     return out
+
+
+def round_host(engine: dict, k: int) -> float:
+    """Host seconds per iteration in round k's calibration, averaged over the policies."""
+    hosts = [v[k] for v in engine["host"].values()]
+    return sum(hosts) / len(hosts)
 
 
 def _sim_run(name, run_requests, s, sc, cost, timing, host):
@@ -221,9 +304,10 @@ def _sim_run(name, run_requests, s, sc, cost, timing, host):
     )
 
 
-def fit_time_scale(engine: dict, cost, timing: Timing, prof) -> float:
-    """The device-time scale that best matches the calibration runs' mean JCT and mean TTFT
-    over every policy (least squares in log ratio over a grid of scales)."""
+def fit_time_scale(engine: dict, cost, timing: Timing, prof, k: int) -> float:
+    """The device-time scale that best matches round k's calibration runs' mean JCT and
+    mean TTFT over every policy (least squares in log ratio): a grid of 9% steps from 0.5 to
+    4, then 1% steps around its best."""
     import math
 
     from jaxserve.serve import ServeSettings, scheduler_config
@@ -231,22 +315,30 @@ def fit_time_scale(engine: dict, cost, timing: Timing, prof) -> float:
     cal = engine["calibration"]
     s = ServeSettings(**cal["settings"])
     sc = scheduler_config(s, prof, engine["max_seq_len"], engine["page_bytes"])
-    best = (math.inf, 1.0)
-    for k in range(25):
-        scale = 0.5 * 8 ** (k / 24)  # 0.5 .. 4
+    engine_runs = {  # name -> (records, summary, host) of round k
+        name: (rounds[k], metrics.summarize(metrics.records_from_json(rounds[k])),
+               engine["host"][name][k])
+        for name, rounds in cal["runs"].items()
+    }  # fmt: skip
+
+    def error(scale: float) -> float:
         c = dataclasses.replace(cost, time_scale=scale)
         err = 0.0
-        for name, reqs in cal["runs"].items():
-            eng = metrics.summarize(metrics.records_from_json(reqs))
-            host = engine["host"][name]
+        for name, (reqs, eng, host) in engine_runs.items():
             sim = metrics.summarize(_sim_run(name, reqs, s, sc, c, timing, host)[0])
             err += sum(math.log(sim[m] / eng[m]) ** 2 for m in ("mean_jct", "mean_ttft"))
-        best = min(best, (err, scale))
-    return best[1]
+        return err
+
+    coarse = min((error(x), x) for x in (0.5 * 8 ** (i / 24) for i in range(25)))[1]
+    return min((error(x), x) for x in (coarse * 1.01**i for i in range(-5, 6)))[1]
 
 
 def simulate_all(args, engine: dict, timing: Timing) -> dict:
-    """Simulate every served run with its policy's calibrated host cost."""
+    """Simulate every served run once per round, calibrated on that round (its device-time
+    scale and each policy's host cost), and compare the simulated figures' medians over the
+    rounds with the engine's."""
+    import statistics
+
     from jaxserve.profiler import Profile
     from jaxserve.serve import ServeSettings, scheduler_config
 
@@ -254,39 +346,47 @@ def simulate_all(args, engine: dict, timing: Timing) -> dict:
     prof = Profile.load(prof_path)
     measured = json.load(open(prof_path))
     if args.calibration == "engine":  # the engine's own calls; host work is inside them
-        cost = fit_profile(flight_profile(engine, measured), engine["page_bytes"])
-        timing = dataclasses.replace(timing, host=0.0)
-        engine = engine | {"host": {}}
+        base = fit_profile(flight_profile(engine, measured), engine["page_bytes"])
     else:
-        cost = fit_profile(measured, engine["page_bytes"])
-    if args.calibration == "profile" and not args.no_time_scale and "calibration" in engine:
-        cost = dataclasses.replace(cost, time_scale=fit_time_scale(engine, cost, timing, prof))
-        print(f"device time scale fitted on the calibration trace: {cost.time_scale:.2f}")
+        base = fit_profile(measured, engine["page_bytes"])
+    sims, scales = {}, []
+    for k in range(engine["rounds"]):
+        cost = base
+        if args.calibration == "profile" and not args.no_time_scale:
+            cost = dataclasses.replace(
+                cost, time_scale=fit_time_scale(engine, base, timing, prof, k)
+            )
+        scales.append(cost.time_scale)
+        for tname, entry in engine["traces"].items():
+            s = ServeSettings(**entry["settings"])
+            sc = scheduler_config(s, prof, engine["max_seq_len"], engine["page_bytes"])
+            for name, run in entry["runs"].items():
+                host = 0.0 if args.calibration == "engine" else engine["host"][name][k]
+                records, results = _sim_run(name, run["requests"], s, sc, cost, timing, host)
+                summary = metrics.summarize(records) | {"iterations": results[0].iterations}
+                sims.setdefault((tname, name), []).append(summary)
+    print("device time scale fitted on each round's calibration: " + ", ".join(
+        f"{x:.2f}" for x in scales))  # fmt: skip
     rows = {}
-    for tname, entry in engine["traces"].items():
-        s = ServeSettings(**entry["settings"])
-        sc = scheduler_config(s, prof, engine["max_seq_len"], engine["page_bytes"])
-        for name, run in entry["runs"].items():
-            host = engine.get("host", {}).get(name, timing.host)
-            sim_records, results = _sim_run(name, run["requests"], s, sc, cost, timing, host)
-            sim = metrics.summarize(sim_records)
-            eng = run["summary"]
-            rows[(tname, name)] = {
-                k: (eng[k], sim[k], sim[k] / eng[k] - 1)
-                for k in ("mean_jct", "p99_jct", "mean_ttft")
-            } | {"iterations": (eng["iterations"], results[0].iterations, None)}
-    return {"cost": dataclasses.asdict(cost), "timing": dataclasses.asdict(timing), "rows": rows}
+    for (tname, name), summaries in sims.items():
+        sim = {k: statistics.median(x[k] for x in summaries) for k in (*METRICS, "iterations")}
+        eng = engine["traces"][tname]["runs"][name]["summary"]
+        rows[(tname, name)] = {
+            k: (eng[k], sim[k], sim[k] / eng[k] - 1, eng.get(k + "_spread")) for k in METRICS
+        } | {"iterations": (eng["iterations"], sim["iterations"], None, None)}
+    return {"scales": scales, "timing": dataclasses.asdict(timing), "rows": rows}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/validate_sim")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="small")
     p.add_argument("--traces", default=",".join(TRACES))
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--num_requests", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=7, help="profiler repetitions per point")
+    p.add_argument("--rounds", type=int, default=3, help="engine runs of each cell (median)")
     p.add_argument("--reuse", action="store_true", help="re-simulate the saved engine runs")
     p.add_argument(
         "--calibration",
@@ -315,19 +415,29 @@ def main() -> None:
     prof = json.load(open(os.path.join(args.out, "profile.json")))
     timing = Timing(host=prof["host_per_iteration"] or 0.0, serial_host=args.serial_host)
     val = simulate_all(args, engine, timing)
-    print(f"\n{engine['model']} on {engine['device']}; errors = simulated / engine - 1")
-    head = ("trace", "policy", "mean JCT", "p99 JCT", "mean TTFT", "iterations")
-    print("{:>7} {:>15} {:>20} {:>20} {:>20} {:>11}".format(*head))
-    worst = {"mean_jct": 0.0, "p99_jct": 0.0, "mean_ttft": 0.0}
+    print(f"\n{engine['model']} on {engine['device']}; engine (median of its rounds) and")
+    print("simulated seconds, error = simulated / engine - 1, and the engine's spread over")
+    print("its rounds ((max - min) / median); then device calls, engine and simulated")
+    head = ("trace", "policy", "mean JCT", "P99 JCT", "mean TTFT", "calls")
+    print("{:>7} {:>15} {:>27} {:>27} {:>27} {:>11}".format(*head))
+    worst = dict.fromkeys(METRICS, 0.0)
     for (tname, name), row in val["rows"].items():
         cells = []
-        for k in ("mean_jct", "p99_jct", "mean_ttft"):
-            e, s, err = row[k]
+        for k in METRICS:
+            e, s, err, spread = row[k]
             worst[k] = max(worst[k], abs(err))
-            cells.append(f"{e:7.4f} {s:7.4f} {err:+5.0%}")
+            cells.append(f"{e:7.4f} {s:7.4f} {err:+5.0%} ({spread or 0:4.0%})")
         it = row["iterations"]
-        print(f"{tname:>7} {name:>15} " + " ".join(f"{c:>20}" for c in cells), it[0], it[1])
+        print(f"{tname:>7} {name:>15} " + " ".join(f"{c:>27}" for c in cells), it[0], it[1])
     print("worst |error|: " + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))
+    within = {
+        k: sum(abs(row[k][2]) <= lim for row in val["rows"].values())
+        for k, lim in zip(METRICS, (0.10, 0.15, 0.15))
+    }
+    print(
+        f"within 10% / 15% / 15%: {within['mean_jct']}, {within['p99_jct']}, "
+        f"{within['mean_ttft']} of {len(val['rows'])}"
+    )
     val["rows"] = [{"trace": t, "policy": n, **row} for (t, n), row in val["rows"].items()]
     val["worst"] = worst
     with open(os.path.join(args.out, "validate.json"), "w") as f:
