@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxserve.ahead import CompileCounter
 from jaxserve.batch import ExtendBatch, PrefillBatch, SlotUpdates
 from jaxserve.kvcache.host import HostTier
 from jaxserve.kvcache.pages import KVPages
@@ -312,15 +313,18 @@ class DeviceBatch:
 
         # every device program but the swaps' is lowered first, then compiled several at a
         # time; the calls return placeholders (`ModelRunner.compile_ahead`)
+        compiled = CompileCounter.count()
         with runner.compile_ahead():
             programs(kv, self._slots)
-        # then each runs once: a program's first run costs more than its later ones (XLA:CPU
-        # 8-15 ms for a small one, measured; it loads the compiled code), paid here instead
-        # of by the first request of each shape. The slots it decodes are garbage: new ones
-        kv = programs(kv, self._slots)
-        self._slots = runner.new_slots(
-            self._updates.num_slots, self.max_rows, self.max_pages, self.num_stop
-        )
+        if CompileCounter.count() > compiled:
+            # then each runs once: a program's first run costs more than its later ones
+            # (XLA:CPU: 8-15 ms more for a small one, measured; it loads the compiled code),
+            # paid here instead of by the first request of each shape. When none was new to
+            # the process, an earlier warm-up ran them. What they decode is garbage: new slots
+            kv = programs(kv, self._slots)
+            self._slots = runner.new_slots(
+                self._updates.num_slots, self.max_rows, self.max_pages, self.num_stop
+            )
         self._last_prefill = (self._no_prefill, {})
         budget, host.budget_bytes = host.budget_bytes, None  # warm-up copies are not kept
         try:
