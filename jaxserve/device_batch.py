@@ -259,8 +259,8 @@ class DeviceBatch:
         """Compile every prefill, slot-update, decode and swap bucket a run up to these
         lengths can hit (with `extend`, the continuation of a kept conversation; with
         `recover`, the re-prefill of a dropped request's whole context, up to `max_context`,
-        and the base model's exact prefill too when the model predicts its cache); returns
-        the pages."""
+        and the base model's exact prefill too when the model predicts its cache), and run
+        each once if any was new to the process; returns the pages."""
         ps, runner = self.page_size, self.runner
         batches = [b for b in pow2_range(self.max_rows) if b >= self.min_rows]
         prompt_lens = [16 * b for b in pow2_range(max(1, math.ceil(max_prompt / 16)))]

@@ -50,10 +50,7 @@ def test_warmup_runs_every_program_it_compiles_and_leaves_no_trace(model, monkey
     assert calls["ran"] * 2 == calls["lowered"]
     monkeypatch.undo()
     outs = []
-    for warmup in (True, False):
-        engine = Engine(model, "fcfs", _config(40), runner=runner, decode_steps=4)
-        if warmup:
-            engine.warmup(20, 50)
+    for engine in (warm, Engine(model, "fcfs", _config(40), runner=runner, decode_steps=4)):
         ids = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in zip(prompts, lens)]
         engine.run_until_done(max_iterations=2000)
         outs.append([engine.output(i) for i in ids])
