@@ -318,7 +318,7 @@ class DeviceBatch:
             programs(kv, self._slots)
         if CompileCounter.count() > compiled:
             # then each runs once: a program's first run costs more than its later ones
-            # (XLA:CPU: 8-15 ms more for a small one, measured; it loads the compiled code),
+            # (XLA:CPU: 27-44 ms more for tiny's prefills, `scripts/bench_first_run.py`),
             # paid here instead of by the first request of each shape. When none was new to
             # the process, an earlier warm-up ran them. What they decode is garbage: new slots
             kv = programs(kv, self._slots)
