@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 from absl import app, flags
 
+from experiments import scheduler_flags
 from jaxserve import cli, config, distributed, metrics, serve, sharding, workload
 from jaxserve.sched.policies import POLICIES
 
@@ -37,8 +37,6 @@ _WORKLOAD = flags.DEFINE_string(
 _RATE = flags.DEFINE_float("rate", 4.0, "Arrival rate, requests/s.")
 _RATES = flags.DEFINE_list("rates", None, "Sweep these rates (overrides --rate).")
 _N = flags.DEFINE_integer("num_requests", 64, "Requests per run.", lower_bound=1)
-_ARRIVAL = flags.DEFINE_enum("arrival", "poisson", ["poisson", "gamma", "burst"], "Arrivals.")
-_CV = flags.DEFINE_float("cv", 1.0, "Coefficient of variation of Gamma inter-arrivals.")
 _SCALE = flags.DEFINE_float("scale", 0.25, "Multiply synthetic lengths (small CPU models).")
 _OUT_SIGMA = flags.DEFINE_float(
     "output_sigma",
@@ -49,7 +47,6 @@ _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 256, "Clip prompts.", lower
 _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 256, "Clip outputs.", lower_bound=1)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Requests per iteration.", lower_bound=1)
 _KV_PAGES = flags.DEFINE_integer("kv_pages", 512, "Device KV pages (incl. the null page).")
-_PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.", lower_bound=1)
 _PREEMPTION = flags.DEFINE_enum(
     "preemption",
     "swap",
@@ -58,7 +55,6 @@ _PREEMPTION = flags.DEFINE_enum(
     "(needs --prefill=kv_prediction:CKPT; its base-prefill runs recompute), or auto (the "
     "cheapest by the profiled costs, prediction among them with KV prediction).",
 )
-_HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
 _DECODE_STEPS = flags.DEFINE_integer(
     "decode_steps",
     16,
@@ -74,46 +70,6 @@ _SWITCH = flags.DEFINE_enum(
     "each swap waited for (vLLM); block_groups = one transfer per contiguous run of pages, "
     "waited for; async = block groups never waited for; all = the engine's own: one "
     "gathered transfer per swap, never waited for.",
-)
-_Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
-_Q0_IT = flags.DEFINE_float(
-    "q0_iterations", 8.0, "Default q0 = this many profiled decode iterations at --max_batch."
-)
-_NUM_QUEUES = flags.DEFINE_integer("num_queues", 8, "MLFQ queues.", lower_bound=1)
-_CHARGE = flags.DEFINE_enum(
-    "quantum_charge",
-    "own",
-    ["own", "iteration"],
-    "MLFQ quantum charge per batch member: its own prefill or decode share, or the iteration.",
-)
-_PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period, iterations.")
-_STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
-_RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
-_PREFETCH = flags.DEFINE_integer("prefetch", 2, "Swapped jobs to prefetch ahead of running.")
-_INPUT_COST = flags.DEFINE_float(
-    "input_cost", 1.0, "vtc / fair_priority and service metrics: charge per prompt token."
-)
-_OUTPUT_COST = flags.DEFINE_float(
-    "output_cost", 2.0, "vtc / fair_priority and service metrics: charge per generated token."
-)
-_RERANK = flags.DEFINE_integer(
-    "rerank_every",
-    8,
-    "fair_priority: iterations between re-rankings by client service.",
-    lower_bound=1,
-)
-_MARGIN = flags.DEFINE_float(
-    "rerank_margin",
-    1.0,
-    "fair_priority: a request of the last batch is preempted at a re-ranking only for a "
-    "client behind its own by more than this many re-rank periods of its own service.",
-    lower_bound=0.0,
-)
-_CLOSED_LOOP = flags.DEFINE_bool(
-    "closed_loop",
-    True,
-    "Release a conversation's next turn when the previous one ended plus the think time "
-    "(else every turn at its trace arrival).",
 )
 _SLO_TTFT = flags.DEFINE_float("slo_ttft", None, "TTFT target, s.")
 _SLO_TBT = flags.DEFINE_float("slo_tbt", None, "TBT target, s.")
@@ -141,33 +97,17 @@ _ALL = (
     _RATE,
     _RATES,
     _N,
-    _ARRIVAL,
-    _CV,
     _SCALE,
     _OUT_SIGMA,
     _MAX_PROMPT,
     _MAX_OUTPUT,
     _MAX_BATCH,
     _KV_PAGES,
-    _PAGE_SIZE,
     _PREEMPTION,
-    _HOST_PAGES,
     _HOST_MODE,
     _SWITCH,
     _DECODE_STEPS,
-    _Q0,
-    _Q0_IT,
-    _NUM_QUEUES,
-    _CHARGE,
-    _PROMOTE,
-    _STARVE,
-    _RESERVE,
-    _PREFETCH,
-    _INPUT_COST,
-    _OUTPUT_COST,
-    _RERANK,
-    _MARGIN,
-    _CLOSED_LOOP,
+    *scheduler_flags.ALL,
     _SLO_TTFT,
     _SLO_TBT,
     _PROFILE,
@@ -240,11 +180,7 @@ def check_engine_flags() -> None:
         raise app.UsageError("--kv_pages must be >= 2 (page 0 is reserved)")
     if _PROFILE.value and not os.path.isfile(_PROFILE.value):
         raise app.UsageError(f"--profile: {_PROFILE.value!r} does not exist")
-    for flag in (_INPUT_COST, _OUTPUT_COST):
-        if not (math.isfinite(flag.value) and flag.value >= 0):
-            raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
-    if _INPUT_COST.value == 0 and _OUTPUT_COST.value == 0:
-        raise app.UsageError("--input_cost and --output_cost cannot both be 0")
+    scheduler_flags.check()
     if _MESH.value:
         try:
             sharding.parse_mesh(_MESH.value)
@@ -265,36 +201,20 @@ def settings_from_flags(schedulers: list[str], rates: list[float]) -> serve.Serv
         num_requests=_N.value,
         max_batch=_MAX_BATCH.value,
         kv_pages=_KV_PAGES.value,
-        page_size=_PAGE_SIZE.value,
         preemption=_PREEMPTION.value,
         seed=_SEED.value,
-        arrival=_ARRIVAL.value,
-        cv=_CV.value,
         scale=_SCALE.value,
         output_sigma=_OUT_SIGMA.value,
         max_prompt_len=_MAX_PROMPT.value,
         max_output_len=_MAX_OUTPUT.value,
-        q0=_Q0.value,
-        q0_iterations=_Q0_IT.value,
-        num_queues=_NUM_QUEUES.value,
-        quantum_charge=_CHARGE.value,
-        promote_every=_PROMOTE.value,
-        starve_s=_STARVE.value,
-        reserve_pages=_RESERVE.value,
-        prefetch=_PREFETCH.value,
-        host_pages=_HOST_PAGES.value,
         host_mode=_HOST_MODE.value,
         switch=_SWITCH.value,
         slo_ttft=_SLO_TTFT.value,
         decode_steps=_DECODE_STEPS.value,
         slo_tbt=_SLO_TBT.value,
         prefill=_PREFILL.value,
-        input_cost=_INPUT_COST.value,
-        output_cost=_OUTPUT_COST.value,
-        rerank_every=_RERANK.value,
-        rerank_margin=_MARGIN.value,
-        closed_loop=_CLOSED_LOOP.value,
         mesh=_MESH.value,
+        **scheduler_flags.settings(),
     )
 
 

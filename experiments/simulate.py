@@ -11,13 +11,13 @@ requests) and DIR/jct_vs_rate.png (mean and P99 JCT against arrival rate).
 
 from __future__ import annotations
 
-import math
 import os
 
 from absl import app, flags
 
+from experiments import scheduler_flags
 from jaxserve import cli, metrics, workload
-from jaxserve.sched.config import PREEMPTION_MODES, QUANTUM_CHARGES
+from jaxserve.sched.config import PREEMPTION_MODES
 from jaxserve.sched.policies import POLICIES
 from jaxserve.sim.hardware import HARDWARE
 from jaxserve.sim.shapes import MODELS
@@ -38,48 +38,13 @@ _WORKLOAD = flags.DEFINE_string(
 _RATES = flags.DEFINE_list("rates", ["1"], "Arrival rates, requests/s.")
 _N = flags.DEFINE_integer("num_requests", 500, "Requests per run.")
 _SEED = flags.DEFINE_integer("seed", 0, "Workload seed.")
-_ARRIVAL = flags.DEFINE_enum("arrival", "poisson", ["poisson", "gamma", "burst"], "Arrivals.")
-_CV = flags.DEFINE_float("cv", 1.0, "Coefficient of variation of Gamma inter-arrivals.")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Multiply synthetic lengths.")
 _OUT_SIGMA = flags.DEFINE_float("output_sigma", None, "Lognormal sigma of synthetic outputs.")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 1024, "Clip prompts.")
 _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 1024, "Clip outputs (and requests' cap).")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Requests per iteration.")
-_PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "Tokens per KV page.")
 _KV_PAGES = flags.DEFINE_integer("kv_pages", None, "KV pages (default: what the HBM holds).")
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", list(PREEMPTION_MODES), "Victims.")
-_HOST_PAGES = flags.DEFINE_integer("host_pages", None, "Host KV budget in pages (4x device).")
-_Q0 = flags.DEFINE_float("q0", None, "MLFQ top quantum, s (overrides --q0_iterations).")
-_Q0_IT = flags.DEFINE_float("q0_iterations", 8.0, "q0 = this many decode iterations.")
-_NUM_QUEUES = flags.DEFINE_integer("num_queues", 8, "MLFQ queues.")
-_CHARGE = flags.DEFINE_enum("quantum_charge", "own", list(QUANTUM_CHARGES), "Quantum charge.")
-_PROMOTE = flags.DEFINE_integer("promote_every", 1000, "Starvation check period, iterations.")
-_STARVE = flags.DEFINE_float("starve_s", 3.0, "Promote jobs waiting longer than this, s.")
-_RESERVE = flags.DEFINE_integer("reserve_pages", 0, "Free pages the KV manager keeps.")
-_PREFETCH = flags.DEFINE_integer("prefetch", 2, "Swapped jobs to prefetch ahead of running.")
-_INPUT_COST = flags.DEFINE_float(
-    "input_cost", 1.0, "vtc / fair_priority and service metrics: charge per prompt token."
-)
-_OUTPUT_COST = flags.DEFINE_float(
-    "output_cost", 2.0, "vtc / fair_priority and service metrics: charge per generated token."
-)
-_RERANK = flags.DEFINE_integer(
-    "rerank_every", 8, "fair_priority: iterations between re-rankings by client service.",
-    lower_bound=1,
-)  # fmt: skip
-_MARGIN = flags.DEFINE_float(
-    "rerank_margin",
-    1.0,
-    "fair_priority: preempt a request of the last batch only for a client behind its own by "
-    "more than this many re-rank periods of service (0: no hysteresis).",
-    lower_bound=0.0,
-)
-_CLOSED_LOOP = flags.DEFINE_bool(
-    "closed_loop",
-    True,
-    "Release a conversation's next turn when the previous one ended plus the think time "
-    "(else every turn at its trace arrival).",
-)
 _OUT = flags.DEFINE_string("out", "runs/simulate", "Output directory.")
 
 
@@ -94,7 +59,7 @@ def check_flags() -> list[float]:
     bad = [s for s in _SCHEDULERS.value if s not in POLICIES]
     if bad or not _SCHEDULERS.value:
         raise app.UsageError(f"--schedulers: unknown {bad}; choose from {list(POLICIES)}")
-    for flag in (_NUM_DEVICES, _TP, _PP, _N, _MAX_BATCH, _PAGE_SIZE, _MAX_PROMPT, _MAX_OUTPUT):
+    for flag in (_NUM_DEVICES, _TP, _PP, _N, _MAX_BATCH, _MAX_PROMPT, _MAX_OUTPUT):
         if flag.value < 1:
             raise app.UsageError(f"--{flag.name} must be >= 1, got {flag.value}")
     if _MICRO.value is not None and _MICRO.value < 1:
@@ -120,11 +85,7 @@ def check_flags() -> list[float]:
             raise app.UsageError(f"--{flag.name} must be in (0, 1], got {flag.value}")
     if _OUT_SIGMA.value is not None and _OUT_SIGMA.value <= 0:
         raise app.UsageError("--output_sigma must be > 0")
-    for flag in (_INPUT_COST, _OUTPUT_COST):
-        if not (math.isfinite(flag.value) and flag.value >= 0):
-            raise app.UsageError(f"--{flag.name} must be a finite number >= 0, got {flag.value}")
-    if _INPUT_COST.value == 0 and _OUTPUT_COST.value == 0:
-        raise app.UsageError("--input_cost and --output_cost cannot both be 0")
+    scheduler_flags.check()
     return rates
 
 
@@ -142,30 +103,14 @@ def main(argv):
         rates=rates,
         num_requests=_N.value,
         seed=_SEED.value,
-        arrival=_ARRIVAL.value,
-        cv=_CV.value,
         scale=_SCALE.value,
         output_sigma=_OUT_SIGMA.value,
         max_prompt_len=_MAX_PROMPT.value,
         max_output_len=_MAX_OUTPUT.value,
         max_batch=_MAX_BATCH.value,
-        page_size=_PAGE_SIZE.value,
         kv_pages=_KV_PAGES.value,
         preemption=_PREEMPTION.value,
-        host_pages=_HOST_PAGES.value,
-        q0=_Q0.value,
-        q0_iterations=_Q0_IT.value,
-        num_queues=_NUM_QUEUES.value,
-        quantum_charge=_CHARGE.value,
-        promote_every=_PROMOTE.value,
-        starve_s=_STARVE.value,
-        reserve_pages=_RESERVE.value,
-        prefetch=_PREFETCH.value,
-        input_cost=_INPUT_COST.value,
-        output_cost=_OUTPUT_COST.value,
-        rerank_every=_RERANK.value,
-        rerank_margin=_MARGIN.value,
-        closed_loop=_CLOSED_LOOP.value,
+        **scheduler_flags.settings(),
     )
     results = run_analytical(
         settings,
@@ -193,10 +138,8 @@ _OWN = {
     f.name
     for f in (
         _HARDWARE, _NUM_DEVICES, _MODEL, _TP, _PP, _MICRO, _DTYPE, _EFF_F, _EFF_M, _SCHEDULERS,
-        _WORKLOAD, _RATES, _N, _SEED, _ARRIVAL, _CV, _SCALE, _OUT_SIGMA, _MAX_PROMPT, _MAX_OUTPUT,
-        _MAX_BATCH, _PAGE_SIZE, _KV_PAGES, _PREEMPTION, _HOST_PAGES, _Q0, _Q0_IT, _NUM_QUEUES,
-        _CHARGE, _PROMOTE, _STARVE, _RESERVE, _PREFETCH, _INPUT_COST, _OUTPUT_COST, _RERANK,
-        _CLOSED_LOOP, _OUT,
+        _WORKLOAD, _RATES, _N, _SEED, _OUT_SIGMA, _SCALE, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH,
+        _KV_PAGES, _PREEMPTION, _OUT, *scheduler_flags.ALL,
     )
 }  # fmt: skip
 

@@ -132,6 +132,9 @@ CASES = [
     ("serve", ["--kv_pages=1"], "--kv_pages"),
     ("serve", ["--decode_steps=3"], "--decode_steps"),
     ("serve", ["--page_size=0"], "--page_size"),
+    ("serve", ["--q0_iterations=0"], "--q0_iterations must be a finite number > 0"),
+    ("serve", ["--arrival=gamma", "--cv=0"], "--cv must be > 0"),
+    ("serve", ["--rerank_margin=inf"], "--rerank_margin must be finite"),
     ("serve", ["--num_requests=0"], "--num_requests"),
     ("serve", ["--model=huge"], "--model"),
     # train_lm

@@ -40,6 +40,9 @@ def test_simulate_writes_the_serve_schema_and_the_plot(tmp_path):
     assert sim["parallelism"] == {"tp": 8, "pp": 2, "microbatches": None, "replicas": 1}
     assert sim["kv_pages"] > 1000 and (out / "jct_vs_rate.png").stat().st_size > 0
     assert "fcfs/skip_join_mlfq" in r.stdout
+    # every flag that shapes the run is recorded, the policies' knobs among them
+    assert res["flags"]["rerank_margin"] == 1.0 and res["flags"]["q0_iterations"] == 8.0
+    assert res["flags"]["model"] == "gpt3-175b" and res["flags"]["seed"] == 1
 
 
 CASES = [
@@ -57,6 +60,10 @@ CASES = [
     (["--dtype=float8"], 1, "float8"),
     (["--input_cost=0", "--output_cost=0"], 2, "cannot both be 0"),
     (["--output_cost=-1"], 2, "--output_cost must be a finite number >= 0"),
+    (["--q0_iterations=0"], 2, "--q0_iterations must be a finite number > 0"),
+    (["--arrival=gamma", "--cv=0"], 2, "--cv must be > 0"),
+    (["--rerank_margin=inf"], 2, "--rerank_margin must be finite"),
+    (["--page_size=0"], 2, "--page_size"),
 ]
 
 
