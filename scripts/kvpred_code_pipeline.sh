@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # KV Prediction on the synthetic code task, end to end on the CPU:
-#   1. the shipped `tiny` and `tiny-aux` trained further as language models on a mix of the
-#      code task's train split, the QA knowledge base and stdlib code (the mix: DATA);
+#   1. `tiny` and `tiny-aux` trained further as language models on a mix of the code task's
+#      train split, the QA knowledge base and stdlib code (the mix: DATA), starting from the
+#      directories BASE_INIT and AUX_INIT (default: the shipped weights, which are this stage's
+#      output; the QA-only weights it started from: `git archive 59c2720 jaxserve/assets/models`);
 #   2. the layer-pruned baseline 0.5 (fine-tuned), the KVP-LP 0.5 and KVP-C predictors;
 #   3. the fair auxiliary-only baseline: the auxiliary trained as many steps again alone as
 #      the KVP-C run trains it;
@@ -13,17 +15,18 @@
 # The two chains (base side, auxiliary side) run side by side; re-running resumes each stage.
 set -euo pipefail
 runs=${1:-runs/code}
-lm_steps=${2:-400}
-kvp_steps=${3:-150}
-kvp_c_steps=${4:-200}
-data=${5:-synthetic_qa:0.5,synthetic_code:0.45,stdlib_code:0.05}
+lm_steps=${2:-2000}
+kvp_steps=${3:-600}
+kvp_c_steps=${4:-400}
+data=${5:-synthetic_qa:0.4,synthetic_code:0.55,stdlib_code:0.05}
 samples=${6:-4}
 limit=${7:-164}
 common=(--data="$data" --seq_len=192 --log_every=25)
 ft=(--lr=1e-3 --warmup_steps=25)
-models=jaxserve/assets/models
+base_init=${BASE_INIT:-jaxserve/assets/models/tiny}
+aux_init=${AUX_INIT:-jaxserve/assets/models/tiny-aux}
 (
-  python -m experiments.train_lm --init_from="$models/tiny" --steps="$lm_steps" "${ft[@]}" \
+  python -m experiments.train_lm --init_from="$base_init" --steps="$lm_steps" "${ft[@]}" \
     "${common[@]}" --workdir="$runs/lm_tiny"
   python -m experiments.train_lm --lp_from="$runs/lm_tiny/final" --lp_fraction=0.5 \
     --steps="$kvp_steps" "${ft[@]}" "${common[@]}" --workdir="$runs/lp_tiny"
@@ -32,7 +35,7 @@ models=jaxserve/assets/models
 ) &
 base_chain=$!
 (
-  python -m experiments.train_lm --init_from="$models/tiny-aux" --steps="$lm_steps" "${ft[@]}" \
+  python -m experiments.train_lm --init_from="$aux_init" --steps="$lm_steps" "${ft[@]}" \
     "${common[@]}" --workdir="$runs/lm_tiny_aux"
   python -m experiments.train_lm --init_from="$runs/lm_tiny_aux/final" --steps="$kvp_c_steps" \
     "${ft[@]}" "${common[@]}" --workdir="$runs/lm_tiny_aux_more"
