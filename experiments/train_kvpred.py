@@ -47,6 +47,14 @@ _PRED_INIT = flags.DEFINE_enum(
 _INIT_BATCHES = flags.DEFINE_integer(
     "init_batches", 8, "Batches for the least-squares predictor init.", lower_bound=1
 )
+_PREFIX = flags.DEFINE_enum(
+    "predicted_prefix",
+    "all",
+    list(recipes.PREDICTED_PREFIXES),
+    "all: the base reads the predicted cache at every training position (the paper's); "
+    "random: a predicted prefix of random length per row, then the base's own cache, as when "
+    "it generates after a predicted prompt.",
+)
 _T = training_flags.define(
     steps=600,
     lr=1e-3,
@@ -90,6 +98,8 @@ def main(argv):
             "loss_kv": _LC.value,
             "predictor_init": _PRED_INIT.value,
             "init_batches": _INIT_BATCHES.value,
+            # recorded only when not the default, so runs made before the flag still resume
+            **({"predicted_prefix": _PREFIX.value} if _PREFIX.value != "all" else {}),
         }
     )
     tokenizer = tokenizer_for(_BASE.value)  # an HF base's own, else the embedded one
@@ -110,6 +120,7 @@ def main(argv):
             _PRED_INIT.value,
             _INIT_BATCHES.value,
             extra_meta={"run_history": run["history"]},
+            predicted_prefix=_PREFIX.value,
         )
     except InputError:
         raise

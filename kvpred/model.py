@@ -2,8 +2,9 @@
 
 Training path (`train_forward`): A reads the whole sequence and returns its raw per-layer cache;
 P maps it to a predicted base cache; B's queries attend causally to the predicted cache only
-(its own k/v projections are not used), which gives CE_B; a separate pass of B under
-`stop_gradient` gives the target cache. Gradients reach A and P through B's activations; the
+(its own k/v projections are not used; or, with `predicted_until`, to the predicted cache of a
+prefix of each row followed by B's own cache of the rest), which gives CE_B; a separate pass of
+B under `stop_gradient` gives the target cache. Gradients reach A and P through B's activations; the
 trainer never updates B's parameters.
 
 Inference path (`prefill_paged`, what `ModelRunner` calls to prefill): A reads prompt[:-1],
@@ -45,14 +46,19 @@ class KVPModel(nnx.Module):
 
     # -- training ---------------------------------------------------------------------------
 
-    def train_forward(self, tokens: jax.Array) -> dict:
+    def train_forward(self, tokens: jax.Array, predicted_until: jax.Array | None = None) -> dict:
         """tokens [B, T] -> logits of B on the predicted cache, logits of A, and per base
-        layer the predicted and target (k_raw, v)."""
+        layer the predicted and target (k_raw, v).
+
+        predicted_until [B]: B reads the predicted cache for positions below it and its own
+        k, v from there on, as when it generates after a predicted prompt; None: the
+        predicted cache everywhere (the paper's training)."""
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         logits_a, aux_kv = self.aux(tokens, positions, return_kv=True)
         pred = self.predictor(aux_kv)
-        logits_b = self.base(tokens, positions, kv_inputs=pred)
+        mask = None if predicted_until is None else positions < predicted_until[:, None]
+        logits_b = self.base(tokens, positions, kv_inputs=pred, kv_inputs_mask=mask)
         _, target = self.base(tokens, positions, return_kv=True)
         target = jax.lax.stop_gradient(target)
         return {"logits_b": logits_b, "logits_a": logits_a, "pred_kv": pred, "target_kv": target}

@@ -39,6 +39,8 @@ from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_l
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code", "synthetic_code")
 CODE_TASK_DOCUMENTS = 20_000  # train problems of the synthetic code task a stream draws from
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
+# How much of each training row the base reads from the predicted cache (`train_kvpred`).
+PREDICTED_PREFIXES = ("all", "random")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
 
@@ -150,6 +152,19 @@ def train_lm(
     return model, history
 
 
+def _with_random_cuts(batch_at: Callable[[int], dict], seed: int) -> Callable[[int], dict]:
+    """`batch_at` whose batches also hold `predicted_until` [B]: a cut per row in 1..T."""
+
+    def batch_with_cuts(step: int) -> dict:
+        batch = dict(batch_at(step))
+        rows, t = batch["inputs"].shape
+        rng = np.random.default_rng([seed, step, 0x6B7670])
+        batch["predicted_until"] = rng.integers(1, t + 1, size=rows).astype(np.int32)
+        return batch
+
+    return batch_with_cuts
+
+
 def train_kvpred(
     base: Decoder,
     base_source: str,
@@ -165,6 +180,7 @@ def train_kvpred(
     predictor_init: str = "auto",
     init_batches: int = 8,
     extra_meta: dict | None = None,
+    predicted_prefix: str = "all",
 ) -> tuple[KVPModel, list[dict]]:
     """Train an auxiliary model and predictor for a frozen base; export a KVP checkpoint.
 
@@ -174,9 +190,20 @@ def train_kvpred(
     `init_batches` batches drawn after the training steps' (`predictor.fit_least_squares`).
     "auto": "lstsq" for a C auxiliary model, whose widths differ, "identity" for LP.
     extra_meta: more fields for kvp_config.json (the command line adds the run's history).
+    predicted_prefix: "all" is the paper's: the base reads the predicted cache at every
+    position of a row. "random": for each row a cut drawn uniformly from 1..T (a pure function
+    of the seed and step, so a resumed run sees the same cuts); the base reads the predicted
+    cache before it and its own cache from it on, as when it generates after a predicted
+    prompt.
     """
     if predictor_init not in PREDICTOR_INITS:
         raise ValueError(f"predictor_init must be one of {PREDICTOR_INITS}, not {predictor_init!r}")
+    if predicted_prefix not in PREDICTED_PREFIXES:
+        raise ValueError(
+            f"predicted_prefix must be one of {PREDICTED_PREFIXES}, not {predicted_prefix!r}"
+        )
+    if predicted_prefix == "random":
+        batch_at = _with_random_cuts(batch_at, seed)
     weights = weights or KVPLossWeights()
     aux = build_aux(aux_spec, base, layer_map, seed)
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(seed))
@@ -203,6 +230,7 @@ def train_kvpred(
         "step": trainer.step,
         "loss_weights": dataclasses.asdict(weights),
         "predictor_init": predictor_init,
+        "predicted_prefix": predicted_prefix,
         **(extra_meta or {}),
     }
     save_kvp(model, export or os.path.join(workdir, "final"), base_source=base_source, meta=meta)

@@ -274,6 +274,7 @@ def kvp_loss_fn(weights) -> LossFn:
     from kvpred.losses import kvp_loss
 
     def fn(model, batch):
-        return kvp_loss(model.train_forward(batch["inputs"]), batch, weights)
+        out = model.train_forward(batch["inputs"], batch.get("predicted_until"))
+        return kvp_loss(out, batch, weights)
 
     return fn

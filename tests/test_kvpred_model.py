@@ -149,6 +149,43 @@ def test_train_forward_identity_matches_base_and_targets():
         np.testing.assert_allclose(pv, tv, rtol=1e-6, atol=1e-6)
 
 
+def test_train_forward_with_a_predicted_prefix_is_what_generation_sees():
+    """`predicted_until=L-1`: B reads the predicted cache for prompt[:-1] and its own from
+    there on, so its logits are the serving path's: `prefill_paged` on the L-token prompt for
+    position L-1, then teacher-forced decode steps on B alone for the positions after it."""
+    base = random_model(tiny_config(num_layers=2), seed=4)
+    aux = build_aux("lp:0.5", base)
+    pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(0))
+    kvp = KVPModel(base, aux.model, pred)
+    t = 11
+    tokens = np.random.default_rng(1).integers(0, 97, (2, t)).astype(np.int32)
+    cuts = [6, 3]  # prompt length per row
+    out = kvp.train_forward(jnp.asarray(tokens), jnp.asarray([c - 1 for c in cuts], jnp.int32))
+    mixed = np.asarray(out["logits_b"])
+    everywhere = np.asarray(kvp.train_forward(jnp.asarray(tokens))["logits_b"])
+    for row, cut in enumerate(cuts):
+        batch = prefill_batch([tokens[row, :cut].tolist()])
+        bt = batch["block_tables"]
+        kv = init_pages(base.config, 1 + bt.size, PAGE)
+        logits, kv = kvp.prefill_paged(batch["tokens"], batch["lengths"], kv, bt)
+        served = [np.asarray(logits)[0]]
+        for pos in range(cut, t):
+            logits, kv = base(
+                jnp.asarray(tokens[row : row + 1, pos : pos + 1]),
+                jnp.full((1, 1), pos, jnp.int32),
+                kv=kv,
+                block_tables=bt,
+                seq_lens=jnp.asarray([pos + 1], jnp.int32),
+                prefix=True,
+                logits_index=jnp.zeros((1,), jnp.int32),
+            )
+            served.append(np.asarray(logits)[0])
+        np.testing.assert_allclose(mixed[row, cut - 1 :], np.stack(served), rtol=2e-5, atol=2e-5)
+        # before the cut B reads the predicted cache alone, after it no longer does
+        np.testing.assert_allclose(mixed[row, : cut - 1], everywhere[row, : cut - 1], atol=1e-6)
+        assert np.abs(mixed[row, cut:] - everywhere[row, cut:]).max() > 1e-3
+
+
 def test_gradients_reach_aux_and_predictor_through_the_base_only():
     base = random_model(tiny_config(num_layers=2), seed=2)
     aux = build_aux("lp:0.5", base)

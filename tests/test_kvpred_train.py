@@ -264,3 +264,30 @@ def test_c_predictor_least_squares_init_starts_closer_than_random(tmp_path, monk
         train_kvpred(
             base, "b", f"c:{aux_dir}", _batch_at, cfg, str(tmp_path / "x"), predictor_init="zeros"
         )
+
+
+def test_random_predicted_prefix_cuts_are_per_row_reproducible_and_reach_the_loss(tmp_path):
+    from kvpred.io import read_kvp_config
+    from kvpred.recipes import _with_random_cuts, train_kvpred
+
+    cut_at = _with_random_cuts(_batch_at, seed=0)
+    a, again, other = cut_at(3), cut_at(3), cut_at(4)
+    t = a["inputs"].shape[1]
+    np.testing.assert_array_equal(a["predicted_until"], again["predicted_until"])
+    assert not np.array_equal(a["predicted_until"], other["predicted_until"])
+    cuts = np.concatenate([cut_at(s)["predicted_until"] for s in range(50)])
+    assert cuts.min() >= 1 and cuts.max() <= t and len(set(cuts.tolist())) > t // 2
+
+    base = random_model(tiny_config(num_layers=2))
+    cfg = TrainConfig(steps=1, warmup_steps=0, log_every=1)
+    ce = {}
+    for prefix in ("all", "random"):
+        work = str(tmp_path / prefix)
+        _, history = train_kvpred(
+            base, "test-base", "lp:0.5", _batch_at, cfg, work, predicted_prefix=prefix
+        )
+        ce[prefix] = history[0]["ce_base"]
+        assert read_kvp_config(os.path.join(work, "final"))["predicted_prefix"] == prefix
+    assert abs(ce["all"] - ce["random"]) > 1e-4  # the base read its own cache after the cuts
+    with pytest.raises(ValueError, match="predicted_prefix"):
+        train_kvpred(base, "b", "lp:0.5", _batch_at, cfg, str(tmp_path / "x"), predicted_prefix="x")

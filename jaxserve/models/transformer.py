@@ -178,6 +178,7 @@ class Decoder(nnx.Module):
         prefix: bool = True,
         logits_index: jax.Array | None = None,
         kv_inputs: Sequence[tuple[jax.Array, jax.Array]] | None = None,
+        kv_inputs_mask: jax.Array | None = None,
         return_kv: bool = False,
         attention=None,
     ):
@@ -189,6 +190,9 @@ class Decoder(nnx.Module):
         logits_index: [B] index into T; when given, logits are [B, V] for those tokens only.
         kv_inputs: per layer (k_raw, v) of shape [B, T, K_l, hd] used instead of the model's
         own projections (KV prediction feeds its predicted cache here).
+        kv_inputs_mask: [B, T] bool; where given, only the tokens where it is True take
+        `kv_inputs`, the others the model's own projections (a predicted prompt followed by
+        the model's own tokens, as at generation time).
         return_kv: also return the per-layer (k_raw, v) this pass produced or consumed.
         attention: the cached attention, called per layer as
         `attention(layer, q, k, v, kv, block_tables, positions, seq_lens, prefix) -> (y, kv)`;
@@ -204,7 +208,15 @@ class Decoder(nnx.Module):
             attn = layer.attn
             h = layer.attn_norm(x)
             q = attn.queries(h, positions, inv_freq)
-            k_raw, v = kv_inputs[i] if kv_inputs is not None else attn.kv_raw(h)
+            if kv_inputs is None:
+                k_raw, v = attn.kv_raw(h)
+            elif kv_inputs_mask is None:
+                k_raw, v = kv_inputs[i]
+            else:
+                own_k, own_v = attn.kv_raw(h)
+                use = kv_inputs_mask[:, :, None, None]
+                k_raw = jnp.where(use, kv_inputs[i][0].astype(own_k.dtype), own_k)
+                v = jnp.where(use, kv_inputs[i][1].astype(own_v.dtype), own_v)
             if return_kv:
                 kv_out.append((k_raw, v))
             k = attn.finish_keys(k_raw.astype(self.dtype), positions, inv_freq)
