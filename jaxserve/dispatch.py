@@ -103,8 +103,9 @@ class Dispatching:
         sched = self.scheduler
         if sched.num_live != len(plan.decode):
             return 1
-        if self.next_arrival is not None and self._step_time > 0:
-            k = min(k, int((self.next_arrival - self.now()) / self._step_time))
+        step_time = self._step_time.value
+        if self.next_arrival is not None and step_time > 0:
+            k = min(k, int((self.next_arrival - self.now()) / step_time))
         limit = sched.config.max_seq_len
         for r in plan.decode:
             p = self._params[r.id]

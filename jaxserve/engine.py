@@ -69,6 +69,7 @@ from jaxserve.readback import Reading
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
 from jaxserve.sampling import SamplingParams
 from jaxserve.sched import Plan, Request, SchedulerConfig, make_scheduler
+from jaxserve.sched.steptime import StepTime
 from jaxserve.switch import ContextSwitch
 from jaxserve.tokenizer import Tokenizer
 
@@ -145,7 +146,7 @@ class Engine(Dispatching, Reading):
         self._copy_ahead = self.runner.mesh.devices.flat[0].platform != "cpu"
         self._inflight: InFlight | None = None
         self._last_read = self.now()
-        self._step_time = 0.0  # running estimate of one decode step, seconds
+        self._step_time = StepTime()  # one decode step's seconds (sizes chunks)
         self.next_arrival: float | None = None  # engine clock; multi-step stays before it
         self.timelines: dict[str, Timeline] = {}
         self.iterations = 0

@@ -39,10 +39,7 @@ class Reading:
         self.busy_time += elapsed
         self.iterations += 1
         if flight.decode_out is not None and flight.prefill_out is None and not flight.plan.swap_in:
-            per_step = elapsed / flight.steps
-            self._step_time = (
-                per_step if not self._step_time else 0.8 * self._step_time + 0.2 * per_step
-            )
+            self._step_time.add(elapsed / flight.steps)
         for host in flight.swapped_out:
             host.settle()
         self.switch.read(flight.plan, elapsed)

@@ -60,6 +60,51 @@ def test_multi_step_chunks_follow_the_engines_rule():
     assert res.iterations == 4 and res.records["a"].finish_reason == "length"
 
 
+class _Hiccup:
+    """`ONE`, except that the third decode call takes 20 s a step (a slow call: a first run,
+    the host descheduled); logs each call's steps (0: a prefill)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def iteration_time(self, plan, steps):
+        decode = bool(plan.decode) and not plan.prefill
+        self.steps.append(steps if decode else 0)
+        slow = decode and sum(1 for s in self.steps if s) == 3
+        return ONE.iteration_time(plan, steps) * (20.0 if slow else 1.0)
+
+
+def test_one_slow_call_does_not_shorten_the_chunks_after_it():
+    """Chunks of up to 4, b due at 100 s. a's decode calls run [1,5], [5,9], then the slow
+    one [9,89] (dispatched at 5, before it the estimate is 1 s a step) and [89,93]. Plan 6
+    is made at 89, when the slow call is read: 11 s before b. The estimate is the median of
+    the per-step times read so far (1, 1, 20): 1 s, so 4 steps still fit before b, as for
+    every call up to b's arrival. (A running mean, 0.8 * 1 + 0.2 * 20 = 4.8 s, would
+    allow int(11 / 4.8) = 2.)"""
+    cost = _Hiccup()
+    rs = [req("a", prompt=16, out=None, cap=40), req("b", arrival=100.0)]
+    simulate(make_scheduler("fcfs", cfg()), rs, cost, timing=Timing(decode_steps=4))
+    decode = [s for s in cost.steps if s]
+    assert cost.steps[0] == 0 and decode[:6] == [4] * 6
+
+
+def test_step_time_is_the_median_of_the_last_calls():
+    from jaxserve.sched.steptime import StepTime
+
+    est = StepTime(window=5)
+    assert est.value == 0.0
+    for x in (0.005, 0.005, 0.006, 0.005):
+        est.add(x)
+    assert est.value == pytest.approx(0.005)
+    est.add(0.4)  # one slow call moves nothing
+    assert est.value == pytest.approx(0.005)
+    for _ in range(3):  # a real change of speed takes over within the window
+        est.add(0.010)
+    assert est.value == pytest.approx(0.010)
+    with pytest.raises(ValueError, match="window"):
+        StepTime(window=0)
+
+
 def test_multi_step_needs_every_live_request_in_the_batch():
     """max_batch 1, a and b arrive together, 3 tokens each, engine timing with chunks of up
     to 16. While b waits, a's calls are single steps (b could change the plan): a prefill

@@ -7,6 +7,7 @@ SchedulerConfig       config.py     every knob (future CLI flags)
 Scheduler, StepResult scheduler.py  add / schedule / update / cancel, invariants
 policies              fcfs, vllm, mlfq, skip_join_mlfq, srpt (oracle), vtc, fair_priority,
                       priority
+StepTime              steptime.py   the engine's decode step-time estimate (chunk sizes)
 simloop               the simulator's loop and linear cost (from `jaxserve.sim`)
 """
 

@@ -10,8 +10,8 @@
 `Timing` says how the executor is driven. `Timing()` is the JAX engine's loop
 (`jaxserve.engine`): one step ahead (plan N+1 is dispatched before step N's tokens are read,
 so a stop is seen one step late and the stopped request may compute one more, wasted, row),
-multi-step decode chunks when nothing can change (the engine's own rule, with its running
-estimate of a step's time against the next arrival), and host seconds per iteration.
+multi-step decode chunks when nothing can change (the engine's own rule, with its estimate
+of a step's time against the next arrival, `sched.steptime`), and host seconds per iteration.
 `SYNC` is a synchronous executor that reads every step before planning the next and costs
 nothing on the host: the plain semantics the scheduler tests are worked out in.
 
@@ -43,6 +43,7 @@ from jaxserve.sched.policies.srpt import SRPT
 from jaxserve.sched.policies.vllm import VLLM
 from jaxserve.sched.request import Request, State
 from jaxserve.sched.scheduler import Scheduler
+from jaxserve.sched.steptime import StepTime
 from jaxserve.sim.steady import run_steady
 
 __all__ = ["SYNC", "SimResult", "Timing", "simulate"]
@@ -183,7 +184,7 @@ class _Loop:
         self.t = 0.0  # host clock
         self.device_free = 0.0  # when the device finishes what has been dispatched
         self.last_read = 0.0
-        self.step_time = 0.0  # the engine's running estimate of one decode step
+        self.step_time = StepTime()  # the engine's estimate of one decode step
         self.row_update = getattr(cost, "row_update_time", 0.0)  # see `rows_changed`
         self.rows_sent: list[str] = []  # the rows of the last decode call
         self.slot_pages: dict[str, tuple[int, int] | None] = {}  # id -> (first page, pages)
@@ -238,10 +239,7 @@ class _Loop:
         self.last_read = now
         plan = flight.plan
         if plan.decode and not plan.prefill and not plan.swap_in:
-            per_step = elapsed / flight.steps
-            self.step_time = (
-                per_step if not self.step_time else 0.8 * self.step_time + 0.2 * per_step
-            )
+            self.step_time.add(elapsed / flight.steps)
         records, emitted, target = self.records, self.emitted, self.target
         prefill, steps = flight.prefill, flight.steps
         stopped = set()
@@ -325,7 +323,7 @@ class _Loop:
                     nxt = pending[self.i].arrival if self.i < len(pending) else None
                     steps = _num_steps(sched, plan, self.target, timing.decode_steps,
                                        cfg.page_size, cfg.max_seq_len, nxt, self.t,
-                                       self.step_time)  # fmt: skip
+                                       self.step_time.value)  # fmt: skip
                 seconds = self.cost(plan, steps)
                 if plan.decode and self.row_update and self.rows_changed(plan.decode):
                     seconds += self.row_update
