@@ -53,7 +53,7 @@ _PREFIX = flags.DEFINE_enum(
     list(recipes.PREDICTED_PREFIXES),
     "all: the base reads the predicted cache at every training position (the paper's); "
     "random: a predicted prefix of random length per row, then the base's own cache, as when "
-    "it generates after a predicted prompt.",
+    "it generates after a predicted prompt; mixed: half the rows each way.",
 )
 _T = training_flags.define(
     steps=600,

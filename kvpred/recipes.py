@@ -40,7 +40,7 @@ BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code", "synthetic_code")
 CODE_TASK_DOCUMENTS = 20_000  # train problems of the synthetic code task a stream draws from
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
 # How much of each training row the base reads from the predicted cache (`train_kvpred`).
-PREDICTED_PREFIXES = ("all", "random")
+PREDICTED_PREFIXES = ("all", "random", "mixed")
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
 
@@ -152,14 +152,19 @@ def train_lm(
     return model, history
 
 
-def _with_random_cuts(batch_at: Callable[[int], dict], seed: int) -> Callable[[int], dict]:
-    """`batch_at` whose batches also hold `predicted_until` [B]: a cut per row in 1..T."""
+def _with_random_cuts(
+    batch_at: Callable[[int], dict], seed: int, whole_share: float = 0.0
+) -> Callable[[int], dict]:
+    """`batch_at` whose batches also hold `predicted_until` [B]: a cut per row in 1..T,
+    T (the whole row predicted) for a `whole_share` of the rows."""
 
     def batch_with_cuts(step: int) -> dict:
         batch = dict(batch_at(step))
         rows, t = batch["inputs"].shape
         rng = np.random.default_rng([seed, step, 0x6B7670])
-        batch["predicted_until"] = rng.integers(1, t + 1, size=rows).astype(np.int32)
+        cuts = rng.integers(1, t + 1, size=rows)
+        whole = rng.random(rows) < whole_share
+        batch["predicted_until"] = np.where(whole, t, cuts).astype(np.int32)
         return batch
 
     return batch_with_cuts
@@ -194,7 +199,7 @@ def train_kvpred(
     position of a row. "random": for each row a cut drawn uniformly from 1..T (a pure function
     of the seed and step, so a resumed run sees the same cuts); the base reads the predicted
     cache before it and its own cache from it on, as when it generates after a predicted
-    prompt.
+    prompt. "mixed": half the rows (drawn at random) as "all", the others as "random".
     """
     if predictor_init not in PREDICTOR_INITS:
         raise ValueError(f"predictor_init must be one of {PREDICTOR_INITS}, not {predictor_init!r}")
@@ -202,8 +207,8 @@ def train_kvpred(
         raise ValueError(
             f"predicted_prefix must be one of {PREDICTED_PREFIXES}, not {predicted_prefix!r}"
         )
-    if predicted_prefix == "random":
-        batch_at = _with_random_cuts(batch_at, seed)
+    if predicted_prefix != "all":
+        batch_at = _with_random_cuts(batch_at, seed, 0.5 if predicted_prefix == "mixed" else 0.0)
     weights = weights or KVPLossWeights()
     aux = build_aux(aux_spec, base, layer_map, seed)
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(seed))

@@ -277,6 +277,10 @@ def test_random_predicted_prefix_cuts_are_per_row_reproducible_and_reach_the_los
     assert not np.array_equal(a["predicted_until"], other["predicted_until"])
     cuts = np.concatenate([cut_at(s)["predicted_until"] for s in range(50)])
     assert cuts.min() >= 1 and cuts.max() <= t and len(set(cuts.tolist())) > t // 2
+    mixed = np.concatenate(
+        [_with_random_cuts(_batch_at, 0, 0.5)(s)["predicted_until"] for s in range(50)]
+    )  # about half the rows whole (a uniform cut is T for 1 in T of the others)
+    assert 0.4 < np.mean(mixed == t) < 0.65 and len(set(mixed.tolist())) > t // 2
 
     base = random_model(tiny_config(num_layers=2))
     cfg = TrainConfig(steps=1, warmup_steps=0, log_every=1)
