@@ -3,9 +3,9 @@
 Training path (`train_forward`): A reads the whole sequence and returns its raw per-layer cache;
 P maps it to a predicted base cache; B's queries attend causally to the predicted cache only
 (its own k/v projections are not used; or, with `predicted_until`, to the predicted cache of a
-prefix of each row followed by B's own cache of the rest), which gives CE_B; a separate pass of
-B under `stop_gradient` gives the target cache. Gradients reach A and P through B's activations; the
-trainer never updates B's parameters.
+prefix of each row followed by B's own cache of the rest), which gives CE_B; a separate pass
+of B under `stop_gradient` gives the target cache. Gradients reach A and P through B's
+activations; the trainer never updates B's parameters.
 
 Inference path (`prefill_paged`, what `ModelRunner` calls to prefill): A reads prompt[:-1],
 P predicts B's raw cache, B's own k-norm and RoPE finish the keys at absolute positions, and the

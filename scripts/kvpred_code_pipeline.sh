@@ -11,7 +11,8 @@
 #      temperature 0.8), TTFT FLOPs and measured TTFT at the problems' prompt length.
 #   bash scripts/kvpred_code_pipeline.sh [RUNS_DIR] [STEPS_LM] [STEPS_KVP] [STEPS_KVP_C] \
 #     [DATA] [SAMPLES] [LIMIT]
-# (LIMIT: evaluate the first LIMIT held-out problems; default all 164.)
+# (LIMIT: evaluate the first LIMIT held-out problems; default all 164. KVP_PREFIX: the KVP-LP
+# run's --predicted_prefix, all (the paper's, default) | random | mixed.)
 # The two chains (base side, auxiliary side) run side by side; re-running resumes each stage.
 set -euo pipefail
 runs=${1:-runs/code}
@@ -25,13 +26,14 @@ common=(--data="$data" --seq_len=192 --log_every=25)
 ft=(--lr=1e-3 --warmup_steps=25)
 base_init=${BASE_INIT:-jaxserve/assets/models/tiny}
 aux_init=${AUX_INIT:-jaxserve/assets/models/tiny-aux}
+kvp_prefix=${KVP_PREFIX:-all}
 (
   python -m experiments.train_lm --init_from="$base_init" --steps="$lm_steps" "${ft[@]}" \
     "${common[@]}" --workdir="$runs/lm_tiny"
   python -m experiments.train_lm --lp_from="$runs/lm_tiny/final" --lp_fraction=0.5 \
     --steps="$kvp_steps" "${ft[@]}" "${common[@]}" --workdir="$runs/lp_tiny"
   python -m experiments.train_kvpred --base="$runs/lm_tiny/final" --aux=lp:0.5 \
-    --steps="$kvp_steps" "${common[@]}" --workdir="$runs/kvp_lp"
+    --steps="$kvp_steps" --predicted_prefix="$kvp_prefix" "${common[@]}" --workdir="$runs/kvp_lp"
 ) &
 base_chain=$!
 (

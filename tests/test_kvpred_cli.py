@@ -211,6 +211,7 @@ def test_plot_labels_drop_shared_directories():
         ("experiments.train_kvpred", ["--base=tiny", "--aux=c:small"], "vocabulary"),
         ("experiments.train_kvpred", ["--base=tiny", "--layer_map=0,x"], "--layer_map"),
         ("experiments.train_kvpred", ["--base=tiny", "--predictor_init=zeros"], "predictor_init"),
+        ("experiments.train_kvpred", ["--base=tiny", "--predicted_prefix=x"], "predicted_prefix"),
         ("experiments.train_lm", ["--model=huge"], "--model"),
         ("experiments.train_lm", ["--init_from=/no/such"], "--init_from"),
         ("experiments.train_lm", ["--init_from=/tmp", "--lp_from=/tmp"], "exclusive"),
