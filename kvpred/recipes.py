@@ -39,8 +39,10 @@ from kvpred.train import TrainConfig, Trainer, has_checkpoint, kvp_loss_fn, lm_l
 BUILTIN_SOURCES = ("synthetic_qa", "stdlib_code", "synthetic_code")
 CODE_TASK_DOCUMENTS = 20_000  # train problems of the synthetic code task a stream draws from
 PREDICTOR_INITS = ("auto", "lstsq", "identity")
-# How much of each training row the base reads from the predicted cache (`train_kvpred`).
-PREDICTED_PREFIXES = ("all", "random", "mixed")
+# How much of each training row the base reads from the predicted cache (`train_kvpred`):
+# the share of rows read whole; the others are cut at random.
+_WHOLE_ROWS = {"all": 1.0, "random": 0.0, "mixed": 0.5}
+PREDICTED_PREFIXES = tuple(_WHOLE_ROWS)
 # What the shipped `tiny` and `tiny-aux` were trained on (scripts/kvpred_pipeline.sh).
 DEFAULT_DATA = "synthetic_qa:0.9,stdlib_code:0.1"
 
@@ -207,8 +209,8 @@ def train_kvpred(
         raise ValueError(
             f"predicted_prefix must be one of {PREDICTED_PREFIXES}, not {predicted_prefix!r}"
         )
-    if predicted_prefix != "all":
-        batch_at = _with_random_cuts(batch_at, seed, 0.5 if predicted_prefix == "mixed" else 0.0)
+    if _WHOLE_ROWS[predicted_prefix] < 1.0:
+        batch_at = _with_random_cuts(batch_at, seed, _WHOLE_ROWS[predicted_prefix])
     weights = weights or KVPLossWeights()
     aux = build_aux(aux_spec, base, layer_map, seed)
     pred = KVPredictor(aux.model.config, base.config, aux.layer_map, rngs=nnx.Rngs(seed))
