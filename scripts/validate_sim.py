@@ -11,7 +11,10 @@
    emulated EOS at the trace length). A round's calibration gives each policy's host
    seconds per iteration and one device-time scale for every policy (the profile times
    each call alone, the engine runs them back to back next to its host work), so a machine
-   whose speed drifts between rounds is simulated at the round's speed.
+   whose speed drifts between rounds is simulated at the round's speed. The scale is the
+   engine's seconds over the cost model's for the calibration's own device calls
+   (`--time_scale=calls`); fitting it to the calibration's JCT instead (`jct`) lets a
+   queue that grows on a slow stretch of the machine triple the scale's error.
 3. Each trace's arrival rate is a utilization of its saturation rate: the requests a second
    the simulator, calibrated on round 0, serves it at when every request arrives at once
    (fcfs). So a trace loads a slower or faster machine, or another model, as much.
@@ -127,6 +130,45 @@ def logged_flights(engine_cls):
         engine_cls._dispatch, engine_cls._read = dispatch, read
 
 
+def calibration_flights(engine: dict, k: int | None = None) -> list:
+    """Every policy's device calls in round k's calibration (in every round's: None).
+    Records written before the calls were kept by round hold one list of each policy's
+    calls: it is cut into rounds where the run's first call recurs."""
+    out = []
+    for name, runs in engine["calibration"]["flights"].items():
+        if runs and runs[0] and isinstance(runs[0][-1], (int, float)):  # one list of calls
+            starts = [i for i, f in enumerate(runs) if f[:3] == runs[0][:3]] + [len(runs)]
+            runs = [runs[a:b] for a, b in zip(starts, starts[1:])]
+        if len(runs) != engine["rounds"]:
+            rounds = engine["rounds"]
+            raise ValueError(f"{name}: calibration calls of {len(runs)} rounds, not {rounds}")
+        out += [f for j, calls in enumerate(runs) if k is None or j == k for f in calls]
+    return out
+
+
+def call_time_scale(flights: list, cost) -> float:
+    """The engine's seconds over the cost model's (unscaled) for the same device calls:
+    [prefill lengths, decode contexts, steps, swapped pages, seconds] each."""
+    measured = sum(f[4] for f in flights)
+    predicted = sum(
+        cost.prefill_time(pre) + cost.decode_time(dec, steps) + cost.swap_time(pages)
+        for pre, dec, steps, pages, _ in flights
+    )
+    if predicted <= 0:
+        raise ValueError("no device calls to fit the time scale on")
+    return measured / predicted
+
+
+def round_time_scale(mode: str, engine: dict, cost, timing: Timing, prof, k: int) -> float:
+    """Round k's device-time scale: from its calibration's calls (`calls`), fitted to its
+    calibration's JCT and TTFT (`jct`), or none."""
+    if mode == "calls":
+        return call_time_scale(calibration_flights(engine, k), cost)
+    if mode == "jct":
+        return fit_time_scale(engine, cost, timing, prof, k)
+    return 1.0
+
+
 def flight_profile(engine: dict, prof: dict) -> dict:
     """A profile made of the engine's own calls on the calibration trace (read to read, so
     host work and its contention with the device are inside): the median time of each
@@ -138,15 +180,14 @@ def flight_profile(engine: dict, prof: dict) -> dict:
 
     ps = int(prof.get("page_size", 16))
     decode, prefill = {}, {}
-    for flights in engine["calibration"]["flights"].values():
-        for pre, dec, steps, pages, seconds in flights:
-            if pages:
-                continue
-            if dec and not pre:
-                width = pow2(-(-(max(dec) + steps - 1) // ps)) * ps
-                decode.setdefault((pow2(len(dec)), width, steps), []).append(seconds)
-            elif len(pre) == 1 and not dec:
-                prefill.setdefault(pow2(pre[0], 16), []).append(seconds)
+    for pre, dec, steps, pages, seconds in calibration_flights(engine):
+        if pages:
+            continue
+        if dec and not pre:
+            width = pow2(-(-(max(dec) + steps - 1) // ps)) * ps
+            decode.setdefault((pow2(len(dec)), width, steps), []).append(seconds)
+        elif len(pre) == 1 and not dec:
+            prefill.setdefault(pow2(pre[0], 16), []).append(seconds)
     grid = [(*k, statistics.median(v)) for k, v in sorted(decode.items()) if len(v) >= 3]
     table = [(n, statistics.median(v)) for n, v in sorted(prefill.items()) if len(v) >= 3]
     return prof | {"decode_grid": grid, "prefill": table or prof["prefill"], "slot_update": 0.0}
@@ -246,12 +287,12 @@ def serve_all(args, names: list[str]) -> dict:
         for name in args.policies:
             with logged_flights(Engine) as log:
                 records, engine = run(calib, name, ctrace)
-            flights[name] += log
+            flights[name].append(log)
             calibration[name].append(metrics.records_to_json(records))
             host[name].append(profiler.host_seconds(engine))
             print(f"round {k} calibration {name}: host {host[name][-1] * 1e3:.3f} ms/iteration")
         if k == 0:  # the validation traces' rates, from the simulator calibrated on round 0
-            scale = fit_time_scale(out, cost, timing, prof, 0)
+            scale = round_time_scale(args.time_scale, out, cost, timing, prof, 0)
             cost = dataclasses.replace(cost, time_scale=scale)
             timing = dataclasses.replace(timing, host=round_host(out, 0))
             for tname in names:
@@ -352,10 +393,9 @@ def simulate_all(args, engine: dict, timing: Timing) -> dict:
     sims, scales = {}, []
     for k in range(engine["rounds"]):
         cost = base
-        if args.calibration == "profile" and not args.no_time_scale:
-            cost = dataclasses.replace(
-                cost, time_scale=fit_time_scale(engine, base, timing, prof, k)
-            )
+        if args.calibration == "profile":
+            scale = round_time_scale(args.time_scale, engine, base, timing, prof, k)
+            cost = dataclasses.replace(cost, time_scale=scale)
         scales.append(cost.time_scale)
         for tname, entry in engine["traces"].items():
             s = ServeSettings(**entry["settings"])
@@ -395,7 +435,11 @@ def main() -> None:
         help="cost tables from the profiler, or from the engine's calls on the calibration trace",
     )
     p.add_argument(
-        "--no_time_scale", action="store_true", help="use the profile's times as they are"
+        "--time_scale",
+        choices=["calls", "jct", "none"],
+        default="calls",
+        help="each round's device-time scale: the engine's seconds over the cost model's for "
+        "the calibration's calls, fitted to the calibration's JCT, or none (profile as is)",
     )
     p.add_argument("--serial_host", action="store_true", help="host work delays the device")
     args = p.parse_args()
