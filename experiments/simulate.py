@@ -19,6 +19,7 @@ from experiments import scheduler_flags
 from jaxserve import cli, metrics, workload
 from jaxserve.sched.config import PREEMPTION_MODES
 from jaxserve.sched.policies import POLICIES
+from jaxserve.sched.settings import SWITCHES
 from jaxserve.sim.hardware import HARDWARE
 from jaxserve.sim.shapes import MODELS
 
@@ -45,6 +46,14 @@ _MAX_OUTPUT = flags.DEFINE_integer("max_output_len", 1024, "Clip outputs (and re
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Requests per iteration.")
 _KV_PAGES = flags.DEFINE_integer("kv_pages", None, "KV pages (default: what the HBM holds).")
 _PREEMPTION = flags.DEFINE_enum("preemption", "swap", list(PREEMPTION_MODES), "Victims.")
+_SWITCH = flags.DEFINE_enum(
+    "switch",
+    None,
+    list(SWITCHES),
+    "Price context switches as the engine's --switch mode moves KV (per-page, per-run or one "
+    "gathered copy; waited for or overlapped; multi-turn reuse), each copy with the "
+    "accelerator's host-copy latency (default: one copy per swap, no reuse).",
+)
 _OUT = flags.DEFINE_string("out", "runs/simulate", "Output directory.")
 
 
@@ -110,6 +119,7 @@ def main(argv):
         max_batch=_MAX_BATCH.value,
         kv_pages=_KV_PAGES.value,
         preemption=_PREEMPTION.value,
+        switch=_SWITCH.value,
         **scheduler_flags.settings(),
     )
     results = run_analytical(
@@ -139,7 +149,7 @@ _OWN = {
     for f in (
         _HARDWARE, _NUM_DEVICES, _MODEL, _TP, _PP, _MICRO, _DTYPE, _EFF_F, _EFF_M, _SCHEDULERS,
         _WORKLOAD, _RATES, _N, _SEED, _OUT_SIGMA, _SCALE, _MAX_PROMPT, _MAX_OUTPUT, _MAX_BATCH,
-        _KV_PAGES, _PREEMPTION, _OUT, *scheduler_flags.ALL,
+        _KV_PAGES, _PREEMPTION, _SWITCH, _OUT, *scheduler_flags.ALL,
     )
 }  # fmt: skip
 

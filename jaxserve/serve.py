@@ -32,7 +32,7 @@ from jaxserve.events import preemption_record, preemption_summary
 from jaxserve.models.transformer import Decoder
 from jaxserve.profiler import Profile, profile
 from jaxserve.runner import CompileCounter, ModelRunner, ServingModel
-from jaxserve.sched.settings import config_from_settings
+from jaxserve.sched.settings import SWITCHES, config_from_settings
 from jaxserve.serve_report import (
     HEADER,
     detail_lines,
@@ -85,16 +85,6 @@ class ServeSettings:
     rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
     mesh: str | None = None  # e.g. "model:2" (None: one device; across processes, all)
-
-
-# FastSwitch's ablation: --switch -> (host tier transfer, wait for every swap)
-SWITCHES = {
-    "baseline": {"swap_transfer": "pages", "sync_swaps": True, "reuse": False},
-    "block_groups": {"swap_transfer": "groups", "sync_swaps": True, "reuse": False},
-    "async": {"swap_transfer": "groups", "sync_swaps": False, "reuse": False},
-    "reuse": {"swap_transfer": "groups", "sync_swaps": False, "reuse": True},
-    "all": {"swap_transfer": "gather", "sync_swaps": False, "reuse": True},
-}
 
 
 def parse_prefill(spec: str) -> str | None:

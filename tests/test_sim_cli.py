@@ -45,6 +45,25 @@ def test_simulate_writes_the_serve_schema_and_the_plot(tmp_path):
     assert res["flags"]["model"] == "gpt3-175b" and res["flags"]["seed"] == 1
 
 
+def test_simulate_prices_fastswitchs_mechanisms_with_switch(tmp_path):
+    """--switch=all on a multi-turn trace: later turns reuse their conversation's kept KV,
+    and each run's summary carries the copies (bytes, seconds, reused prompt tokens)."""
+    out = tmp_path / "sim"
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.simulate", "--model=llama-3-8b",
+         "--workload=multiturn_synth", "--schedulers=vllm,fair_priority", "--rates=2",
+         "--num_requests=40", "--switch=all", f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["flags"]["switch"] == "all" and res["simulator"]["settings"]["switch"] == "all"
+    for run in res["runs"]:
+        s = run["summary"]
+        assert s["num_finished"] == 40 and s["prompt_tokens_reused"] > 0
+        assert s["bytes_copied"] > 0 and s["swap_seconds"] > 0
+
+
 CASES = [
     (["--num_devices=12", "--tp=8", "--pp=2"], 2, "--num_devices=12 is not a multiple"),
     (["--hardware=b200"], 2, "--hardware: unknown 'b200'"),
@@ -64,6 +83,7 @@ CASES = [
     (["--arrival=gamma", "--cv=0"], 2, "--cv must be > 0"),
     (["--rerank_margin=inf"], 2, "--rerank_margin must be finite"),
     (["--page_size=0"], 2, "--page_size"),
+    (["--switch=fast"], 2, "--switch"),
 ]
 
 

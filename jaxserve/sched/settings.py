@@ -17,6 +17,17 @@ from typing import Protocol
 
 from jaxserve.sched.config import PREDICT, SchedulerConfig
 
+# FastSwitch's ablation, `--switch` -> how the engine moves KV: the host tier's transfers
+# (one per page, per contiguous run, or one gathered block), whether every swap is waited
+# for, and multi-turn reuse; the simulator prices the same modes (`jaxserve.sim.switch`)
+SWITCHES = {
+    "baseline": {"swap_transfer": "pages", "sync_swaps": True, "reuse": False},
+    "block_groups": {"swap_transfer": "groups", "sync_swaps": True, "reuse": False},
+    "async": {"swap_transfer": "groups", "sync_swaps": False, "reuse": False},
+    "reuse": {"swap_transfer": "groups", "sync_swaps": False, "reuse": True},
+    "all": {"swap_transfer": "gather", "sync_swaps": False, "reuse": True},
+}
+
 
 class SchedulerSettings(Protocol):
     """The settings fields the builder reads (`ServeSettings`, `SimSettings`)."""

@@ -49,7 +49,10 @@ class LinearCost:
             # step j reads one more token per row than step j-1
             decode = steps * (self.b * n + self.c * ctx) + self.c * n * steps * (steps - 1) / 2
             t = self.a * steps + per_prefill * prefill_tokens + decode
-        if self.swap_bandwidth:
-            pages = plan.swap_in_pages + plan.swap_out_pages
-            t += pages * self.kv_bytes_per_page / self.swap_bandwidth
-        return t
+        return t + self.swap_time(plan.swap_in_pages + plan.swap_out_pages)
+
+    def swap_time(self, num_pages: int) -> float:
+        """One copy of `num_pages` pages, one way."""
+        if not self.swap_bandwidth:
+            return 0.0
+        return num_pages * self.kv_bytes_per_page / self.swap_bandwidth

@@ -2,7 +2,7 @@
 
     peak FLOP/s by dtype (dense, no sparsity), HBM bandwidth and size, host link (device <->
     host memory, one direction), interconnect between devices (one direction, per device)
-    and its per-message latency.
+    and its per-message latency, and the latency of one host copy call.
 
 Figures are the vendors' published peaks: a roofline is an upper bound on speed, and the
 cost model's efficiency factors bring it down to what a real kernel reaches. Latencies are
@@ -25,6 +25,10 @@ class Accelerator:
     host_bandwidth: float  # bytes/s device <-> host, one direction (PCIe)
     link_bandwidth: float  # bytes/s device <-> device, one direction (NVLink / ICI)
     link_latency: float  # seconds per collective step
+    # seconds of one device <-> host copy call on top of its bytes (launch and DMA set-up):
+    # ~2.3 us per cudaMemcpyAsync measured on an H20 by a KV-offloading project; used for
+    # every preset, an estimate elsewhere
+    host_copy_latency: float = 2.3e-6
 
     def peak(self, dtype: str) -> float:
         try:

@@ -45,6 +45,7 @@ from jaxserve.sched.request import Request, State
 from jaxserve.sched.scheduler import Scheduler
 from jaxserve.sched.steptime import StepTime
 from jaxserve.sim.steady import run_steady
+from jaxserve.sim.switch import SwitchState
 
 __all__ = ["SYNC", "SimResult", "Timing", "simulate"]
 
@@ -82,6 +83,7 @@ class SimResult:
     finished_events: list[str] = field(default_factory=list)  # ids, in the order they ended
     rejected_events: list[str] = field(default_factory=list)  # ids, as plans reported them
     device_busy: float = 0.0  # seconds the device computed or copied
+    switch: dict = field(default_factory=dict)  # `SwitchState.stats()` when one priced swaps
 
     def jct(self) -> dict[str, float]:
         """Completion time (finish - arrival) of every finished request."""
@@ -130,6 +132,7 @@ def simulate(
     max_iterations: int = 10_000_000,
     on_step: Callable[[Scheduler, Plan], None] | None = None,
     fast: bool = True,
+    switch: SwitchState | None = None,
 ) -> SimResult:
     """Run `sched` over `requests` until every one has ended (module docstring).
 
@@ -141,10 +144,14 @@ def simulate(
     on_step(sched, plan): called after each `schedule` (tests check invariants there; it
         turns the fast path off, so that it sees every plan).
     fast: run steady stretches without re-planning (`steady.py`); the result is the same.
+    switch: price swaps and multi-turn reuse as FastSwitch's mechanisms do (`switch.py`;
+        None: the cost model prices a plan's swaps); its counts go to `SimResult.switch`.
     Raises if the scheduler stalls with work left and nothing due, or after `max_iterations`.
     """
     loop = _Loop(sched, requests, cost, timing, cancels, after or {})
-    loop.fast = fast and on_step is None and type(sched.policy) in _STEADY_POLICIES
+    loop.switch = switch
+    steady = type(sched.policy) in _STEADY_POLICIES and switch is None
+    loop.fast = fast and on_step is None and steady
     loop.mlfq = isinstance(sched.policy, MLFQ)  # `run_steady` may go on after a prefill
     return loop.run(max_iterations, on_step)
 
@@ -152,6 +159,7 @@ def simulate(
 class _Loop:
     def __init__(self, sched, requests, cost, timing, cancels, after):
         self.fast = False  # repeat steady plans without re-planning (`steady`)
+        self.switch: SwitchState | None = None  # prices copies (`switch.py`)
         self.mlfq = False  # ... also after a prefill (MLFQ policies)
         self.sched = sched
         self.cost = _plan_cost(cost)
@@ -213,6 +221,8 @@ class _Loop:
         rec = self.records[r.id]
         rec.finish_time, rec.finish_reason = when, reason
         rec.state = "cancelled" if reason == "cancelled" else "finished"
+        if self.switch is not None and reason != "cancelled":
+            self.switch.finished(r, list(r.pages), r.prompt_len + self.emitted[r.id] - 1)
         self.res.finished_events.append(r.id)
         for nxt in self.followers.get(r.id, ()):
             nxt.arrival = nxt.last_run = when + self.after[nxt.id][1]
@@ -324,7 +334,12 @@ class _Loop:
                     steps = _num_steps(sched, plan, self.target, timing.decode_steps,
                                        cfg.page_size, cfg.max_seq_len, nxt, self.t,
                                        self.step_time.value)  # fmt: skip
-                seconds = self.cost(plan, steps)
+                if self.switch is not None:
+                    seconds = self.switch.price(plan, steps, self.cost)
+                    for r in batch:
+                        records[r.id].stall_time += self.switch.stall
+                else:
+                    seconds = self.cost(plan, steps)
                 if plan.decode and self.row_update and self.rows_changed(plan.decode):
                     seconds += self.row_update
                 self.device_free = max(self.t, self.device_free) + seconds
@@ -358,6 +373,12 @@ class _Loop:
                 self.read(inflight)
             inflight = current
         res.time = self.t
+        for r in res.requests:
+            records[r.id].preemptions = r.preemptions
+        if self.switch is not None:
+            res.switch = self.switch.stats()
+            for rid, (nbytes, seconds) in self.switch.per_request.items():
+                records[rid].swapped_bytes, records[rid].swap_time = nbytes, seconds
         return res
 
 

@@ -25,6 +25,7 @@ from jaxserve.sched.plan import Plan
 from jaxserve.sched.request import Request
 from jaxserve.sched.settings import config_from_settings
 from jaxserve.sim.loop import SimResult, Timing, simulate
+from jaxserve.sim.switch import Switch, SwitchState, switch_for
 from jaxserve.workload import replay_cap
 
 __all__ = [
@@ -70,6 +71,8 @@ class SimSettings:
     rerank_margin: float = 1.0  # fair_priority: hysteresis, re-rank periods of service
     closed_loop: bool = True  # a conversation's next turn waits for the previous one to end
     replicas: int = 1  # data-parallel copies; requests (whole conversations) dealt round robin
+    switch: str | None = None  # FastSwitch's mechanisms, a key of SWITCHES (`sim.switch`);
+    # None: swaps priced by the cost model alone, no reuse
 
 
 def requests_from_trace(
@@ -99,6 +102,11 @@ def requests_from_trace(
                 after[t.id] = (prev.id, max(0.0, t.arrival - prev.arrival))
             last[t.conversation] = t
     return reqs, after
+
+
+def conversations(trace: Sequence[workload.TraceRequest]) -> dict[str, str]:
+    """Request id -> its conversation, for the requests of the trace that have one."""
+    return {t.id: t.conversation for t in trace if t.conversation is not None}
 
 
 def plan_seconds(cost, prefill: Sequence[int] = (), decode: Sequence[int] = ()) -> float:
@@ -160,16 +168,25 @@ def simulate_trace(
     replicas: int = 1,
     fast: bool = True,
     closed_loop: bool = True,
+    switch: Switch | None = None,
 ) -> tuple[list[metrics.RequestRecord], list[SimResult]]:
     """One scheduler over a trace: records in trace order (and each replica's result).
     Requests are dealt to replicas round robin, a conversation's turns all to the replica of
     its first. `fast`: `simulate`'s steady-plan fast path (same result); `closed_loop`: a
-    later turn waits for the previous one (`requests_from_trace`)."""
+    later turn waits for the previous one (`requests_from_trace`); `switch`: FastSwitch's
+    mechanisms priced per copy (`sim.switch`), each replica with its own host."""
     results = []
     records: dict[str, metrics.RequestRecord] = {}
     for part in deal(trace, replicas):
         reqs, after = requests_from_trace(part, max_output_len, config.max_seq_len, closed_loop)
-        res = simulate(Scheduler(config, policy), reqs, cost, timing=timing, after=after, fast=fast)
+        state = None
+        if switch is not None:
+            state = SwitchState(switch, cost, config.page_size, config.kv_bytes_per_page,
+                                config.host_pages, conversations(part))  # fmt: skip
+        res = simulate(
+            Scheduler(config, policy), reqs, cost, timing=timing, after=after, fast=fast,
+            switch=state,
+        )  # fmt: skip
         results.append(res)
         records |= res.records
     return [records[t.id] for t in trace], results
@@ -206,6 +223,7 @@ def run_rates(
     kv_pages: int,
     kv_bytes_per_page: int,
     on_run: Callable[[str, float, dict], None] | None = None,
+    switch: Switch | None = None,
 ) -> list[dict]:
     """Every scheduler at every rate: `experiments.serve`'s run entries (scheduler, prefill,
     rate, summary, requests). `on_run(scheduler, rate, summary)` after each. The scheduler
@@ -220,7 +238,7 @@ def run_rates(
         for name in s.schedulers:
             records, results = simulate_trace(
                 name, trace, config, cost, timing, s.max_output_len, s.replicas,
-                closed_loop=s.closed_loop,
+                closed_loop=s.closed_loop, switch=switch,
             )  # fmt: skip
             summary = metrics.summarize(records)
             summary.update(
@@ -228,6 +246,9 @@ def run_rates(
                 busy_seconds=sum(r.device_busy for r in results),
                 simulated_seconds=max(r.time for r in results),
             )
+            if switch is not None:
+                for key in results[0].switch:
+                    summary[key] = sum(r.switch[key] for r in results)
             runs.append(
                 {
                     "scheduler": name,
@@ -309,6 +330,9 @@ def run_analytical(
             flops_efficiency=flops_efficiency, bandwidth_efficiency=bandwidth_efficiency,
         )  # fmt: skip
         kv_pages = s.kv_pages if s.kv_pages is not None else cost.kv_pages()
+        switch = None
+        if s.switch is not None:  # a per-layer cache: K and V of each of a device's layers
+            switch = switch_for(s.switch, 2 * cost.layers_per_stage, hw.host_copy_latency)
     except ValueError as e:
         raise InputError(str(e)) from None
     s = dataclasses.replace(s, replicas=num_devices // par.devices)
@@ -326,7 +350,7 @@ def run_analytical(
         if verbose:
             print(table_row(name, rate, summary), flush=True)
 
-    runs = run_rates(s, cost, timing, max_seq_len, kv_pages, cost.kv_bytes_per_page, show)
+    runs = run_rates(s, cost, timing, max_seq_len, kv_pages, cost.kv_bytes_per_page, show, switch)
     results = {
         "flags": flag_values or {},
         "simulator": {
