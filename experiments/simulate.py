@@ -6,7 +6,8 @@ an analytical cost model of named accelerators, tensor and pipeline parallelism.
         --rates=0.5,1,2 --num_requests=1000 --seed=0 --out=runs/sim_gpt3
 
 Writes DIR/results.json (`experiments.serve`'s run schema: scheduler, rate, summary,
-requests) and DIR/jct_vs_rate.png (mean and P99 JCT against arrival rate).
+requests), DIR/jct_vs_rate.png (mean and P99 JCT against arrival rate) and
+DIR/tail_vs_rate.png (P99 TTFT and TBT against it).
 """
 
 from __future__ import annotations

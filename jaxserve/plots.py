@@ -2,6 +2,7 @@
 
     {scheduler: [RequestRecord]}         -> latency_cdfs -> JCT and TTFT CDFs, one line each
     {scheduler: [(rate, summary dict)]}  -> jct_vs_rate  -> mean and p99 JCT against rate
+                                         -> tail_vs_rate -> p99 TTFT and TBT against rate
 
 matplotlib is imported inside the functions (it is needed only to draw), and only its
 object-oriented API with the Agg canvas is used: no pyplot, no global backend switch, no
@@ -64,21 +65,37 @@ def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def jct_vs_rate(
-    sweep: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]], path: str | os.PathLike
+def vs_rate(
+    sweep: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, str]],
 ) -> Path:
-    """Mean JCT (left) and p99 JCT (right) against request rate, one line per scheduler;
+    """One panel per (summary key, label) against request rate, one line per scheduler;
     `sweep[name]` is [(rate, summarize(...) dict)]. Returns the path written."""
-    fig, (ax_mean, ax_p99) = _figure(2)
+    fig, axes = _figure(len(panels))
     for name, points in sweep.items():
         points = sorted(points, key=lambda p: p[0])
         rates = [p[0] for p in points]
-        ax_mean.plot(rates, [_num(s["mean_jct"]) for _, s in points], marker="o", label=name)
-        ax_p99.plot(rates, [_num(s["p99_jct"]) for _, s in points], marker="o", label=name)
-    for ax, what in ((ax_mean, "mean"), (ax_p99, "p99")):
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(rates, [_num(s[key]) for _, s in points], marker="o", label=name)
+    for ax, (_, label) in zip(axes, panels):
         ax.set_xlabel("request rate (requests/s)")
-        ax.set_ylabel(f"{what} job completion time (s)")
-        ax.set_title(f"{what} JCT vs rate")
+        ax.set_ylabel(f"{label} (s)")
+        ax.set_title(f"{label} vs rate")
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
+
+
+def jct_vs_rate(
+    sweep: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]], path: str | os.PathLike
+) -> Path:
+    """Mean JCT (left) and p99 JCT (right) against request rate (`vs_rate`)."""
+    return vs_rate(sweep, path, (("mean_jct", "mean JCT"), ("p99_jct", "p99 JCT")))
+
+
+def tail_vs_rate(
+    sweep: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]], path: str | os.PathLike
+) -> Path:
+    """P99 TTFT (left) and P99 TBT (right) against request rate (`vs_rate`)."""
+    return vs_rate(sweep, path, (("p99_ttft", "p99 TTFT"), ("p99_tbt", "p99 TBT")))

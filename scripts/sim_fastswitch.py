@@ -88,27 +88,17 @@ def spread(xs: list) -> str:
 
 
 def plot(points: list[dict], rates: list[float], path: str) -> None:
-    import matplotlib
+    """P99 TTFT and TBT against rate, each run's median over the seeds."""
+    from jaxserve import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in zip(axes, ("p99_ttft", "p99_tbt"), ("P99 TTFT (s)", "P99 TBT (s)")):
-        for policy, switch in RUNS:
-            name = f"{policy}/{switch}"
-            ys = [
-                statistics.median(p["runs"][name][key] for p in points if p["rate"] == r)
-                for r in rates
-            ]
-            ax.plot(rates, ys, marker="o", label=name)
-        ax.set_xlabel("arrival rate (requests/s)")
-        ax.set_ylabel(label)
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    sweep = {}
+    for policy, switch in RUNS:
+        name = f"{policy}/{switch}"
+        for r in rates:
+            at = [p["runs"][name] for p in points if p["rate"] == r]
+            median = {k: statistics.median(x[k] for x in at) for k in ("p99_ttft", "p99_tbt")}
+            sweep.setdefault(name, []).append((r, median))
+    plots.tail_vs_rate(sweep, path)
 
 
 def main() -> None:

@@ -225,8 +225,8 @@ def test_plots_write_png(tmp_path):
         for name, recs in results.items()
     }
     sweep["empty"] = [(1.0, metrics.summarize([]))]
-    out = plots.jct_vs_rate(sweep, tmp_path / "rate.png")
-    assert _is_png(out)
+    assert _is_png(plots.jct_vs_rate(sweep, tmp_path / "rate.png"))
+    assert _is_png(plots.tail_vs_rate(sweep, tmp_path / "tail.png"))
 
 
 def _gap_records() -> list[RequestRecord]:

@@ -39,6 +39,7 @@ def test_simulate_writes_the_serve_schema_and_the_plot(tmp_path):
     sim = res["simulator"]
     assert sim["parallelism"] == {"tp": 8, "pp": 2, "microbatches": None, "replicas": 1}
     assert sim["kv_pages"] > 1000 and (out / "jct_vs_rate.png").stat().st_size > 0
+    assert (out / "tail_vs_rate.png").stat().st_size > 0
     assert "fcfs/skip_join_mlfq" in r.stdout
     # every flag that shapes the run is recorded, the policies' knobs among them
     assert res["flags"]["rerank_margin"] == 1.0 and res["flags"]["q0_iterations"] == 8.0

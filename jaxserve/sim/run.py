@@ -264,13 +264,17 @@ def run_rates(
 
 
 def write_plots(runs: list[dict], out_dir: str) -> list[str]:
-    """jct_vs_rate.png (mean and p99 JCT against rate, one line per scheduler)."""
+    """jct_vs_rate.png (mean and p99 JCT against rate, one line per scheduler) and
+    tail_vs_rate.png (p99 TTFT and TBT)."""
     from jaxserve import plots
 
     sweep: dict[str, list] = {}
     for r in runs:
         sweep.setdefault(r["scheduler"], []).append((r["rate"], r["summary"]))
-    return [str(plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png")))]
+    return [
+        str(plots.jct_vs_rate(sweep, os.path.join(out_dir, "jct_vs_rate.png"))),
+        str(plots.tail_vs_rate(sweep, os.path.join(out_dir, "tail_vs_rate.png"))),
+    ]
 
 
 HEADER = (
@@ -309,9 +313,9 @@ def run_analytical(
 ) -> dict:
     """Every scheduler at every rate on `num_devices` x `hardware` serving `model` with
     tensor parallelism `tp` and pipeline parallelism `pp` (data parallel over the rest);
-    writes out_dir/results.json and out_dir/jct_vs_rate.png. `InputError` for a setup that
-    cannot run (unknown names, devices not a multiple of tp x pp, a model that does not
-    fit)."""
+    writes out_dir/results.json, out_dir/jct_vs_rate.png and tail_vs_rate.png. `InputError`
+    for a setup that cannot run (unknown names, devices not a multiple of tp x pp, a model
+    that does not fit)."""
     from jaxserve.errors import InputError
     from jaxserve.sim.analytical import Parallelism, RooflineCost
     from jaxserve.sim.hardware import get_hardware
