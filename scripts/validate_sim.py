@@ -131,17 +131,18 @@ def logged_flights(engine_cls):
 
 
 def calibration_flights(engine: dict, k: int | None = None) -> list:
-    """Every policy's device calls in round k's calibration (in every round's: None).
-    Records written before the calls were kept by round hold one list of each policy's
-    calls: it is cut into rounds where the run's first call recurs."""
+    """Every policy's device calls in round k's calibration (in every round's: None); the
+    rounds served so far may be fewer than the run's (round 0's scale sets the traces'
+    rates before round 1 runs). Records written before the calls were kept by round hold
+    one list of each policy's calls: it is cut into rounds where the run's first call
+    recurs."""
     out = []
     for name, runs in engine["calibration"]["flights"].items():
         if runs and runs[0] and isinstance(runs[0][-1], (int, float)):  # one list of calls
             starts = [i for i, f in enumerate(runs) if f[:3] == runs[0][:3]] + [len(runs)]
             runs = [runs[a:b] for a, b in zip(starts, starts[1:])]
-        if len(runs) != engine["rounds"]:
-            rounds = engine["rounds"]
-            raise ValueError(f"{name}: calibration calls of {len(runs)} rounds, not {rounds}")
+        if k is not None and k >= len(runs):
+            raise ValueError(f"{name}: no calibration calls of round {k} ({len(runs)} kept)")
         out += [f for j, calls in enumerate(runs) if k is None or j == k for f in calls]
     return out
 

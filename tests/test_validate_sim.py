@@ -69,5 +69,13 @@ def test_records_with_one_list_per_policy_are_cut_into_the_same_rounds():
         assert validate_sim.calibration_flights(engine(flat, 3), k) == (
             validate_sim.calibration_flights(engine(by_round, 3), k)
         )
-    with pytest.raises(ValueError, match="calibration calls of 3 rounds, not 2"):
-        validate_sim.calibration_flights(engine(flat, 2), 0)
+    with pytest.raises(ValueError, match="no calibration calls of round 3"):
+        validate_sim.calibration_flights(engine(flat, 4), 3)
+
+
+def test_round_0s_scale_is_read_before_the_other_rounds_run():
+    """The run sets its traces' rates from round 0's scale while only round 0 is served."""
+    e = engine({"fcfs": [calls(1.3, 12)], "srpt": [calls(1.3, 9)]}, rounds=3)
+    assert validate_sim.round_time_scale("calls", e, COST, None, None, 0) == (
+        pytest.approx(1.3, rel=1e-9)
+    )
