@@ -107,7 +107,7 @@ class SwitchState:
         self.conversation = dict(conversation or {})
         self.host_valid: dict[str, int] = {}  # request id -> leading pages valid on the host
         self.kept: OrderedDict[str, _Kept] = OrderedDict()  # conversation -> KV, LRU first
-        self.reused: dict[str, int] = {}  # request id -> prompt tokens taken from `kept`
+        self.reused: set[str] = set()  # requests whose first prefill has looked for kept KV
         self.pending_out = 0.0  # copies of finished turns, not yet on a device call
         self.swap_seconds = 0.0
         self.bytes_copied = 0
@@ -179,7 +179,7 @@ class SwitchState:
         conv = self.conversation.get(r.id)
         entry = self.kept.pop(conv, None) if conv is not None else None
         k = entry.tokens if entry is not None and entry.tokens < r.prompt_len else 0
-        self.reused[r.id] = k
+        self.reused.add(r.id)
         self.tokens_reused += k
         return k
 
